@@ -1,0 +1,55 @@
+"""The one small interface every provider offers to plan and apply."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from servectl.placement import NodeCapacity
+from servectl.plan import ResourceChange
+from servectl.state.document import ResourceState
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ClusterView:
+    """The nodes replicas can go on. ``source`` is "live" or "projected" (not started yet)."""
+
+    nodes: list[NodeCapacity]
+    source: str
+
+
+class Provider(ABC):
+    @abstractmethod
+    def cluster(self) -> ClusterView:
+        """The cluster's nodes for placement. Must not start or change anything."""
+
+    @abstractmethod
+    def prepare(self, progress: Progress) -> dict[str, Any]:
+        """Make the cluster reachable (start an embedded one if servectl owns it).
+
+        Returns the provider's identifiers to record in state.
+        """
+
+    @abstractmethod
+    def unmanaged_conflicts(self, managed: set[str]) -> list[str]:
+        """Names of live serving objects that collide with ``managed`` but are not in state."""
+
+    @abstractmethod
+    def converge(
+        self,
+        resources: dict[str, ResourceState],
+        change: ResourceChange,
+        timeout_s: float,
+        progress: Progress,
+    ) -> dict[str, dict[str, Any]]:
+        """Make the live system match ``resources`` (the state after ``change``) and wait until healthy.
+
+        Returns the live identifiers per address for the resources it touched.
+        Raises ProviderError when the change fails or times out.
+        """
+
+    @abstractmethod
+    def teardown(self, progress: Progress) -> None:
+        """Stop what servectl itself started (an embedded cluster); leave others' clusters alone."""

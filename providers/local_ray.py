@@ -1,0 +1,363 @@
+"""The local Ray provider: backends as Ray Serve applications on an embedded or given cluster.
+
+Each backend is one Serve application (same name), built on the workers by
+``servectl.runtime.application:build``. The whole set is sent declaratively
+(Serve's own config schema, as ``serve deploy`` sends it), so a Serve PUT that
+replaces every application always carries every application servectl keeps;
+application names never change, so a live route is never renamed away.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.request
+from typing import Any, Optional
+
+from servectl.providers.base import ClusterView, Progress, Provider
+from servectl.desired import BACKEND, ENDPOINT, ProviderSpec
+from servectl.errors import ProviderError
+from servectl.placement import NodeCapacity
+from servectl.plan import Action, ResourceChange
+from servectl.state.document import ResourceState
+
+from servectl.providers.embedded_cluster import EmbeddedCluster, port_open
+
+APP_BUILDER = "servectl.runtime.application:build"
+PROXY_LOCATIONS = {"HeadOnly": "HeadOnly", "EveryNode": "EveryNode", "NoServer": "Disabled"}
+# Never shipped to workers: state may hold secrets, and caches change nothing.
+UPLOAD_EXCLUDES = ["servectl.state.json*", ".servectl.state.*", ".servectl", "__pycache__", "*.pyc", ".git"]
+_connected: dict[str, Optional[str]] = {"address": None}
+
+
+def connect(address: str, token_path: Optional[str]) -> None:
+    """Connect this process to the cluster at ``address`` as a Ray driver (once per address)."""
+    import ray
+
+    if _connected["address"] == address and ray.is_initialized():
+        return
+    host, _, port = address.rpartition(":")
+    if not port_open(host, int(port)):
+        raise ProviderError(f"cannot reach the Ray cluster at {address}: nothing listens there (is it running?)")
+    if ray.is_initialized():
+        ray.shutdown()
+    if token_path:
+        _use_token(token_path)
+    for name in ("ray", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, configure_logging=False)
+    except Exception as err:  # noqa: BLE001 - Ray raises many kinds; the user needs one line
+        raise ProviderError(f"cannot connect to the Ray cluster at {address}: {type(err).__name__}: {err}") from None
+    _connected["address"] = address
+
+
+def _use_token(token_path: str) -> None:
+    """Point this process's Ray client at ``token_path``.
+
+    Ray caches its auth mode and token on first use, so changing the
+    environment alone is not enough once Ray has been imported.
+    """
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = token_path
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def live_nodes() -> list[NodeCapacity]:
+    import ray
+
+    nodes = []
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        res = dict(node.get("Resources") or {})
+        custom = {
+            key: amount
+            for key, amount in res.items()
+            if key not in ("CPU", "GPU", "memory", "object_store_memory")
+            and not key.startswith(("node:", "accelerator_type:"))
+        }
+        nodes.append(
+            NodeCapacity(
+                name=str(node.get("NodeManagerAddress", "?")) + "/" + node["NodeID"][:8],
+                cpus=float(res.get("CPU", 0)),
+                gpus=int(res.get("GPU", 0)),
+                memory=res.get("memory"),
+                resources=custom,
+            )
+        )
+    return nodes
+
+
+class LocalRayProvider(Provider):
+    def __init__(self, spec: ProviderSpec, config_dir: str) -> None:
+        self.spec = spec
+        self.config_dir = config_dir
+        self.embedded = EmbeddedCluster.for_config_dir(config_dir) if spec.address is None else None
+        self._package_uri: Optional[str] = None
+
+    # --- where the cluster is -------------------------------------------------
+    def _target(self) -> Optional[tuple[str, Optional[str]]]:
+        if self.embedded is None:
+            return self.spec.address, self.spec.auth_token_path  # type: ignore[return-value]
+        record = self.embedded.record()
+        return (record.gcs_address, record.token_path) if record else None
+
+    def _projected_nodes(self) -> list[NodeCapacity]:
+        cpus = self.spec.num_cpus if self.spec.num_cpus is not None else float(os.cpu_count() or 1)
+        return [NodeCapacity(name="embedded-head", cpus=cpus, gpus=self.spec.num_gpus, resources=dict(self.spec.resources))]
+
+    def cluster(self) -> ClusterView:
+        target = self._target()
+        if target is None:
+            return ClusterView(nodes=self._projected_nodes(), source="projected")
+        connect(*target)
+        return ClusterView(nodes=live_nodes(), source="live")
+
+    def prepare(self, progress: Progress) -> dict[str, Any]:
+        if self.embedded is not None and self.embedded.record() is None:
+            progress("starting the embedded Ray head …")
+            cpus = self.spec.num_cpus if self.spec.num_cpus is not None else float(os.cpu_count() or 1)
+            record = self.embedded.start(cpus, self.spec.num_gpus, self.spec.resources)
+            progress(f"embedded Ray head running at {record.gcs_address} (temp dir {record.temp_dir})")
+        target = self._target()
+        assert target is not None
+        connect(*target)
+        self._start_serve()
+        return {"address": target[0], "embedded": self.embedded is not None}
+
+    def _client(self) -> Any:
+        from ray.serve.context import _get_global_client
+
+        return _get_global_client()
+
+    def _start_serve(self) -> None:
+        from ray import serve
+
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+        serve.start(
+            proxy_location=PROXY_LOCATIONS[self.spec.http_location],
+            http_options={"host": self.spec.http_host, "port": self.spec.http_port},
+        )
+        live = self._client().get_serve_details().get("http_options") or {}
+        if int(live.get("port", self.spec.http_port)) != self.spec.http_port:
+            raise ProviderError(
+                f"Serve on this cluster already serves HTTP on port {live.get('port')}, not {self.spec.http_port}; "
+                "set LocalRay(http_port=…) to match or use another cluster"
+            )
+
+    # --- reading the live system ----------------------------------------------
+    def _details(self) -> dict[str, Any]:
+        return self._client().get_serve_details()
+
+    def unmanaged_conflicts(self, managed: set[str]) -> list[str]:
+        target = self._target()
+        if target is None:
+            return []
+        connect(*target)
+        from ray.serve.context import _get_global_client
+
+        try:
+            client = _get_global_client()
+        except Exception:  # noqa: BLE001 - Serve not started on that cluster: nothing to collide with
+            return []
+        return sorted(set(client.get_serve_details().get("applications", {})) - managed)
+
+    # --- changing it -----------------------------------------------------------
+    def _upload(self) -> str:
+        if self._package_uri is None:
+            from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
+
+            quiet = logging.getLogger("servectl.upload")
+            quiet.setLevel(logging.ERROR)
+            env = upload_working_dir_if_needed(
+                {"working_dir": self.config_dir, "excludes": UPLOAD_EXCLUDES},
+                include_gitignore=False,
+                scratch_dir=os.path.join(self.config_dir, ".servectl"),
+                logger=quiet,
+            )
+            self._package_uri = env["working_dir"]
+        return self._package_uri
+
+    def _package_for(self, resource: ResourceState, change: ResourceChange) -> str:
+        """Keep a backend on the code package it runs unless this change restarts it anyway.
+
+        A new upload has a new URI, and Serve restarts replicas whose runtime
+        environment changes: reusing the recorded URI keeps untouched backends running.
+        """
+        from ray._private.runtime_env.packaging import package_exists
+
+        recorded = resource.live.get("package_uri")
+        restarting = change.address == resource.address and change.action in (Action.CREATE, Action.REPLACE)
+        if recorded and not restarting and package_exists(recorded):
+            return recorded
+        return self._upload()
+
+    def serve_config(self, resources: dict[str, ResourceState], change: ResourceChange) -> tuple[dict[str, Any], dict[str, str]]:
+        routes: dict[str, Optional[str]] = {}
+        for resource in resources.values():
+            if resource.kind == ENDPOINT:
+                for backend, weight in resource.attributes["traffic"].items():
+                    if weight > 0:
+                        routes[backend] = resource.attributes["route"]
+        applications, packages = [], {}
+        for resource in resources.values():
+            if resource.kind != BACKEND:
+                continue
+            attrs = resource.attributes
+            uri = self._package_for(resource, change)
+            packages[resource.address] = uri
+            options = attrs["ray_actor_options"]
+            actor_options: dict[str, Any] = {"num_cpus": options["num_cpus"], "num_gpus": options["num_gpus"]}
+            if options.get("memory"):
+                actor_options["memory"] = options["memory"]
+            if options.get("resources"):
+                actor_options["resources"] = options["resources"]
+            applications.append(
+                {
+                    "name": resource.name,
+                    "route_prefix": routes.get(resource.name),
+                    "import_path": APP_BUILDER,
+                    "runtime_env": {"working_dir": uri},
+                    "args": {
+                        "backend": resource.name,
+                        "import_path": attrs["code"]["import_path"],
+                        "code_sha256": attrs["code"]["sha256"],
+                        "init_args": attrs["init_args"],
+                        "init_kwargs": attrs["init_kwargs"],
+                    },
+                    "deployments": [
+                        {
+                            "name": resource.name,
+                            "num_replicas": attrs["num_replicas"],
+                            "max_ongoing_requests": attrs["max_concurrent_queries"],
+                            "user_config": attrs["user_config"],
+                            "ray_actor_options": actor_options,
+                        }
+                    ],
+                }
+            )
+        config = {
+            "proxy_location": PROXY_LOCATIONS[self.spec.http_location],
+            "http_options": {"host": self.spec.http_host, "port": self.spec.http_port},
+            "applications": applications,
+        }
+        return config, packages
+
+    def converge(
+        self,
+        resources: dict[str, ResourceState],
+        change: ResourceChange,
+        timeout_s: float,
+        progress: Progress,
+    ) -> dict[str, dict[str, Any]]:
+        from ray.serve.schema import ServeDeploySchema
+
+        before = self._details().get("applications", {})
+        config, packages = self.serve_config(resources, change)
+        try:
+            schema = ServeDeploySchema(**config)
+        except Exception as err:  # noqa: BLE001 - pydantic error from Serve's schema
+            raise ProviderError(f"{change.address}: Serve rejected the configuration: {err}") from None
+        self._client().deploy_apps(schema)
+        self._wait(change, before, config, timeout_s)
+        live: dict[str, dict[str, Any]] = {}
+        for resource in resources.values():
+            if resource.kind == BACKEND:
+                live[resource.address] = {"application": resource.name, "package_uri": packages[resource.address]}
+            else:
+                live[resource.address] = {"route": resource.attributes["route"]}
+        return live
+
+    def _wait(self, change: ResourceChange, before: dict[str, Any], config: dict[str, Any], timeout_s: float) -> None:
+        """Block until the change is live: replicas all on the new version, routes served, deletions gone."""
+        wanted = {app["name"]: app for app in config["applications"]}
+        old_replicas: set[str] = set()
+        if change.kind == BACKEND and change.action is Action.REPLACE and change.name in before:
+            deployment = before[change.name]["deployments"].get(change.name, {})
+            old_replicas = {r["replica_id"] for r in deployment.get("replicas", [])}
+        deadline = time.time() + timeout_s
+        last = "waiting for Serve"
+        while time.time() < deadline:
+            apps = self._details().get("applications", {})
+            problem = self._not_ready(change, apps, wanted, old_replicas)
+            if problem is None:
+                if change.kind == ENDPOINT and self.spec.http_location != "NoServer":
+                    problem = self._route_problem(change)
+                if problem is None:
+                    return
+            last = problem
+            time.sleep(0.25)
+        raise ProviderError(f"{change.address}: not healthy after {timeout_s:.0f}s ({last})")
+
+    def _not_ready(self, change: ResourceChange, apps: dict[str, Any], wanted: dict[str, Any], old_replicas: set[str]) -> Optional[str]:
+        for name in set(apps) - set(wanted):
+            return f"application {name} still shutting down"
+        for name, app_config in wanted.items():
+            app = apps.get(name)
+            if app is None:
+                return f"application {name} not created yet"
+            status = str(getattr(app["status"], "value", app["status"]))
+            if status == "DEPLOY_FAILED":
+                message = (app.get("message") or "").strip().splitlines()
+                raise ProviderError(f"backend.{name}: deploy failed: {_last_line(message)}")
+            deployment = app["deployments"].get(name)
+            if deployment is not None:
+                dep_status = str(getattr(deployment["status"], "value", deployment["status"]))
+                if dep_status in ("DEPLOY_FAILED", "UNHEALTHY") and name == change.name:
+                    message = (deployment.get("message") or "").strip().splitlines()
+                    raise ProviderError(f"backend.{name}: replicas failed: {_last_line(message)}")
+            if status != "RUNNING":
+                return f"application {name} is {status}"
+            if deployment is None:
+                return f"deployment {name} not created yet"
+            target = app_config["deployments"][0]["num_replicas"]
+            states = [str(getattr(r["state"], "value", r["state"])) for r in deployment.get("replicas", [])]
+            running = [r for r in deployment.get("replicas", []) if str(getattr(r["state"], "value", r["state"])) == "RUNNING"]
+            if len(running) != target or len(states) != target:
+                return f"backend {name}: {len(running)}/{target} replicas running"
+            if name == change.name and old_replicas & {r["replica_id"] for r in running}:
+                return f"backend {name}: old replicas still serving"
+            if (app.get("route_prefix") or None) != app_config["route_prefix"]:
+                return f"application {name} route not updated yet"
+        return None
+
+    def _route_problem(self, change: ResourceChange) -> Optional[str]:
+        """Serve's proxy learns routes a little after the controller: wait until it serves ours."""
+        url = f"http://{self._probe_host()}:{self.spec.http_port}/-/routes"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                routes = json.loads(response.read())
+        except (OSError, ValueError) as err:
+            return f"HTTP proxy not answering at {url}: {err}"
+        after_route = (change.after or {}).get("route")
+        before_route = (change.before or {}).get("route")
+        if change.action is not Action.DELETE and after_route and after_route not in routes:
+            return f"route {after_route} not served yet"
+        if before_route and before_route != after_route and before_route in routes:
+            return f"route {before_route} still served"
+        return None
+
+    def _probe_host(self) -> str:
+        return "127.0.0.1" if self.spec.http_host in ("0.0.0.0", "::", "") else self.spec.http_host
+
+    def teardown(self, progress: Progress) -> None:
+        """Stop the embedded cluster; a cluster servectl was only given is left running."""
+        if self.embedded is None:
+            return
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+            _connected["address"] = None
+        if self.embedded.stop():
+            progress("stopped the embedded Ray head")
+
+
+def _last_line(lines: list[str]) -> str:
+    meaningful = [line.strip() for line in lines if line.strip()]
+    return meaningful[-1] if meaningful else "no message from Serve"

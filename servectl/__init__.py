@@ -1,0 +1,12 @@
+"""servectl: Terraform-style plan/apply for model serving on Ray Serve.
+
+Config modules import their vocabulary from here::
+
+    from servectl import Backend, Endpoint, LocalRay, var
+"""
+__version__ = "0.1.0"
+
+from servectl.config import Backend, Endpoint, LocalRay, RayActorOptions, var  # noqa: E402
+from servectl.errors import ServectlError  # noqa: E402
+
+__all__ = ["Backend", "Endpoint", "LocalRay", "RayActorOptions", "var", "ServectlError", "__version__"]

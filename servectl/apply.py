@@ -1,0 +1,122 @@
+"""Carry out a plan through a provider, recording state after every completed change.
+
+The plan's order is the zero-downtime order (backends healthy → routes move →
+removals). The state is written atomically after each change, so an apply that
+is interrupted leaves a state that is true to what was done, and running it
+again converges. A change that fails is reverted on the live system where
+possible, recorded as failed with its error, and stops the apply.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+from servectl import __version__
+from servectl.desired import DesiredState
+from servectl.errors import ApplyError, ServectlError
+from servectl.plan import Action, Plan, ResourceChange
+from servectl.providers.base import Provider
+from servectl.state.document import APPLIED, FAILED, ResourceState, StateDocument
+from servectl.state.store import StateStore
+
+Progress = Callable[[str], None]
+VERBS = {Action.CREATE: "creating", Action.UPDATE: "updating in place", Action.REPLACE: "replacing", Action.DELETE: "destroying"}
+DONE = {Action.CREATE: "created", Action.UPDATE: "updated", Action.REPLACE: "replaced", Action.DELETE: "destroyed"}
+
+
+def _after_change(resources: dict[str, ResourceState], change: ResourceChange) -> dict[str, ResourceState]:
+    working = dict(resources)
+    if change.action is Action.DELETE:
+        working.pop(change.address, None)
+    else:
+        previous = resources.get(change.address)
+        working[change.address] = ResourceState(
+            kind=change.kind,
+            name=change.name,
+            attributes=change.after or {},
+            live=dict(previous.live) if previous else {},
+        )
+    return working
+
+
+def _deployable(resources: dict[str, ResourceState]) -> dict[str, ResourceState]:
+    """Resources that should be live: a failed create never came up and is left out."""
+    return {a: r for a, r in resources.items() if not (r.status == FAILED and not r.live)}
+
+
+def apply_plan(
+    plan: Plan,
+    desired: Optional[DesiredState],
+    state: Optional[StateDocument],
+    store: StateStore,
+    provider: Provider,
+    progress: Progress,
+    timeout_s: float = 300.0,
+) -> StateDocument:
+    document = state.copy() if state else StateDocument.new()
+    provider_live = provider.prepare(progress)
+    document.provider = {**plan.provider, "live": provider_live}
+    recorded_apps = {r.name for r in document.resources.values() if r.kind == "backend"}
+    strangers = provider.unmanaged_conflicts(recorded_apps)
+    if strangers:
+        raise ApplyError(
+            f"Serve at {provider_live.get('address')} runs applications this state does not manage "
+            f"({', '.join(strangers)}); servectl manages the whole Serve instance: use a cluster of its own "
+            "or remove them first"
+        )
+
+    changes = plan.actionable
+    for index, change in enumerate(changes, start=1):
+        progress(f"{change.address}: {VERBS[change.action]} … ({index}/{len(changes)})")
+        started = time.monotonic()
+        working = _after_change(document.resources, change)
+        try:
+            live = provider.converge(_deployable(working), change, timeout_s, progress)
+        except ServectlError as err:
+            _record_failure(document, change, err, provider, progress)
+            store.write(document)
+            done = index - 1
+            raise ApplyError(
+                f"{err} — {done} of {len(changes)} change{'s' if len(changes) != 1 else ''} applied and recorded; "
+                "fix the cause and run `servectl plan` to see what is left"
+            ) from None
+        for address, resource in working.items():
+            if address in live:
+                resource.live = live[address]
+            if address == change.address:
+                resource.status, resource.error = APPLIED, None
+        document.resources = working
+        document.stamp(__version__)
+        store.write(document)
+        progress(f"{change.address}: {DONE[change.action]} in {time.monotonic() - started:.1f}s")
+
+    if desired is not None:
+        document.config_snapshot = {
+            "variables": desired.variables,
+            "resources": {a: r.attributes for a, r in desired.resources.items()} if not plan.destroy else {},
+        }
+    document.stamp(__version__)
+    store.write(document)
+    return document
+
+
+def _record_failure(
+    document: StateDocument, change: ResourceChange, err: ServectlError, provider: Provider, progress: Progress
+) -> None:
+    """Put the live system back as it was before ``change`` and record the change as failed."""
+    progress(f"{change.address}: failed — reverting it on the cluster")
+    try:
+        provider.converge(_deployable(document.resources), ResourceChange(
+            address=change.address, kind=change.kind, name=change.name, action=Action.NOOP,
+            before=change.after, after=change.before,
+        ), 120.0, progress)
+    except ServectlError as revert_err:
+        progress(f"{change.address}: revert did not finish: {revert_err}")
+    previous = document.resources.get(change.address)
+    if previous is None:  # a failed create: recorded so the next plan retries it
+        document.resources[change.address] = ResourceState(
+            kind=change.kind, name=change.name, attributes=change.after or {}, live={}, status=FAILED, error=str(err)
+        )
+    else:
+        previous.status, previous.error = FAILED, str(err)
+    document.stamp(__version__)

@@ -1,0 +1,222 @@
+"""The ``servectl`` command line: parse flags, call the library, render, pick an exit code."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from typing import Any, Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from servectl.errors import ConfigError, ServectlError
+from servectl.loader import load_config
+from servectl.render import render_plan, render_state
+from servectl.workspace import Workspace
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Terraform-style plan/apply for model serving on Ray Serve.",
+    pretty_exceptions_enable=False,
+)
+state_app = typer.Typer(no_args_is_help=True, help="Read the recorded state.")
+app.add_typer(state_app, name="state")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Context:
+    config_dir: str = "."
+
+
+ctx = Context()
+
+
+def _variables(pairs: Optional[List[str]]) -> dict[str, str]:
+    variables = {}
+    for pair in pairs or []:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--var {pair!r}: expected NAME=VALUE")
+        variables[name.strip()] = raw
+    return variables
+
+
+def command(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Every user mistake becomes one red line and exit 1; never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except ServectlError as error:
+            err.print(f"[red bold]Error:[/red bold] {escape(str(error))}")
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("[red bold]Interrupted.[/red bold] The state records every change that finished.")
+            raise typer.Exit(1) from None
+        except Exception as error:  # noqa: BLE001 - a bug in servectl: still one line unless asked
+            if os.environ.get("SERVECTL_DEBUG"):
+                traceback.print_exc()
+            err.print(
+                f"[red bold]Error:[/red bold] internal error: {type(error).__name__}: {escape(str(error))} "
+                "(set SERVECTL_DEBUG=1 for a traceback and report it)"
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@app.callback()
+def main_options(
+    config_dir: str = typer.Option(".", "-C", "--config-dir", help="Config directory holding main.py."),
+) -> None:
+    ctx.config_dir = config_dir
+
+
+def _workspace(var: Optional[List[str]] = None) -> Workspace:
+    return Workspace(ctx.config_dir, _variables(var))
+
+
+VarOption = typer.Option(None, "--var", help="Set a variable: NAME=VALUE (repeatable).")
+
+
+@app.command()
+@command
+def validate(var: Optional[List[str]] = VarOption) -> None:
+    """Load and check the config without contacting any cluster."""
+    desired = load_config(ctx.config_dir, _variables(var))
+    backends, endpoints = len(desired.backends()), len(desired.endpoints())
+    out.print(f"[green]The configuration is valid[/green]: {backends} backend(s), {endpoints} endpoint(s).")
+
+
+@app.command()
+@command
+def plan(
+    var: Optional[List[str]] = VarOption,
+    detailed_exitcode: bool = typer.Option(False, "--detailed-exitcode", help="Exit 2 when there are changes."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """Show what apply would change, and where the replicas would go."""
+    planned = _workspace(var).plan()
+    if as_json:
+        out.print_json(json.dumps(planned.plan.to_dict()))
+    else:
+        render_plan(out, planned.plan)
+    if detailed_exitcode and planned.plan.has_changes():
+        raise typer.Exit(2)
+
+
+def _approve(what: str) -> None:
+    out.print(f"\nDo you want to {what}? Only 'yes' will be accepted to approve.")
+    try:
+        answer = input("  Enter a value: ")
+    except EOFError:
+        answer = ""
+    if answer.strip() != "yes":
+        raise ServectlError(f"{what.split()[0]} cancelled: not approved (type 'yes', or pass --auto-approve)")
+
+
+def _progress(message: str) -> None:
+    out.print(f"[cyan]›[/cyan] {escape(message)}")
+
+
+@app.command()
+@command
+def apply(
+    var: Optional[List[str]] = VarOption,
+    auto_approve: bool = typer.Option(False, "--auto-approve", help="Skip the confirmation."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for each change to become healthy."),
+) -> None:
+    """Plan, confirm, and carry out the changes; wait until every backend is healthy."""
+    workspace = _workspace(var)
+    planned = workspace.plan()
+    render_plan(out, planned.plan)
+    if not planned.plan.has_changes():
+        return
+    if not auto_approve:
+        _approve("apply these changes")
+    document = workspace.apply(planned, _progress, timeout)
+    out.print(f"\n[green bold]Apply complete![/green bold] {_tally(planned.plan)}; state serial {document.serial}.")
+
+
+@app.command()
+@command
+def destroy(
+    var: Optional[List[str]] = VarOption,
+    auto_approve: bool = typer.Option(False, "--auto-approve", help="Skip the confirmation."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for each change."),
+) -> None:
+    """Remove every resource the config created; stop the embedded Ray cluster."""
+    workspace = _workspace(var)
+    planned = workspace.plan(destroy=True)
+    render_plan(out, planned.plan)
+    if planned.plan.has_changes() and not auto_approve:
+        _approve("destroy all these resources")
+    elif not planned.plan.has_changes():
+        out.print("Nothing recorded to destroy.")
+    workspace.apply(planned, _progress, timeout)
+    out.print(f"\n[green bold]Destroy complete![/green bold] {_tally(planned.plan)}.")
+
+
+def _tally(plan: Any) -> str:
+    from servectl.plan import Action
+
+    return (
+        f"{plan.count(Action.CREATE)} added, {plan.count(Action.UPDATE)} changed, "
+        f"{plan.count(Action.REPLACE)} replaced, {plan.count(Action.DELETE)} destroyed"
+    )
+
+
+@app.command()
+@command
+def show(as_json: bool = typer.Option(False, "--json", help="Print the state as JSON.")) -> None:
+    """Show what the state records."""
+    document = _workspace().read_state()
+    if as_json:
+        out.print_json(document.to_json() if document else json.dumps(None))
+    else:
+        render_state(out, document)
+
+
+@state_app.command("list")
+@command
+def state_list() -> None:
+    """List the addresses in the state."""
+    document = _workspace().read_state()
+    for address in sorted(document.resources if document else {}):
+        out.print(address)
+
+
+@state_app.command("show")
+@command
+def state_show(address: str = typer.Argument(..., help="e.g. backend.hello")) -> None:
+    """Show one resource's recorded attributes."""
+    document = _workspace().read_state()
+    if document is None or address not in document.resources:
+        known = ", ".join(sorted(document.resources)) if document and document.resources else "none"
+        raise ServectlError(f"no resource {address!r} in the state (recorded: {known})")
+    render_state(out, document, address)
+
+
+@app.command("force-unlock")
+@command
+def force_unlock(lock_id: str = typer.Argument(..., help="The lock ID the error message named.")) -> None:
+    """Release a stale state lock left by a crashed apply."""
+    info = _workspace().store.force_unlock(lock_id)
+    out.print(f"[green]Lock {escape(info.id)} released[/green] (was held by {escape(info.describe())}).")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""The config vocabulary users write in ``main.py``: Backend, Endpoint, LocalRay, var.
+
+Constructing a resource registers it with the config being loaded (as Pulumi
+resources do), so the module reads as a plain list of declarations. Passing a
+``Backend`` object into an ``Endpoint`` records the dependency; a misspelt
+variable name then fails at load time with a line number.
+"""
+from __future__ import annotations
+
+import contextvars
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from servectl.errors import ConfigError
+
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+WEIGHT_TOLERANCE = 1e-6
+HTTP_LOCATIONS = ("HeadOnly", "EveryNode", "NoServer")
+
+
+@dataclass
+class Registry:
+    """What one load of a config directory declared, in declaration order."""
+
+    config_dir: str
+    variables_given: dict[str, str]
+    backends: list["Backend"] = field(default_factory=list)
+    endpoints: list["Endpoint"] = field(default_factory=list)
+    providers: list["LocalRay"] = field(default_factory=list)
+    variables: dict[str, "Variable"] = field(default_factory=dict)
+
+
+_active: contextvars.ContextVar[Optional[Registry]] = contextvars.ContextVar("servectl_registry", default=None)
+
+
+def active_registry() -> Optional[Registry]:
+    return _active.get()
+
+
+def set_registry(registry: Optional[Registry]) -> contextvars.Token:
+    return _active.set(registry)
+
+
+def reset_registry(token: contextvars.Token) -> None:
+    _active.reset(token)
+
+
+def declaration_site() -> str:
+    """``file:line`` of the config statement that is running, for error messages.
+
+    The innermost frame inside the config directory is the user's line; when
+    no load is active (a worker importing ``main`` for a callable) any caller will do.
+    """
+    registry = active_registry()
+    frame = sys._getframe(1)
+    fallback = None
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if registry is not None and os.path.abspath(filename).startswith(registry.config_dir + os.sep):
+            return f"{os.path.relpath(filename, registry.config_dir)}:{frame.f_lineno}"
+        if fallback is None and not filename.startswith(os.path.dirname(__file__)) and "pydantic" not in filename:
+            fallback = f"{os.path.basename(filename)}:{frame.f_lineno}"
+        frame = frame.f_back
+    return fallback or "<config>"
+
+
+def _first_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "value"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown setting (check the spelling)"
+    return f"{where}: {message} (got {first.get('input')!r})"
+
+
+class _Resource(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=False)
+
+    def __hash__(self) -> int:  # resources are keys in traffic dicts: identity is the object
+        return id(self)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+class RayActorOptions(BaseModel):
+    """Per-replica resources, as Ray's ``ray_actor_options``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: float = Field(1.0, ge=0, description="CPUs per replica (fractions allowed)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica; below 1 shares a GPU")
+    memory: Optional[int] = Field(None, ge=0, description="bytes of memory reserved per replica")
+    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources")
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _whole_or_fraction(cls, value: float) -> float:
+        if value > 1 and not float(value).is_integer():
+            raise ValueError("num_gpus above 1 must be a whole number (Ray cannot split across GPUs)")
+        return value
+
+    @field_validator("resources")
+    @classmethod
+    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, amount in value.items():
+            if amount < 0:
+                raise ValueError(f"resource {key!r} must be non-negative")
+            if key in ("CPU", "GPU", "memory"):
+                raise ValueError(f"use num_cpus/num_gpus/memory instead of resources[{key!r}]")
+        return value
+
+
+BackendCode = Union[str, Callable[..., Any], type]
+
+
+class Backend(_Resource):
+    """Model code served by replicas: ``Backend(name, "module:Class", *init_args, **settings)``."""
+
+    name: str = Field(description="unique backend name; also the Ray Serve application name")
+    code: Any = Field(description='import path "module:attr" resolved in the config dir, or a class/function')
+    init_args: tuple[Any, ...] = ()
+    init_kwargs: dict[str, Any] = Field(default_factory=dict)
+    num_replicas: int = Field(1, ge=0, description="replica count; changing it is an in-place update")
+    ray_actor_options: RayActorOptions = Field(default_factory=RayActorOptions)
+    max_concurrent_queries: int = Field(100, ge=1, description="in-flight requests per replica")
+    user_config: Any = Field(None, description="passed to reconfigure(config) on every replica")
+    declared_at: str = ""
+
+    def __init__(self, name: str, code: BackendCode, *init_args: Any, **settings: Any) -> None:
+        site = declaration_site()
+        try:
+            super().__init__(name=name, code=code, init_args=tuple(init_args), declared_at=site, **settings)
+        except ValidationError as err:
+            raise ConfigError(f"{site}: backend {name!r}: {_first_error(err)}") from None
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise ConfigError(
+                f"{site}: backend name {name!r} is invalid: use letters, digits, '-' or '_', starting with a letter"
+            )
+        if not (isinstance(code, str) or callable(code)):
+            raise ConfigError(f"{site}: backend {name!r}: code must be an import path 'module:attr' or a class/function")
+        if isinstance(code, str) and not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$", code):
+            raise ConfigError(f"{site}: backend {name!r}: import path {code!r} must look like 'module:attr'")
+        registry = active_registry()
+        if registry is not None:
+            registry.backends.append(self)
+
+
+class Endpoint(_Resource):
+    """An HTTP route served by one backend or a weighted set of backends."""
+
+    name: str
+    route: Optional[str] = Field(None, description="HTTP path prefix, e.g. /hello; None for handle-only endpoints")
+    traffic: dict[Any, float] = Field(description="backend (object or name) -> weight; weights sum to 1")
+    declared_at: str = ""
+
+    def __init__(
+        self,
+        name: str,
+        route: Optional[str] = None,
+        backend: Union[Backend, str, None] = None,
+        traffic: Optional[dict[Union[Backend, str], float]] = None,
+    ) -> None:
+        site = declaration_site()
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise ConfigError(
+                f"{site}: endpoint name {name!r} is invalid: use letters, digits, '-' or '_', starting with a letter"
+            )
+        if (backend is None) == (traffic is None):
+            raise ConfigError(f"{site}: endpoint {name!r}: give exactly one of backend=… or traffic={{backend: weight}}")
+        if traffic is None:
+            traffic = {backend: 1.0}
+        if not isinstance(traffic, dict) or not traffic:
+            raise ConfigError(f"{site}: endpoint {name!r}: traffic must be a non-empty dict of backend -> weight")
+        if route is not None and (not isinstance(route, str) or not re.match(r"^/[A-Za-z0-9._~/-]*$", route)):
+            raise ConfigError(f"{site}: endpoint {name!r}: route {route!r} must be a path starting with '/'")
+        if route is not None and len(route) > 1 and route.endswith("/"):
+            raise ConfigError(f"{site}: endpoint {name!r}: route {route!r} must not end with '/'")
+        for key, weight in traffic.items():
+            if not isinstance(key, (Backend, str)):
+                raise ConfigError(f"{site}: endpoint {name!r}: traffic key {key!r} is not a Backend or backend name")
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or math.isnan(weight) or weight < 0:
+                label = key.name if isinstance(key, Backend) else key
+                raise ConfigError(f"{site}: endpoint {name!r}: weight for {label!r} must be a non-negative number, got {weight!r}")
+        total = sum(float(w) for w in traffic.values())
+        if abs(total - 1.0) > WEIGHT_TOLERANCE:
+            raise ConfigError(f"{site}: endpoint {name!r}: traffic weights sum to {total:g}; they must sum to 1")
+        super().__init__(name=name, route=route, traffic=dict(traffic), declared_at=site)
+        registry = active_registry()
+        if registry is not None:
+            registry.endpoints.append(self)
+
+
+class LocalRay(_Resource):
+    """The local Ray provider: an embedded cluster servectl starts itself, or an existing one.
+
+    ``address`` (or env ``SERVECTL_RAY_ADDRESS``) names an existing cluster that
+    servectl uses but never stops; without it servectl owns a head node on
+    its own ports and temp dir.
+    """
+
+    address: Optional[str] = Field(None, description="GCS address host:port of an existing cluster")
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=1, le=65535)
+    http_location: Literal["HeadOnly", "EveryNode", "NoServer"] = "HeadOnly"
+    num_cpus: Optional[float] = Field(None, ge=0, description="CPUs of the embedded head (default: this machine's)")
+    num_gpus: int = Field(0, ge=0, description="GPUs of the embedded head (logical GPUs work on CPU machines)")
+    resources: dict[str, float] = Field(default_factory=dict)
+    auth_token_path: Optional[str] = Field(None, description="token file for an existing cluster with token auth")
+    declared_at: str = ""
+
+    def __init__(self, **settings: Any) -> None:
+        site = declaration_site()
+        try:
+            super().__init__(declared_at=site, **settings)
+        except ValidationError as err:
+            raise ConfigError(f"{site}: LocalRay: {_first_error(err)}") from None
+        registry = active_registry()
+        if registry is not None:
+            registry.providers.append(self)
+
+    @model_validator(mode="after")
+    def _address_shape(self) -> "LocalRay":
+        if self.address is not None and not re.match(r"^[\w.-]+:\d+$", self.address):
+            raise ValueError(f"address {self.address!r} must be host:port")
+        return self
+
+
+@dataclass
+class Variable:
+    name: str
+    default: Any
+    description: str
+    declared_at: str
+    value: Any = None
+
+
+_MISSING = object()
+
+
+def var(name: str, default: Any = _MISSING, description: str = "", type: Optional[type] = None) -> Any:
+    """Declare an input variable and return its value (``--var name=value`` or the default).
+
+    The value given on the command line is converted to ``type`` (or the
+    default's type), so ``var("replicas", default=2)`` with ``--var replicas=4`` is ``4``.
+    """
+    site = declaration_site()
+    registry = active_registry()
+    target_type = type or (default.__class__ if default not in (_MISSING, None) else str)
+    if registry is None:  # imported outside a load (a worker importing main.py): defaults only
+        return None if default is _MISSING else default
+    if name in registry.variables:
+        raise ConfigError(f"{site}: variable {name!r} is declared twice (first at {registry.variables[name].declared_at})")
+    variable = Variable(name=name, default=None if default is _MISSING else default, description=description, declared_at=site)
+    if name in registry.variables_given:
+        variable.value = _convert(name, registry.variables_given[name], target_type, site)
+    elif default is _MISSING:
+        raise ConfigError(f"{site}: variable {name!r} has no default: pass --var {name}=VALUE")
+    else:
+        variable.value = default
+    registry.variables[name] = variable
+    return variable.value
+
+
+def _convert(name: str, raw: str, target: type, site: str) -> Any:
+    try:
+        if target is bool:
+            lowered = raw.strip().lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return lowered in ("true", "1", "yes")
+        if target in (int, float, str):
+            return target(raw)
+        import json
+
+        return json.loads(raw)
+    except (ValueError, TypeError):
+        raise ConfigError(f"--var {name}={raw!r}: not a valid {target.__name__} (declared at {site})") from None

@@ -1,0 +1,213 @@
+"""Desired state: what a loaded config asks for, as plain data the planner diffs.
+
+Every attribute here is JSON-serialisable, because the same dicts are written
+into the state file and shown in the plan.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from servectl.config import Backend, Endpoint, LocalRay
+from servectl.errors import ConfigError
+
+BACKEND = "backend"
+ENDPOINT = "endpoint"
+
+# Attributes that Ray Serve can change on running replicas; anything else restarts them.
+IN_PLACE_BACKEND_ATTRIBUTES = frozenset({"num_replicas", "max_concurrent_queries", "user_config"})
+IN_PLACE_ENDPOINT_ATTRIBUTES = frozenset({"route", "traffic"})
+
+# The module name main.py runs under while loading; workers import the same file as `main`.
+CONFIG_MODULE_RUN_NAME = "__servectl_config__"
+
+
+def address_of(kind: str, name: str) -> str:
+    return f"{kind}.{name}"
+
+
+def split_address(address: str) -> tuple[str, str]:
+    kind, _, name = address.partition(".")
+    if kind not in (BACKEND, ENDPOINT) or not name:
+        raise ConfigError(f"{address!r} is not a resource address: use backend.NAME or endpoint.NAME")
+    return kind, name
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    """How to reach (or start) the cluster. ``address`` None means servectl owns an embedded head."""
+
+    kind: str
+    address: Optional[str]
+    http_host: str
+    http_port: int
+    http_location: str
+    num_cpus: Optional[float]
+    num_gpus: int
+    resources: dict[str, float]
+    auth_token_path: Optional[str]
+
+    def attributes(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "address": self.address,
+            "http_host": self.http_host,
+            "http_port": self.http_port,
+            "http_location": self.http_location,
+        }
+
+
+@dataclass
+class ResourceSpec:
+    """One declared resource: its address, plain attributes, dependencies and where it was declared."""
+
+    kind: str
+    name: str
+    attributes: dict[str, Any]
+    depends_on: list[str] = field(default_factory=list)
+    declared_at: str = ""
+
+    @property
+    def address(self) -> str:
+        return address_of(self.kind, self.name)
+
+
+@dataclass
+class DesiredState:
+    config_dir: str
+    provider: ProviderSpec
+    resources: dict[str, ResourceSpec]
+    variables: dict[str, Any]
+
+    def backends(self) -> list[ResourceSpec]:
+        return [r for r in self.resources.values() if r.kind == BACKEND]
+
+    def endpoints(self) -> list[ResourceSpec]:
+        return [r for r in self.resources.values() if r.kind == ENDPOINT]
+
+
+def provider_spec(declared: Optional[LocalRay]) -> ProviderSpec:
+    """Resolve the provider block, letting the environment fill what the config leaves open.
+
+    As Terraform providers read AWS_REGION, ``SERVECTL_RAY_ADDRESS`` and
+    ``SERVECTL_HTTP_PORT`` point an unchanged config at another cluster (tests, CI).
+    """
+    block = declared or LocalRay()
+    address = block.address or os.environ.get("SERVECTL_RAY_ADDRESS") or None
+    port = block.http_port
+    if "http_port" not in block.model_fields_set and os.environ.get("SERVECTL_HTTP_PORT"):
+        raw = os.environ["SERVECTL_HTTP_PORT"]
+        if not raw.isdigit():
+            raise ConfigError(f"SERVECTL_HTTP_PORT={raw!r} is not a port number")
+        port = int(raw)
+    token = block.auth_token_path or os.environ.get("SERVECTL_RAY_AUTH_TOKEN_PATH") or None
+    return ProviderSpec(
+        kind="local_ray",
+        address=address,
+        http_host=block.http_host,
+        http_port=port,
+        http_location=block.http_location,
+        num_cpus=block.num_cpus,
+        num_gpus=block.num_gpus,
+        resources=dict(block.resources),
+        auth_token_path=token,
+    )
+
+
+def code_identity(backend: Backend, config_dir: str) -> dict[str, Any]:
+    """Import path and content hash of a backend's code, so a code edit shows as a replace.
+
+    The hash covers the source of the module that defines the code (or of the
+    callable itself when it is defined in the config). Code importable only on
+    the workers is identified by its path alone.
+    """
+    code = backend.code
+    if isinstance(code, str):
+        module_name, _, attr = code.partition(":")
+        source_file = _local_module_file(module_name, config_dir)
+        if source_file is None:
+            spec = importlib.util.find_spec(module_name.split(".")[0]) if _safe_find(module_name) else None
+            origin = getattr(spec, "origin", None) if spec else None
+            if origin and os.path.isfile(origin):
+                source_file = origin
+        if source_file is None:
+            digest = hashlib.sha256(f"worker-only:{code}".encode()).hexdigest()
+            return {"import_path": code, "sha256": digest, "origin": "workers"}
+        with open(source_file, "rb") as handle:
+            digest = hashlib.sha256(handle.read()).hexdigest()
+        return {"import_path": code, "sha256": digest, "origin": os.path.relpath(source_file, config_dir) if source_file.startswith(config_dir) else "installed"}
+    qualname = getattr(code, "__qualname__", "")
+    module = getattr(code, "__module__", "")
+    if module == CONFIG_MODULE_RUN_NAME:  # defined in main.py itself: workers import it as `main`
+        module = "main"
+    if "<locals>" in qualname or "<lambda>" in qualname or not module:
+        raise ConfigError(
+            f"{backend.declared_at}: backend {backend.name!r}: code must be a module-level class or function "
+            "(workers import it by name)"
+        )
+    try:
+        source = inspect.getsource(code)
+    except (OSError, TypeError):
+        raise ConfigError(f"{backend.declared_at}: backend {backend.name!r}: cannot read the source of {qualname}") from None
+    return {"import_path": f"{module}:{qualname}", "sha256": hashlib.sha256(source.encode()).hexdigest(), "origin": "config"}
+
+
+def _safe_find(module_name: str) -> bool:
+    try:
+        return importlib.util.find_spec(module_name.split(".")[0]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _local_module_file(module_name: str, config_dir: str) -> Optional[str]:
+    parts = module_name.split(".")
+    base = os.path.join(config_dir, *parts)
+    for candidate in (base + ".py", os.path.join(base, "__init__.py")):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _json_value(value: Any, where: str) -> Any:
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: value {value!r} must be JSON-serialisable (str, number, bool, list, dict)") from None
+
+
+def backend_attributes(backend: Backend, config_dir: str) -> dict[str, Any]:
+    where = f"{backend.declared_at}: backend {backend.name!r}"
+    options = backend.ray_actor_options
+    return {
+        "code": code_identity(backend, config_dir),
+        "init_args": _json_value(list(backend.init_args), where),
+        "init_kwargs": _json_value(backend.init_kwargs, where),
+        "num_replicas": backend.num_replicas,
+        "ray_actor_options": {
+            "num_cpus": float(options.num_cpus),
+            "num_gpus": float(options.num_gpus),
+            "memory": options.memory,
+            "resources": dict(sorted(options.resources.items())),
+        },
+        "max_concurrent_queries": backend.max_concurrent_queries,
+        "user_config": _json_value(backend.user_config, where),
+    }
+
+
+def endpoint_attributes(endpoint: Endpoint, backend_names: set[str]) -> dict[str, Any]:
+    traffic: dict[str, float] = {}
+    for key, weight in endpoint.traffic.items():
+        name = key.name if isinstance(key, Backend) else key
+        if name not in backend_names:
+            known = ", ".join(sorted(backend_names)) or "none"
+            raise ConfigError(
+                f"{endpoint.declared_at}: endpoint {endpoint.name!r} sends traffic to unknown backend {name!r} "
+                f"(declared backends: {known})"
+            )
+        traffic[name] = traffic.get(name, 0.0) + float(weight)
+    return {"route": endpoint.route, "traffic": dict(sorted(traffic.items()))}

@@ -1,0 +1,216 @@
+"""Pack replicas onto nodes the way Ray's scheduler will, before anything is deployed.
+
+Today's Ray Serve waits forever for a replica that no node can hold; servectl
+runs this packing at plan time instead and refuses such a plan with the
+numbers. Quantities are counted in Ray's own fixed-point unit (1/10000), so
+ten replicas of 0.1 CPU fit one CPU exactly as they do in Ray. A fractional
+GPU request must fit on a single GPU, as Ray requires.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+UNIT = 10_000
+
+
+def units(amount: float) -> int:
+    return int(round(amount * UNIT))
+
+
+@dataclass(frozen=True)
+class NodeCapacity:
+    """What one node offers to replicas."""
+
+    name: str
+    cpus: float
+    gpus: int
+    memory: Optional[float] = None  # bytes; None when unknown (not checked)
+    resources: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReplicaDemand:
+    """What one replica of a backend asks for (its ``ray_actor_options``)."""
+
+    backend: str
+    cpus: float
+    gpus: float
+    memory: Optional[float] = None
+    resources: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_actor_options(cls, backend: str, options: dict[str, Any]) -> "ReplicaDemand":
+        return cls(
+            backend=backend,
+            cpus=float(options.get("num_cpus", 1.0)),
+            gpus=float(options.get("num_gpus", 0.0)),
+            memory=options.get("memory"),
+            resources=dict(options.get("resources") or {}),
+        )
+
+    def describe(self) -> str:
+        parts = [f"CPU {self.cpus:g}"]
+        if self.gpus:
+            parts.append(f"GPU {self.gpus:g}")
+        if self.memory:
+            parts.append(f"memory {self.memory / 2**30:.2f} GiB")
+        parts += [f"{key} {amount:g}" for key, amount in sorted(self.resources.items())]
+        return ", ".join(parts)
+
+
+@dataclass
+class _NodeRoom:
+    capacity: NodeCapacity
+    cpus: int
+    gpu_slots: list[int]
+    memory: Optional[int]
+    resources: dict[str, int]
+    replicas: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, node: NodeCapacity) -> "_NodeRoom":
+        return cls(
+            capacity=node,
+            cpus=units(node.cpus),
+            gpu_slots=[UNIT] * int(node.gpus),
+            memory=None if node.memory is None else int(node.memory),
+            resources={key: units(amount) for key, amount in node.resources.items()},
+        )
+
+    def try_take(self, demand: ReplicaDemand) -> bool:
+        cpus = units(demand.cpus)
+        if cpus > self.cpus:
+            return False
+        if demand.memory and self.memory is not None and demand.memory > self.memory:
+            return False
+        for key, amount in demand.resources.items():
+            if units(amount) > self.resources.get(key, 0):
+                return False
+        gpu_take = self._gpu_choice(demand.gpus)
+        if gpu_take is None:
+            return False
+        self.cpus -= cpus
+        if demand.memory and self.memory is not None:
+            self.memory -= int(demand.memory)
+        for key, amount in demand.resources.items():
+            self.resources[key] -= units(amount)
+        for index, amount in gpu_take:
+            self.gpu_slots[index] -= amount
+        self.replicas[demand.backend] = self.replicas.get(demand.backend, 0) + 1
+        return True
+
+    def _gpu_choice(self, gpus: float) -> Optional[list[tuple[int, int]]]:
+        if gpus <= 0:
+            return []
+        if gpus >= 1:  # whole GPUs: that many untouched GPUs
+            free = [i for i, left in enumerate(self.gpu_slots) if left == UNIT][: int(gpus)]
+            return [(i, UNIT) for i in free] if len(free) == int(gpus) else None
+        need = units(gpus)
+        fitting = [(left, i) for i, left in enumerate(self.gpu_slots) if left >= need]
+        if not fitting:
+            return None
+        _, best = min(fitting)  # best fit keeps whole GPUs free for whole-GPU replicas
+        return [(best, need)]
+
+
+@dataclass
+class NodePlacement:
+    node: str
+    replicas: dict[str, int]
+    cpus_used: float
+    cpus_total: float
+    gpus_used: float
+    gpus_total: int
+    gpu_slots_used: list[float]
+
+
+@dataclass
+class Placement:
+    nodes: list[NodePlacement]
+    unplaced: list[tuple[ReplicaDemand, int]]
+
+    @property
+    def replicas(self) -> int:
+        return sum(sum(n.replicas.values()) for n in self.nodes)
+
+    def nodes_used(self) -> int:
+        return sum(1 for n in self.nodes if n.replicas)
+
+    def gpu_nodes_used(self) -> int:
+        return sum(1 for n in self.nodes if n.gpus_used > 0)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "replicas": self.replicas,
+            "nodes_total": len(self.nodes),
+            "nodes_used": self.nodes_used(),
+            "gpu_nodes_used": self.gpu_nodes_used(),
+            "cpus_used": round(sum(n.cpus_used for n in self.nodes), 4),
+            "cpus_total": round(sum(n.cpus_total for n in self.nodes), 4),
+            "gpus_used": round(sum(n.gpus_used for n in self.nodes), 4),
+            "gpus_total": sum(n.gpus_total for n in self.nodes),
+            "nodes": [
+                {
+                    "node": n.node,
+                    "replicas": dict(sorted(n.replicas.items())),
+                    "cpus": [round(n.cpus_used, 4), n.cpus_total],
+                    "gpus": [round(n.gpus_used, 4), n.gpus_total],
+                    "gpu_slots_used": n.gpu_slots_used,
+                }
+                for n in self.nodes
+            ],
+        }
+
+
+def pack(demands: list[tuple[ReplicaDemand, int]], nodes: list[NodeCapacity]) -> Placement:
+    """First-fit decreasing: the largest replicas first, each onto the first node that holds it."""
+    rooms = [_NodeRoom.of(node) for node in nodes]
+    order = sorted(
+        demands,
+        key=lambda item: (-item[0].gpus, -item[0].cpus, -(item[0].memory or 0), item[0].backend),
+    )
+    unplaced: list[tuple[ReplicaDemand, int]] = []
+    for demand, count in order:
+        missing = 0
+        start = 0
+        for _ in range(count):
+            for offset in range(len(rooms)):
+                room = rooms[(start + offset) % len(rooms)]
+                if room.try_take(demand):
+                    break
+            else:
+                missing += 1
+        if missing:
+            unplaced.append((demand, missing))
+    placed = []
+    for room in rooms:
+        node = room.capacity
+        slots_used = [round((UNIT - left) / UNIT, 4) for left in room.gpu_slots]
+        placed.append(
+            NodePlacement(
+                node=node.name,
+                replicas=room.replicas,
+                cpus_used=(units(node.cpus) - room.cpus) / UNIT,
+                cpus_total=node.cpus,
+                gpus_used=sum(slots_used),
+                gpus_total=int(node.gpus),
+                gpu_slots_used=slots_used,
+            )
+        )
+    return Placement(nodes=placed, unplaced=unplaced)
+
+
+def describe_cluster(nodes: list[NodeCapacity]) -> str:
+    if not nodes:
+        return "no nodes"
+    cpus = sum(n.cpus for n in nodes)
+    gpus = sum(n.gpus for n in nodes)
+    extra: dict[str, float] = {}
+    for n in nodes:
+        for key, amount in n.resources.items():
+            extra[key] = extra.get(key, 0) + amount
+    text = f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}: CPU {cpus:g}, GPU {gpus}"
+    if extra:
+        text += ", " + ", ".join(f"{k} {v:g}" for k, v in sorted(extra.items()))
+    return text

@@ -1,0 +1,188 @@
+"""Diff the desired state against the recorded state into an ordered Plan.
+
+Each change is classified by what it costs on Ray Serve: replica count,
+concurrency, user_config and routes change on running replicas (update in
+place); code, init arguments and resources restart replicas (replace, done as
+Serve's rolling update so the route stays served).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from servectl.desired import (
+    BACKEND,
+    ENDPOINT,
+    IN_PLACE_BACKEND_ATTRIBUTES,
+    IN_PLACE_ENDPOINT_ATTRIBUTES,
+    DesiredState,
+    ResourceSpec,
+)
+from servectl.errors import PlanError
+from servectl.placement import NodeCapacity, ReplicaDemand, describe_cluster, pack
+from servectl.plan import Action, AttributeDiff, Plan, ResourceChange
+from servectl.state.document import FAILED, ResourceState, StateDocument
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists and scalars are leaves."""
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, inner in value.items():
+            out.update(flatten(inner, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def attribute_diffs(kind: str, before: dict[str, Any], after: dict[str, Any]) -> list[AttributeDiff]:
+    in_place = IN_PLACE_BACKEND_ATTRIBUTES if kind == BACKEND else IN_PLACE_ENDPOINT_ATTRIBUTES
+    diffs = []
+    for top in sorted(set(before) | set(after)):
+        old, new = before.get(top), after.get(top)
+        if old == new:
+            continue
+        if top in ("user_config", "traffic"):  # shown whole: one value the user wrote as one
+            diffs.append(AttributeDiff(top, old, new, forces_replacement=top not in in_place))
+            continue
+        flat_old, flat_new = flatten(old, top), flatten(new, top)
+        for path in sorted(set(flat_old) | set(flat_new)):
+            if flat_old.get(path) != flat_new.get(path):
+                diffs.append(AttributeDiff(path, flat_old.get(path), flat_new.get(path), top not in in_place))
+    return diffs
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, str) and len(value) == 64:
+        return value[:12]  # sha256
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def reasons_for(diffs: list[AttributeDiff]) -> list[str]:
+    reasons = []
+    for diff in diffs:
+        if diff.path == "code.sha256":
+            reasons.append(f"code changed (sha256 {_short(diff.before)} → {_short(diff.after)})")
+        elif diff.path == "user_config":
+            reasons.append("user_config changed (reconfigure() runs on every replica)")
+        else:
+            suffix = " (replicas restart)" if diff.forces_replacement else ""
+            reasons.append(f"{diff.path} {_short(diff.before)} → {_short(diff.after)}{suffix}")
+    return reasons
+
+
+def _change_for(spec: ResourceSpec, recorded: Optional[ResourceState]) -> ResourceChange:
+    base = dict(address=spec.address, kind=spec.kind, name=spec.name, after=spec.attributes)
+    if recorded is None:
+        return ResourceChange(action=Action.CREATE, before=None, reasons=["not in state"], **base)
+    diffs = attribute_diffs(spec.kind, recorded.attributes, spec.attributes)
+    if recorded.status == FAILED:
+        return ResourceChange(
+            action=Action.REPLACE,
+            before=recorded.attributes,
+            diffs=diffs,
+            reasons=[f"last apply failed: {recorded.error}"] + reasons_for(diffs),
+            **base,
+        )
+    if not diffs:
+        return ResourceChange(action=Action.NOOP, before=recorded.attributes, **base)
+    action = Action.REPLACE if any(d.forces_replacement for d in diffs) else Action.UPDATE
+    return ResourceChange(action=action, before=recorded.attributes, diffs=diffs, reasons=reasons_for(diffs), **base)
+
+
+def _order(changes: list[ResourceChange], recorded: dict[str, ResourceState]) -> list[ResourceChange]:
+    """Zero-downtime order: backends up first, then routes move, then what is removed goes.
+
+    A deleted endpoint whose route a new or changed endpoint takes goes before
+    it, since Serve refuses two applications on one route.
+    """
+    wanted_routes = {
+        c.after.get("route") for c in changes if c.kind == ENDPOINT and c.action is not Action.DELETE and c.after
+    }
+    def rank(change: ResourceChange) -> int:
+        if change.kind == BACKEND and change.action is not Action.DELETE:
+            return 0
+        if change.kind == ENDPOINT and change.action is Action.DELETE:
+            route = (change.before or {}).get("route")
+            return 1 if route is not None and route in wanted_routes else 3
+        if change.kind == ENDPOINT:
+            return 2
+        return 4  # backend deletes: after every route has moved off them
+    return sorted(changes, key=rank)  # stable: declaration order within a rank
+
+
+def plan_changes(
+    desired: DesiredState,
+    state: Optional[StateDocument],
+    nodes: list[NodeCapacity],
+    cluster_source: str = "live",
+    destroy: bool = False,
+) -> Plan:
+    """Build the plan that takes ``state`` to ``desired`` (or to nothing, with ``destroy``)."""
+    recorded = dict(state.resources) if state else {}
+    wanted = {} if destroy else desired.resources
+    _check_provider_unchanged(desired, state)
+
+    changes = [_change_for(spec, recorded.get(address)) for address, spec in wanted.items()]
+    for address, resource in recorded.items():
+        if address not in wanted:
+            changes.append(
+                ResourceChange(
+                    address=address,
+                    kind=resource.kind,
+                    name=resource.name,
+                    action=Action.DELETE,
+                    before=resource.attributes,
+                    after=None,
+                    reasons=["destroy requested" if destroy else "no longer in config"],
+                )
+            )
+
+    placement = pack(_demands(wanted.values()), nodes)
+    placement_before = pack(_demands(recorded.values()), nodes)
+    if placement.unplaced:
+        demand, missing = placement.unplaced[0]
+        spec = wanted[f"{BACKEND}.{demand.backend}"]
+        raise PlanError(
+            f"{spec.declared_at}: backend.{demand.backend}: {missing} replica{'s' if missing != 1 else ''} "
+            f"needing {{{demand.describe()}}} each cannot be placed on the cluster ({describe_cluster(nodes)}"
+            f"{', shape projected from LocalRay settings' if cluster_source == 'projected' else ''}); "
+            "lower num_replicas or ray_actor_options, or give the cluster more resources"
+        )
+
+    replicas_before = sum(
+        r.attributes.get("num_replicas", 0) for r in recorded.values() if r.kind == BACKEND
+    )
+    replicas_after = sum(s.attributes["num_replicas"] for s in wanted.values() if s.kind == BACKEND)
+    return Plan(
+        changes=_order(changes, recorded),
+        placement=placement.summary(),
+        state_lineage=state.lineage if state else None,
+        state_serial=state.serial if state else 0,
+        provider=desired.provider.attributes(),
+        cluster_source=cluster_source,
+        replicas_before=replicas_before,
+        replicas_after=replicas_after,
+        placement_before=placement_before.summary(),
+        destroy=destroy,
+    )
+
+
+def _demands(resources: Any) -> list[tuple[ReplicaDemand, int]]:
+    return [
+        (ReplicaDemand.from_actor_options(r.name, r.attributes["ray_actor_options"]), r.attributes["num_replicas"])
+        for r in resources
+        if r.kind == BACKEND and r.attributes.get("num_replicas", 0) > 0
+    ]
+
+
+def _check_provider_unchanged(desired: DesiredState, state: Optional[StateDocument]) -> None:
+    if not state or not state.resources or not state.provider:
+        return
+    before = state.provider
+    after = desired.provider.attributes()
+    changed = [key for key in ("address", "http_host", "http_port", "http_location") if before.get(key) != after.get(key)]
+    if changed:
+        key = changed[0]
+        raise PlanError(
+            f"provider {key} changed ({before.get(key)!r} → {after.get(key)!r}) while resources are deployed; "
+            "Serve cannot move its HTTP server or cluster in place: run `servectl destroy` with the old settings first"
+        )

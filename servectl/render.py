@@ -1,0 +1,119 @@
+"""Turn plans and state into text for people. Reads data; decides nothing."""
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from rich.console import Console
+from rich.markup import escape
+
+from servectl.plan import Action, Plan, ResourceChange
+from servectl.planner import flatten
+from servectl.state.document import FAILED, StateDocument
+
+SYMBOLS = {
+    Action.CREATE: ("+", "green"),
+    Action.UPDATE: ("~", "yellow"),
+    Action.REPLACE: ("-/+", "magenta"),
+    Action.DELETE: ("-", "red"),
+    Action.NOOP: (" ", "dim"),
+}
+HEADLINES = {
+    Action.CREATE: "will be created",
+    Action.UPDATE: "will be updated in place",
+    Action.REPLACE: "must be replaced (replicas restart, rolling)",
+    Action.DELETE: "will be destroyed",
+}
+
+
+def value(v: Any) -> str:
+    if isinstance(v, str):
+        return json.dumps(v)
+    if v is None:
+        return "null"
+    return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v)
+
+
+def render_change(console: Console, change: ResourceChange) -> None:
+    symbol, color = SYMBOLS[change.action]
+    console.print(f"  [bold]# {change.address}[/bold] {HEADLINES[change.action]}")
+    console.print(f"  [{color}]{escape(symbol)}[/{color}] {change.kind} {value(change.name)} {{")
+    if change.action is Action.CREATE:
+        for path, v in flatten(change.after or {}).items():
+            console.print(f"      [green]+[/green] {path} = {escape(value(v))}")
+    elif change.action is Action.DELETE:
+        for path, v in flatten(change.before or {}).items():
+            console.print(f"      [red]-[/red] {path} = {escape(value(v))}")
+    else:
+        for diff in change.diffs:
+            forced = "  [magenta]# forces replacement[/magenta]" if diff.forces_replacement else ""
+            console.print(
+                f"      [yellow]~[/yellow] {diff.path} = {escape(value(diff.before))} → {escape(value(diff.after))}{forced}"
+            )
+    console.print("    }")
+    if change.action in (Action.UPDATE, Action.REPLACE) and change.reasons:
+        console.print(f"    [dim]because: {escape('; '.join(change.reasons))}[/dim]")
+    console.print()
+
+
+def summary_line(plan: Plan) -> str:
+    p = plan.placement
+    before = plan.placement_before
+    delta = plan.replica_delta
+    gpu_delta = p["gpu_nodes_used"] - before.get("gpu_nodes_used", 0)
+    parts = [
+        f"Plan: {plan.count(Action.CREATE)} to add, {plan.count(Action.UPDATE)} to change, "
+        f"{plan.count(Action.REPLACE)} to replace, {plan.count(Action.DELETE)} to destroy",
+        f"replicas {delta:+d} ({plan.replicas_before} → {plan.replicas_after})",
+        f"GPU nodes {gpu_delta:+d}",
+        f"placement: {p['replicas']} replicas on {p['nodes_used']} of {p['nodes_total']} node"
+        f"{'s' if p['nodes_total'] != 1 else ''}, CPU {p['cpus_used']:g}/{p['cpus_total']:g}, "
+        f"GPU {p['gpus_used']:g}/{p['gpus_total']}"
+        + (" (cluster not started yet: shape from LocalRay settings)" if plan.cluster_source == "projected" else ""),
+    ]
+    traffic = traffic_moves(plan)
+    if traffic:
+        parts.append("traffic: " + ", ".join(traffic))
+    return "; ".join(parts)
+
+
+def traffic_moves(plan: Plan) -> list[str]:
+    moves = []
+    for change in plan.actionable:
+        if change.kind != "endpoint" or change.after is None:
+            continue
+        if change.before is not None and change.before.get("traffic") == change.after.get("traffic"):
+            continue
+        weights = change.after["traffic"]
+        moves.append(f"{change.name} " + "/".join(f"{w:g}" for w in weights.values()) + " (" + "/".join(weights) + ")" if len(weights) > 1 else f"{change.name} → {next(iter(weights))}")
+    return moves
+
+
+def render_plan(console: Console, plan: Plan) -> None:
+    if not plan.has_changes():
+        console.print("[green]No changes.[/green] The recorded state matches the config.")
+        console.print(summary_line(plan))
+        return
+    console.print("servectl will perform the following actions:\n")
+    for change in plan.actionable:
+        render_change(console, change)
+    console.print(f"[bold]{escape(summary_line(plan))}[/bold]")
+
+
+def render_state(console: Console, document: Optional[StateDocument], address: Optional[str] = None) -> None:
+    if document is None or not document.resources:
+        console.print("The state is empty: nothing has been applied.")
+        return
+    for addr, resource in sorted(document.resources.items()):
+        if address is not None and addr != address:
+            continue
+        status = f"  [red](failed: {escape(resource.error or '')})[/red]" if resource.status == FAILED else ""
+        console.print(f"[bold]# {addr}[/bold]{status}")
+        console.print(f"{resource.kind} {value(resource.name)} {{")
+        for path, v in flatten(resource.attributes).items():
+            console.print(f"    {path} = {escape(value(v))}")
+        for path, v in flatten(resource.live).items():
+            console.print(f"    [dim]live.{path} = {escape(value(v))}[/dim]")
+        console.print("}\n")
+    if address is None:
+        console.print(f"[dim]serial {document.serial}, lineage {document.lineage}, updated {document.updated_at}[/dim]")

@@ -1,0 +1,72 @@
+"""The library entry points the CLI (and tests) call: one config directory, its state, its provider."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional
+
+from servectl.apply import apply_plan
+from servectl.desired import DesiredState
+from servectl.errors import StateError
+from servectl.loader import load_config
+from servectl.plan import Plan
+from servectl.planner import plan_changes
+from servectl.providers import Provider, provider_for
+from servectl.state.document import StateDocument
+from servectl.state.local import LocalStateStore
+from servectl.state.store import StateStore
+
+
+@dataclass
+class Planned:
+    desired: DesiredState
+    state: Optional[StateDocument]
+    plan: Plan
+    provider: Provider
+
+
+class Workspace:
+    """A config directory with its state store, as ``servectl -C DIR`` sees it."""
+
+    def __init__(self, config_dir: str, variables: Optional[Mapping[str, str]] = None) -> None:
+        self.config_dir = os.path.abspath(config_dir)
+        self.variables = dict(variables or {})
+        self.store: StateStore = LocalStateStore.in_dir(self.config_dir)
+
+    def load(self) -> DesiredState:
+        return load_config(self.config_dir, self.variables)
+
+    def read_state(self) -> Optional[StateDocument]:
+        return self.store.read()
+
+    def plan(self, destroy: bool = False) -> Planned:
+        desired = self.load()
+        state = self.read_state()
+        provider = provider_for(desired.provider, self.config_dir)
+        view = provider.cluster()
+        plan = plan_changes(desired, state, view.nodes, view.source, destroy=destroy)
+        return Planned(desired=desired, state=state, plan=plan, provider=provider)
+
+    def apply(self, planned: Planned, progress: Callable[[str], None], timeout_s: float = 300.0) -> StateDocument:
+        """Apply ``planned`` under the state lock; refuse if the state moved since it was planned."""
+        lock = self.store.lock("apply" if not planned.plan.destroy else "destroy")
+        try:
+            current = self.read_state()
+            lineage = current.lineage if current else None
+            serial = current.serial if current else 0
+            if lineage != planned.plan.state_lineage or serial != planned.plan.state_serial:
+                raise StateError(
+                    f"the state changed since this plan was made (serial {planned.plan.state_serial} → {serial}); "
+                    "run plan again"
+                )
+            if planned.plan.has_changes() or current is None:
+                document = apply_plan(
+                    planned.plan, planned.desired, current, self.store, planned.provider, progress, timeout_s
+                )
+            else:
+                document = current
+            if planned.plan.destroy:  # also when nothing was left to delete: the cluster may still run
+                planned.provider.teardown(progress)
+            return document
+        finally:
+            self.store.unlock(lock)

@@ -1,0 +1,120 @@
+"""The state document: what servectl applied, as versioned JSON.
+
+Shaped after Terraform's state: ``format_version`` says how to read the file,
+``lineage`` names one state's life (set at creation, never changed) and
+``serial`` counts its writes. Old formats are upgraded by one function each;
+a file from a newer servectl is refused rather than guessed at.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Optional
+
+from servectl.errors import StateError
+
+FORMAT_VERSION = 1
+
+APPLIED = "applied"
+FAILED = "failed"
+
+
+@dataclass
+class ResourceState:
+    """One resource as last applied: its attributes and the provider's identifiers for it."""
+
+    kind: str
+    name: str
+    attributes: dict[str, Any]
+    live: dict[str, Any] = field(default_factory=dict)
+    status: str = APPLIED
+    error: Optional[str] = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.kind}.{self.name}"
+
+
+@dataclass
+class StateDocument:
+    lineage: str
+    serial: int = 0
+    servectl_version: str = ""
+    provider: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, ResourceState] = field(default_factory=dict)
+    config_snapshot: dict[str, Any] = field(default_factory=dict)
+    updated_at: str = ""
+
+    @classmethod
+    def new(cls) -> "StateDocument":
+        return cls(lineage=str(uuid.uuid4()))
+
+    def to_json(self) -> str:
+        body = {
+            "format_version": FORMAT_VERSION,
+            "lineage": self.lineage,
+            "serial": self.serial,
+            "servectl_version": self.servectl_version,
+            "updated_at": self.updated_at,
+            "provider": self.provider,
+            "resources": {address: asdict(r) for address, r in sorted(self.resources.items())},
+            "config_snapshot": self.config_snapshot,
+        }
+        return json.dumps(body, indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> "StateDocument":
+        try:
+            body = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise StateError(
+                f"{source}: state file is corrupt (invalid JSON at line {err.lineno}); restore it from a backup "
+                "— servectl will not overwrite it"
+            ) from None
+        if not isinstance(body, dict) or not isinstance(body.get("format_version"), int):
+            raise StateError(f"{source}: not a servectl state file (no format_version); servectl will not overwrite it")
+        body = upgrade(body, source)
+        try:
+            resources = {address: ResourceState(**r) for address, r in body["resources"].items()}
+            return cls(
+                lineage=str(body["lineage"]),
+                serial=int(body["serial"]),
+                servectl_version=str(body.get("servectl_version", "")),
+                provider=dict(body.get("provider") or {}),
+                resources=resources,
+                config_snapshot=dict(body.get("config_snapshot") or {}),
+                updated_at=str(body.get("updated_at", "")),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise StateError(f"{source}: state file is corrupt ({type(err).__name__}: {err}); servectl will not overwrite it") from None
+
+    def copy(self) -> "StateDocument":
+        return copy.deepcopy(self)
+
+    def stamp(self, version: str) -> None:
+        """Mark one more write: bump the serial and record when and by which servectl."""
+        self.serial += 1
+        self.servectl_version = version
+        self.updated_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# One function per old format, each returning the next format's body.
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def upgrade(body: dict[str, Any], source: str) -> dict[str, Any]:
+    version = body["format_version"]
+    if version > FORMAT_VERSION:
+        raise StateError(
+            f"{source}: state format {version} was written by a newer servectl (this one reads up to "
+            f"{FORMAT_VERSION}); upgrade servectl — the file is left untouched"
+        )
+    while version < FORMAT_VERSION:
+        if version not in UPGRADES:
+            raise StateError(f"{source}: state format {version} is too old to read; no upgrade path exists")
+        body = UPGRADES[version](body)
+        version = body["format_version"]
+    return body

@@ -1,0 +1,138 @@
+"""State in a local JSON file beside the config, with an OS lock plus a lock record."""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import tempfile
+from typing import Optional
+
+from servectl.errors import LockError, StateError
+from servectl.state.document import StateDocument
+from servectl.state.store import LockInfo, StateStore
+
+STATE_FILE = "servectl.state.json"
+
+
+class LocalStateStore(StateStore):
+    """``servectl.state.json`` in the config dir, written 0600 via temp file + fsync + rename.
+
+    Locking takes an OS lock (``flock``) for the duration of the operation and
+    leaves a lock record beside the state. A process killed mid-apply loses its
+    OS lock but leaves the record, so the next operation stops and names it
+    until ``force-unlock`` clears it — a crashed apply is noticed, not ignored.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self.lock_path = self.path + ".lock"
+        self.lock_info_path = self.path + ".lock.info"
+        self._lock_fd: Optional[int] = None
+
+    @classmethod
+    def in_dir(cls, config_dir: str) -> "LocalStateStore":
+        return cls(os.path.join(config_dir, STATE_FILE))
+
+    def describe(self) -> str:
+        return self.path
+
+    def read(self) -> Optional[StateDocument]:
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                text = handle.read()
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise StateError(f"{self.path}: cannot read state: {err.strerror}") from None
+        return StateDocument.from_json(text, self.path)
+
+    def write(self, document: StateDocument) -> None:
+        directory = os.path.dirname(self.path)
+        text = document.to_json()
+        fd, temp_path = tempfile.mkstemp(prefix=".servectl.state.", dir=directory)
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp_path, self.path)
+        except BaseException:
+            try:
+                os.unlink(temp_path)
+            except FileNotFoundError:
+                pass
+            raise
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+
+    def _read_lock_info(self) -> Optional[LockInfo]:
+        try:
+            with open(self.lock_info_path, encoding="utf-8") as handle:
+                return LockInfo(**json.load(handle))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError):
+            return LockInfo(id="unreadable", operation="?", who="?", created="?", pid=0)
+
+    def lock(self, operation: str) -> LockInfo:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise StateError(f"{self.lock_path}: cannot lock state: {err.strerror}") from None
+            holder = self._read_lock_info()
+            who = holder.describe() if holder else "another process"
+            raise LockError(f"state {self.path} is locked by {who}; wait for it to finish") from None
+        stale = self._read_lock_info()
+        if stale is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise LockError(
+                f"state {self.path} is locked by {stale.describe()}, which is no longer running; "
+                f"if nothing else is applying, run `servectl force-unlock {stale.id}`"
+            )
+        info = LockInfo.for_operation(operation)
+        record_fd = os.open(self.lock_info_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(record_fd, "w", encoding="utf-8") as handle:
+            json.dump(info.to_dict(), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._lock_fd = fd
+        return info
+
+    def unlock(self, info: LockInfo) -> None:
+        current = self._read_lock_info()
+        if current is not None and current.id == info.id:
+            os.unlink(self.lock_info_path)
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def force_unlock(self, lock_id: str) -> LockInfo:
+        current = self._read_lock_info()
+        if current is None:
+            raise LockError(f"state {self.path} is not locked; nothing to unlock")
+        if current.id != lock_id:
+            raise LockError(f"lock ID {lock_id!r} does not match the lock on {self.path} (held with ID {current.id})")
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise LockError(
+                f"lock {lock_id} is held by a running process ({current.describe()}); it will release it when done"
+            ) from None
+        try:
+            os.unlink(self.lock_info_path)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        return current
