@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 import urllib.request
 from typing import Any, Optional
@@ -174,12 +175,16 @@ class LocalRayProvider(Provider):
 
             quiet = logging.getLogger("servectl.upload")
             quiet.setLevel(logging.ERROR)
-            env = upload_working_dir_if_needed(
-                {"working_dir": self.config_dir, "excludes": UPLOAD_EXCLUDES},
-                include_gitignore=False,
-                scratch_dir=os.path.join(self.config_dir, ".servectl"),
-                logger=quiet,
-            )
+            try:
+                with tempfile.TemporaryDirectory(prefix="servectl-upload-") as scratch:
+                    env = upload_working_dir_if_needed(
+                        {"working_dir": self.config_dir, "excludes": UPLOAD_EXCLUDES},
+                        include_gitignore=False,
+                        scratch_dir=scratch,
+                        logger=quiet,
+                    )
+            except Exception as err:  # noqa: BLE001 - Ray wraps OS and size errors alike
+                raise ProviderError(f"cannot upload {self.config_dir} to the cluster: {err}") from None
             self._package_uri = env["working_dir"]
         return self._package_uri
 

@@ -142,8 +142,8 @@ def plan_changes(
         demand, missing = placement.unplaced[0]
         spec = wanted[f"{BACKEND}.{demand.backend}"]
         raise PlanError(
-            f"{spec.declared_at}: backend.{demand.backend}: {missing} replica{'s' if missing != 1 else ''} "
-            f"needing {{{demand.describe()}}} each cannot be placed on the cluster ({describe_cluster(nodes)}"
+            f"{spec.declared_at}: backend.{demand.backend}: {missing} of {spec.attributes['num_replicas']} "
+            f"replica{'s' if spec.attributes['num_replicas'] != 1 else ''} needing {{{demand.describe()}}} each cannot be placed on the cluster ({describe_cluster(nodes)}"
             f"{', shape projected from LocalRay settings' if cluster_source == 'projected' else ''}); "
             "lower num_replicas or ray_actor_options, or give the cluster more resources"
         )

@@ -1,0 +1,200 @@
+"""End to end through the real ``servectl`` entry point on a real Ray cluster with real HTTP."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from servectl.providers.local_ray import connect
+from tests.conftest import RayCluster, copy_example, file_digest, run_cli, wait_for_http, write_config
+
+pytestmark = pytest.mark.ray
+
+
+def serve_details(cluster: RayCluster) -> dict:
+    connect(cluster.address, cluster.token_path)
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client().get_serve_details()
+
+
+def replica_pids(cluster: RayCluster, app: str) -> set[int]:
+    deployment = serve_details(cluster)["applications"][app]["deployments"][app]
+    return {r["pid"] for r in deployment["replicas"] if str(getattr(r["state"], "value", r["state"])) == "RUNNING"}
+
+
+def test_quickstart_apply_serve_replan_show_destroy(ray_cluster, tmp_path, applied_dirs):
+    config = copy_example("quickstart", tmp_path)
+    applied_dirs.append(config)
+
+    result = run_cli(config, "apply", "--auto-approve")
+    assert result.code == 0, result.output
+    assert "+ backend \"hello\"" in result.stdout and "Plan: 2 to add, 0 to change" in result.stdout
+    assert "Apply complete!" in result.stdout
+    response = requests.get(ray_cluster.url("/hello?name=tests"), timeout=10)
+    assert response.status_code == 200 and response.text == "Hello from servectl, tests!"
+
+    again = run_cli(config, "plan", "--detailed-exitcode")
+    assert again.code == 0, again.output
+    assert "No changes." in again.stdout
+
+    listed = run_cli(config, "state", "list")
+    assert listed.stdout.split() == ["backend.hello", "endpoint.hello"]
+    shown = run_cli(config, "state", "show", "backend.hello")
+    assert 'init_args = ["Hello from servectl"]' in shown.stdout and "live.application = \"hello\"" in shown.stdout
+    as_json = json.loads(run_cli(config, "show", "--json").stdout)
+    assert as_json["format_version"] == 1 and set(as_json["resources"]) == {"backend.hello", "endpoint.hello"}
+
+    gone = run_cli(config, "destroy", "--auto-approve")
+    assert gone.code == 0, gone.output
+    assert "2 destroyed" in gone.stdout
+    assert requests.get(ray_cluster.url("/hello"), timeout=10).status_code == 404
+    assert "hello" not in serve_details(ray_cluster)["applications"]
+    assert run_cli(config, "state", "list").stdout.strip() == ""
+
+
+def test_scaling_10_to_2_is_an_in_place_update(ray_cluster, tmp_path, applied_dirs):
+    config = copy_example("scaling", tmp_path)
+    applied_dirs.append(config)
+    app = "my_scaled_endpoint_backend"
+
+    assert run_cli(config, "apply", "--auto-approve").code == 0
+    before = replica_pids(ray_cluster, app)
+    assert len(before) == 10
+    assert wait_for_http(ray_cluster.url("/scaled")).json()["pid"] in before
+
+    planned = run_cli(config, "plan", "--var", "replicas=2", "--detailed-exitcode")
+    assert planned.code == 2, planned.output
+    assert "~ num_replicas = 10 → 2" in planned.stdout
+    assert "Plan: 0 to add, 1 to change, 0 to replace, 0 to destroy; replicas -8 (10 → 2)" in planned.stdout
+
+    applied = run_cli(config, "apply", "--var", "replicas=2", "--auto-approve")
+    assert applied.code == 0, applied.output
+    after = replica_pids(ray_cluster, app)
+    assert len(after) == 2 and after <= before  # the survivors kept running: nothing restarted
+    assert run_cli(config, "plan", "--var", "replicas=2", "--detailed-exitcode").code == 0
+
+
+def test_code_change_replaces_replicas_while_the_route_keeps_answering(ray_cluster, tmp_path, applied_dirs):
+    config = copy_example("quickstart", tmp_path)
+    applied_dirs.append(config)
+    assert run_cli(config, "apply", "--auto-approve").code == 0
+    old_pids = replica_pids(ray_cluster, "hello")
+
+    models = config / "models.py"
+    models.write_text(models.read_text().replace('f"{self.greeting}, {name}!"', 'f"{self.greeting}, {name}! (v2)"'))
+    planned = run_cli(config, "plan")
+    assert "-/+ backend \"hello\"" in planned.stdout and "code changed (sha256" in planned.stdout
+
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        deadline = time.time() + 60
+        while not stop.is_set() and time.time() < deadline:
+            try:
+                statuses.append(requests.get(ray_cluster.url("/hello"), timeout=10).status_code)
+            except requests.RequestException:
+                statuses.append(0)
+            time.sleep(0.01)
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        applied = run_cli(config, "apply", "--auto-approve")
+    finally:
+        stop.set()
+        worker.join()
+    assert applied.code == 0, applied.output
+    print(f"{len(statuses)} requests during the replace, non-200: {[s for s in statuses if s != 200]}")
+    assert statuses and all(s == 200 for s in statuses)
+    assert requests.get(ray_cluster.url("/hello"), timeout=10).text.endswith("(v2)")
+    assert replica_pids(ray_cluster, "hello").isdisjoint(old_pids)
+
+
+GOOD = """
+from servectl import Backend, Endpoint, LocalRay
+LocalRay()
+b = Backend("guarded", "models:M", ray_actor_options={"num_cpus": 0.1})
+Endpoint("guarded", route="/guarded", backend=b)
+"""
+MODELS = "class M:\n    def __call__(self, request):\n        return 'ok'\n"
+
+
+def _bad_configs() -> dict[str, str]:
+    return {
+        "syntax error": GOOD.replace('route="/guarded"', 'route="/guarded"('),
+        "unknown backend": GOOD.replace("backend=b)", 'backend="nope")'),
+        "duplicate route": GOOD + 'c = Backend("other", "models:M")\nEndpoint("other", route="/guarded", backend=c)\n',
+        "negative replicas": GOOD.replace('ray_actor_options={"num_cpus": 0.1}', "num_replicas=-2"),
+        "unschedulable gpu": GOOD.replace('{"num_cpus": 0.1}', '{"num_cpus": 0.1, "num_gpus": 1}, num_replicas=3'),
+        "unknown setting": GOOD.replace("ray_actor_options=", "ray_actor_option="),
+    }
+
+
+def _assert_one_clear_line(result, expected: str) -> None:
+    assert result.code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert expected in lines[0], lines[0]
+
+
+def test_bad_input_is_one_line_exit_1_and_changes_nothing(ray_cluster, tmp_path, applied_dirs):
+    config = write_config(tmp_path / "guarded", GOOD, models=MODELS)
+    applied_dirs.append(config)
+    assert run_cli(config, "apply", "--auto-approve").code == 0
+    state_file = config / "servectl.state.json"
+    digest = file_digest(state_file)
+    expected = {
+        "syntax error": "main.py:5: syntax error",
+        "unknown backend": "unknown backend 'nope'",
+        "duplicate route": "route '/guarded' is already used by endpoint 'guarded'",
+        "negative replicas": "num_replicas",
+        "unschedulable gpu": "1 of 3 replicas needing {CPU 0.1, GPU 1} each cannot be placed",
+        "unknown setting": "ray_actor_option: unknown setting",
+    }
+    for name, main in _bad_configs().items():
+        (config / "main.py").write_text(main)
+        for command in (["plan"], ["apply", "--auto-approve"]):
+            _assert_one_clear_line(run_cli(config, *command), expected[name])
+            assert file_digest(state_file) == digest, f"{name}: state changed"
+    (config / "main.py").write_text(GOOD)
+    assert requests.get(ray_cluster.url("/guarded"), timeout=10).text == "ok"
+
+    # A held lock: the second apply fails at once naming the holder.
+    from servectl.state.local import LocalStateStore
+
+    store = LocalStateStore.in_dir(str(config))
+    (config / "main.py").write_text(GOOD.replace("num_cpus\": 0.1", "num_cpus\": 0.2"))
+    info = store.lock("apply")
+    try:
+        _assert_one_clear_line(run_cli(config, "apply", "--auto-approve"), f"lock ID {info.id}")
+    finally:
+        store.unlock(info)
+    assert file_digest(state_file) == digest
+    (config / "main.py").write_text(GOOD)
+
+    # Corrupt and newer-format state files are refused and left as they were.
+    original = state_file.read_bytes()
+    for content, message in (
+        (b'{"format_version": 1, "lin', "state file is corrupt"),
+        (json.dumps({**json.loads(original), "format_version": 99}).encode(), "written by a newer servectl"),
+    ):
+        state_file.write_bytes(content)
+        for command in (["plan"], ["apply", "--auto-approve"], ["destroy", "--auto-approve"]):
+            _assert_one_clear_line(run_cli(config, *command), message)
+            assert state_file.read_bytes() == content
+    state_file.write_bytes(original)
+
+
+def test_apply_without_approval_changes_nothing(ray_cluster, tmp_path):
+    config = write_config(tmp_path / "unapproved", GOOD.replace("guarded", "unapproved"), models=MODELS)
+    result = run_cli(config, "apply", stdin="no\n")
+    _assert_one_clear_line(result, "apply cancelled: not approved")
+    assert not (config / "servectl.state.json").exists()
+    assert "unapproved" not in serve_details(ray_cluster)["applications"]
