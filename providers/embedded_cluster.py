@@ -73,6 +73,26 @@ def pids_mentioning(text: str) -> list[int]:
     return found
 
 
+def descendants(root: int) -> list[int]:
+    """Every process below ``root`` in the process tree, found through /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
 @dataclass
 class ClusterRecord:
     pid: int
@@ -181,21 +201,21 @@ class EmbeddedCluster:
         return was_running
 
     def _stop_pid(self, pid: int, temp_dir: str) -> None:
-        # `ray start --block` stops the processes it started when it gets SIGTERM;
-        # the process group and the temp-dir scan catch anything it leaves.
+        # Ray workers retitle themselves and take their own process groups, so
+        # neither a group kill nor a command-line scan finds them all: take the
+        # whole process tree under `ray start --block` before signalling anyone,
+        # since children of a killed raylet are re-parented out of reach.
+        targets = set(descendants(pid)) | {pid} | set(pids_mentioning(temp_dir))
         for sig, wait_s in ((signal.SIGTERM, 8.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-            for leftover in pids_mentioning(temp_dir):
+            for target in targets:
                 try:
-                    os.kill(leftover, sig)
-                except ProcessLookupError:
+                    os.kill(target, sig)
+                except (ProcessLookupError, PermissionError):
                     pass
             deadline = time.time() + wait_s
             while time.time() < deadline:
-                if not pid_alive(pid) and not pids_mentioning(temp_dir):
+                targets = {t for t in targets if pid_alive(t)} | set(pids_mentioning(temp_dir))
+                if not targets:
                     return
                 time.sleep(0.2)
 

@@ -5,6 +5,8 @@ into the state file and shown in the plan.
 """
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
 import importlib.util
 import inspect
@@ -122,25 +124,26 @@ def provider_spec(declared: Optional[LocalRay]) -> ProviderSpec:
 def code_identity(backend: Backend, config_dir: str) -> dict[str, Any]:
     """Import path and content hash of a backend's code, so a code edit shows as a replace.
 
-    The hash covers the source of the module that defines the code (or of the
-    callable itself when it is defined in the config). Code importable only on
-    the workers is identified by its path alone.
+    The hash covers the module that defines the code and every module of the
+    config dir it imports, transitively (for a callable defined in main.py: its
+    own source and the local modules main.py imports). Editing a helper thus
+    restarts exactly the backends that use it. Code importable only on the
+    workers is identified by its path alone.
     """
     code = backend.code
     if isinstance(code, str):
-        module_name, _, attr = code.partition(":")
+        module_name, _, _ = code.partition(":")
         source_file = _local_module_file(module_name, config_dir)
-        if source_file is None:
-            spec = importlib.util.find_spec(module_name.split(".")[0]) if _safe_find(module_name) else None
-            origin = getattr(spec, "origin", None) if spec else None
-            if origin and os.path.isfile(origin):
-                source_file = origin
-        if source_file is None:
-            digest = hashlib.sha256(f"worker-only:{code}".encode()).hexdigest()
-            return {"import_path": code, "sha256": digest, "origin": "workers"}
-        with open(source_file, "rb") as handle:
-            digest = hashlib.sha256(handle.read()).hexdigest()
-        return {"import_path": code, "sha256": digest, "origin": os.path.relpath(source_file, config_dir) if source_file.startswith(config_dir) else "installed"}
+        if source_file is not None:
+            digest = _digest_files(_local_closure(source_file, config_dir), config_dir)
+            return {"import_path": code, "sha256": digest, "origin": os.path.relpath(source_file, config_dir)}
+        origin = _installed_origin(module_name)
+        if origin is not None:
+            with open(origin, "rb") as handle:
+                digest = hashlib.sha256(handle.read()).hexdigest()
+            return {"import_path": code, "sha256": digest, "origin": "installed"}
+        digest = hashlib.sha256(f"worker-only:{code}".encode()).hexdigest()
+        return {"import_path": code, "sha256": digest, "origin": "workers"}
     qualname = getattr(code, "__qualname__", "")
     module = getattr(code, "__module__", "")
     if module == CONFIG_MODULE_RUN_NAME:  # defined in main.py itself: workers import it as `main`
@@ -154,7 +157,79 @@ def code_identity(backend: Backend, config_dir: str) -> dict[str, Any]:
         source = inspect.getsource(code)
     except (OSError, TypeError):
         raise ConfigError(f"{backend.declared_at}: backend {backend.name!r}: cannot read the source of {qualname}") from None
-    return {"import_path": f"{module}:{qualname}", "sha256": hashlib.sha256(source.encode()).hexdigest(), "origin": "config"}
+    defining_file = inspect.getsourcefile(code) or ""
+    helpers = [f for f in _local_closure(defining_file, config_dir) if f != defining_file] if defining_file else []
+    digest = hashlib.sha256(source.encode() + _digest_files(helpers, config_dir).encode()).hexdigest()
+    return {"import_path": f"{module}:{qualname}", "sha256": digest, "origin": "config"}
+
+
+def _digest_files(paths: list[str], config_dir: str) -> str:
+    total = hashlib.sha256()
+    for path in sorted(paths):
+        total.update(os.path.relpath(path, config_dir).encode() + b"\0" + _file_digest(path).encode())
+    return total.hexdigest()
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_digest_cached(path: str, mtime_ns: int, size: int) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def _file_digest(path: str) -> str:
+    stat = os.stat(path)
+    return _file_digest_cached(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _imports_of(path: str, mtime_ns: int) -> tuple[tuple[str, int], ...]:
+    """(module, relative level) pairs a Python file imports, read from its syntax tree."""
+    with open(path, "rb") as handle:
+        tree = ast.parse(handle.read(), filename=path)
+    found: list[tuple[str, int]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, 0) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            found.append((base, node.level))
+            found += [(f"{base}.{alias.name}" if base else alias.name, node.level) for alias in node.names]
+    return tuple(found)
+
+
+def _local_closure(path: str, config_dir: str) -> list[str]:
+    """``path`` and every config-dir module it imports, transitively."""
+    seen: set[str] = set()
+    stack = [path]
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            imports = _imports_of(current, os.stat(current).st_mtime_ns)
+        except (OSError, SyntaxError, ValueError):
+            continue  # a syntax error surfaces on the workers' import with its own message
+        package_dir = os.path.dirname(current)
+        for name, level in imports:
+            if level:
+                base = package_dir
+                for _ in range(level - 1):
+                    base = os.path.dirname(base)
+                candidate = _local_module_file(name, base) if name else os.path.join(base, "__init__.py")
+            else:
+                candidate = _local_module_file(name, config_dir)
+            if candidate and os.path.isfile(candidate) and candidate.startswith(config_dir + os.sep):
+                stack.append(candidate)
+    return sorted(seen)
+
+
+def _installed_origin(module_name: str) -> Optional[str]:
+    if not _safe_find(module_name):
+        return None
+    spec = importlib.util.find_spec(module_name.split(".")[0])
+    origin = getattr(spec, "origin", None)
+    return origin if origin and os.path.isfile(origin) else None
 
 
 def _safe_find(module_name: str) -> bool:

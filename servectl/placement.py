@@ -171,15 +171,18 @@ def pack(demands: list[tuple[ReplicaDemand, int]], nodes: list[NodeCapacity]) ->
         key=lambda item: (-item[0].gpus, -item[0].cpus, -(item[0].memory or 0), item[0].backend),
     )
     unplaced: list[tuple[ReplicaDemand, int]] = []
+    # Nodes only fill up, so a replica of a shape that failed on node k fails
+    # there again: each shape resumes at the node its last replica landed on.
+    resume: dict[tuple, int] = {}
     for demand, count in order:
+        shape = (demand.cpus, demand.gpus, demand.memory, tuple(sorted(demand.resources.items())))
         missing = 0
-        start = 0
         for _ in range(count):
-            for offset in range(len(rooms)):
-                room = rooms[(start + offset) % len(rooms)]
-                if room.try_take(demand):
-                    break
-            else:
+            index = resume.get(shape, 0)
+            while index < len(rooms) and not rooms[index].try_take(demand):
+                index += 1
+            resume[shape] = index
+            if index == len(rooms):
                 missing += 1
         if missing:
             unplaced.append((demand, missing))

@@ -108,3 +108,21 @@ def test_config_mistakes_are_one_line_naming_the_place(tmp_path, main, variables
 def test_missing_main_py_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="no such file: a config directory needs a main.py"):
         load_config(str(tmp_path))
+
+
+def test_code_hash_covers_local_helpers_the_module_imports(tmp_path):
+    main = BASIC + 'other = Backend("b", "standalone:B")\n'
+    config = write_config(
+        tmp_path, main,
+        models="from helpers import shout\n" + MODELS,
+        helpers="def shout(x):\n    return x.upper()\n",
+        standalone="class B:\n    def __call__(self, request): return 'b'\n",
+    )
+    def hashes():
+        desired = load_config(str(config))
+        return {n: desired.resources[f"backend.{n}"].attributes["code"]["sha256"] for n in ("a", "b")}
+    before = hashes()
+    (config / "helpers.py").write_text("def shout(x):\n    return x.upper() + '!'\n")
+    after = hashes()
+    assert after["a"] != before["a"]  # models.py imports helpers.py
+    assert after["b"] == before["b"]  # standalone.py does not
