@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 import urllib.request
@@ -307,15 +308,11 @@ class LocalRayProvider(Provider):
             if app is None:
                 return f"application {name} not created yet"
             status = str(getattr(app["status"], "value", app["status"]))
-            if status == "DEPLOY_FAILED":
-                message = (app.get("message") or "").strip().splitlines()
-                raise ProviderError(f"backend.{name}: deploy failed: {_last_line(message)}")
             deployment = app["deployments"].get(name)
-            if deployment is not None:
-                dep_status = str(getattr(deployment["status"], "value", deployment["status"]))
-                if dep_status in ("DEPLOY_FAILED", "UNHEALTHY") and name == change.name:
-                    message = (deployment.get("message") or "").strip().splitlines()
-                    raise ProviderError(f"backend.{name}: replicas failed: {_last_line(message)}")
+            dep_status = str(getattr(deployment["status"], "value", deployment["status"])) if deployment else ""
+            if status == "DEPLOY_FAILED" or (dep_status in ("DEPLOY_FAILED", "UNHEALTHY") and name == change.name):
+                messages = [(deployment or {}).get("message") or "", app.get("message") or ""]
+                raise ProviderError(f"backend.{name}: deploy failed: {_failure_reason(messages)}")
             if status != "RUNNING":
                 return f"application {name} is {status}"
             if deployment is None:
@@ -363,6 +360,22 @@ class LocalRayProvider(Provider):
             progress("stopped the embedded Ray head")
 
 
-def _last_line(lines: list[str]) -> str:
-    meaningful = [line.strip() for line in lines if line.strip()]
-    return meaningful[-1] if meaningful else "no message from Serve"
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
+
+
+def _failure_reason(messages: list[str]) -> str:
+    """The user's exception (``RuntimeError: weights missing``) from Serve's status messages.
+
+    Serve wraps a replica's traceback in prose; the last exception line in it
+    is what the user raised. Without one, the last line Serve wrote will do.
+    """
+    for message in messages:
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        exceptions = [line for line in lines if _EXCEPTION_LINE.match(line) and not line.startswith("ray.")]
+        if exceptions:
+            return exceptions[-1]
+    for message in messages:
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        if lines:
+            return lines[-1]
+    return "no message from Serve"

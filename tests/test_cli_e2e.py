@@ -198,3 +198,61 @@ def test_apply_without_approval_changes_nothing(ray_cluster, tmp_path):
     _assert_one_clear_line(result, "apply cancelled: not approved")
     assert not (config / "servectl.state.json").exists()
     assert "unapproved" not in serve_details(ray_cluster)["applications"]
+
+
+TWO = """
+from servectl import Backend, Endpoint, LocalRay
+LocalRay()
+one = Backend("one", "first:One", ray_actor_options={"num_cpus": 0.1})
+two = Backend("two", "second:Two", ray_actor_options={"num_cpus": 0.1})
+Endpoint("one", route="/one", backend=one)
+Endpoint("two", route="/two", backend=two)
+"""
+
+
+def test_changing_one_backend_leaves_the_others_running(ray_cluster, tmp_path, applied_dirs):
+    config = write_config(
+        tmp_path / "two", TWO,
+        first="class One:\n    def __call__(self, request):\n        return 'one v1'\n",
+        second="class Two:\n    def __call__(self, request):\n        return 'two'\n",
+    )
+    applied_dirs.append(config)
+    assert run_cli(config, "apply", "--auto-approve").code == 0
+    two_pids = replica_pids(ray_cluster, "two")
+
+    (config / "first.py").write_text("class One:\n    def __call__(self, request):\n        return 'one v2'\n")
+    planned = run_cli(config, "plan", "--json")
+    actions = {c["address"]: c["action"] for c in json.loads(planned.stdout)["changes"]}
+    assert actions == {"backend.one": "replace", "backend.two": "no-op", "endpoint.one": "no-op", "endpoint.two": "no-op"}
+
+    assert run_cli(config, "apply", "--auto-approve").code == 0
+    assert requests.get(ray_cluster.url("/one"), timeout=10).text == "one v2"
+    assert requests.get(ray_cluster.url("/two"), timeout=10).text == "two"
+    assert replica_pids(ray_cluster, "two") == two_pids  # same code package: not restarted
+
+
+def test_failing_constructor_stops_apply_and_is_recorded(ray_cluster, tmp_path, applied_dirs):
+    config = write_config(
+        tmp_path / "failing", GOOD.replace("guarded", "failing"),
+        models="class M:\n    def __init__(self):\n        raise RuntimeError('weights missing')\n"
+               "    def __call__(self, request):\n        return 'ok'\n",
+    )
+    applied_dirs.append(config)
+    result = run_cli(config, "apply", "--auto-approve", "--timeout", "120")
+    assert result.code == 1, result.output
+    assert "Traceback" not in result.stderr
+    error = result.stderr.strip()
+    assert error.startswith("Error: backend.failing:") and "weights missing" in error, error
+    assert "0 of 2 changes applied and recorded" in error
+
+    state = json.loads((config / "servectl.state.json").read_text())
+    assert state["resources"]["backend.failing"]["status"] == "failed"
+    assert "weights missing" in state["resources"]["backend.failing"]["error"]
+    assert "failing" not in serve_details(ray_cluster)["applications"]  # reverted: nothing half-deployed
+
+    (config / "models.py").write_text(MODELS)
+    planned = run_cli(config, "plan")
+    assert "last apply failed" in planned.stdout and "-/+ backend \"failing\"" in planned.stdout
+    fixed = run_cli(config, "apply", "--auto-approve")
+    assert fixed.code == 0, fixed.output
+    assert requests.get(ray_cluster.url("/failing"), timeout=10).text == "ok"
