@@ -128,42 +128,35 @@ def _progress(message: str) -> None:
     out.print(f"[cyan]›[/cyan] {escape(message)}")
 
 
-@app.command()
-@command
-def apply(
-    var: Optional[List[str]] = VarOption,
-    auto_approve: bool = typer.Option(False, "--auto-approve", help="Skip the confirmation."),
-    timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for each change to become healthy."),
-) -> None:
-    """Plan, confirm, and carry out the changes; wait until every backend is healthy."""
-    workspace = _workspace(var)
-    planned = workspace.plan()
-    render_plan(out, planned.plan)
-    if not planned.plan.has_changes():
-        return
-    if not auto_approve:
-        _approve("apply these changes")
-    document = workspace.apply(planned, _progress, timeout)
-    out.print(f"\n[green bold]Apply complete![/green bold] {_tally(planned.plan)}; state serial {document.serial}.")
+ApproveOption = typer.Option(False, "--auto-approve", help="Skip the confirmation.")
+TimeoutOption = typer.Option(300.0, "--timeout", help="Seconds to wait for each change to become healthy.")
 
 
-@app.command()
-@command
-def destroy(
-    var: Optional[List[str]] = VarOption,
-    auto_approve: bool = typer.Option(False, "--auto-approve", help="Skip the confirmation."),
-    timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for each change."),
-) -> None:
-    """Remove every resource the config created; stop the embedded Ray cluster."""
+def _plan_and_apply(var: Optional[List[str]], auto_approve: bool, timeout: float, destroy: bool) -> None:
     workspace = _workspace(var)
-    planned = workspace.plan(destroy=True)
+    planned = workspace.plan(destroy=destroy)
     render_plan(out, planned.plan)
     if planned.plan.has_changes() and not auto_approve:
-        _approve("destroy all these resources")
-    elif not planned.plan.has_changes():
-        out.print("Nothing recorded to destroy.")
-    workspace.apply(planned, _progress, timeout)
-    out.print(f"\n[green bold]Destroy complete![/green bold] {_tally(planned.plan)}.")
+        _approve("destroy all these resources" if destroy else "apply these changes")
+    if not planned.plan.has_changes() and not destroy:
+        return
+    document = workspace.apply(planned, _progress, timeout)
+    verb = "Destroy" if destroy else "Apply"
+    out.print(f"\n[green bold]{verb} complete![/green bold] {_tally(planned.plan)}; state serial {document.serial}.")
+
+
+@app.command()
+@command
+def apply(var: Optional[List[str]] = VarOption, auto_approve: bool = ApproveOption, timeout: float = TimeoutOption) -> None:
+    """Plan, confirm, and carry out the changes; wait until every backend is healthy."""
+    _plan_and_apply(var, auto_approve, timeout, destroy=False)
+
+
+@app.command()
+@command
+def destroy(var: Optional[List[str]] = VarOption, auto_approve: bool = ApproveOption, timeout: float = TimeoutOption) -> None:
+    """Remove every resource the config created; stop the embedded Ray cluster."""
+    _plan_and_apply(var, auto_approve, timeout, destroy=True)
 
 
 def _tally(plan: Any) -> str:

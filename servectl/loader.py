@@ -90,11 +90,16 @@ def load_config(config_dir: str, variables: Optional[Mapping[str, str]] = None) 
 
     resources: dict[str, ResourceSpec] = {}
     seen: dict[str, str] = {}
-    for backend in registry.backends:
-        address = address_of(BACKEND, backend.name)
+
+    def claim(kind: str, name: str, declared_at: str) -> str:
+        address = address_of(kind, name)
         if address in seen:
-            raise ConfigError(f"{backend.declared_at}: backend {backend.name!r} is declared twice (first at {seen[address]})")
-        seen[address] = backend.declared_at
+            raise ConfigError(f"{declared_at}: {kind} {name!r} is declared twice (first at {seen[address]})")
+        seen[address] = declared_at
+        return address
+
+    for backend in registry.backends:
+        address = claim(BACKEND, backend.name, backend.declared_at)
         resources[address] = ResourceSpec(
             kind=BACKEND,
             name=backend.name,
@@ -106,10 +111,7 @@ def load_config(config_dir: str, variables: Optional[Mapping[str, str]] = None) 
     routes: dict[str, str] = {}
     serving: dict[str, str] = {}
     for endpoint in registry.endpoints:
-        address = address_of(ENDPOINT, endpoint.name)
-        if address in seen:
-            raise ConfigError(f"{endpoint.declared_at}: endpoint {endpoint.name!r} is declared twice (first at {seen[address]})")
-        seen[address] = endpoint.declared_at
+        address = claim(ENDPOINT, endpoint.name, endpoint.declared_at)
         attributes = endpoint_attributes(endpoint, backend_names)
         route = attributes["route"]
         if route is not None:
