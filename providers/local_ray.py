@@ -24,7 +24,9 @@ from servectl.placement import NodeCapacity
 from servectl.plan import Action, ResourceChange
 from servectl.state.document import ResourceState
 
-from servectl.providers.embedded_cluster import EmbeddedCluster, port_open
+from servectl.providers.embedded_cluster import RUNTIME_DIR, EmbeddedCluster, free_ports, port_open
+from servectl.providers.front_proxy import FrontProxy, RoutedEndpoint, internal_route, render_config
+from servectl.traffic import allocate
 
 APP_BUILDER = "servectl.runtime.application:build"
 PROXY_LOCATIONS = {"HeadOnly": "HeadOnly", "EveryNode": "EveryNode", "NoServer": "Disabled"}
@@ -100,7 +102,9 @@ class LocalRayProvider(Provider):
         self.spec = spec
         self.config_dir = config_dir
         self.embedded = EmbeddedCluster.for_config_dir(config_dir) if spec.address is None else None
+        self.front_proxy = FrontProxy(os.path.join(config_dir, RUNTIME_DIR))
         self._package_uri: Optional[str] = None
+        self._serve_port: Optional[int] = None
 
     # --- where the cluster is -------------------------------------------------
     def _target(self) -> Optional[tuple[str, Optional[str]]]:
@@ -130,7 +134,7 @@ class LocalRayProvider(Provider):
         assert target is not None
         connect(*target)
         self._start_serve()
-        return {"address": target[0], "embedded": self.embedded is not None}
+        return {"address": target[0], "embedded": self.embedded is not None, "serve_port": self._serve_port}
 
     def _client(self) -> Any:
         from ray.serve.context import _get_global_client
@@ -138,19 +142,22 @@ class LocalRayProvider(Provider):
         return _get_global_client()
 
     def _start_serve(self) -> None:
+        """Start Serve on an internal port (or adopt the one it has): the front proxy owns the public one."""
         from ray import serve
 
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
+        try:
+            live = self._client().get_serve_details().get("http_options") or {}
+            self._serve_port = int(live["port"])
+            return
+        except Exception:  # noqa: BLE001 - Serve not running on this cluster yet
+            pass
+        (port,) = free_ports(1)
         serve.start(
             proxy_location=PROXY_LOCATIONS[self.spec.http_location],
-            http_options={"host": self.spec.http_host, "port": self.spec.http_port},
+            http_options={"host": "127.0.0.1", "port": port},
         )
-        live = self._client().get_serve_details().get("http_options") or {}
-        if int(live.get("port", self.spec.http_port)) != self.spec.http_port:
-            raise ProviderError(
-                f"Serve on this cluster already serves HTTP on port {live.get('port')}, not {self.spec.http_port}; "
-                "set LocalRay(http_port=…) to match or use another cluster"
-            )
+        self._serve_port = port
 
     # --- reading the live system ----------------------------------------------
     def _details(self) -> dict[str, Any]:
@@ -204,12 +211,6 @@ class LocalRayProvider(Provider):
         return self._upload()
 
     def serve_config(self, resources: dict[str, ResourceState], change: ResourceChange) -> tuple[dict[str, Any], dict[str, str]]:
-        routes: dict[str, Optional[str]] = {}
-        for resource in resources.values():
-            if resource.kind == ENDPOINT:
-                for backend, weight in resource.attributes["traffic"].items():
-                    if weight > 0:
-                        routes[backend] = resource.attributes["route"]
         applications, packages = [], {}
         for resource in resources.values():
             if resource.kind != BACKEND:
@@ -226,7 +227,7 @@ class LocalRayProvider(Provider):
             applications.append(
                 {
                     "name": resource.name,
-                    "route_prefix": routes.get(resource.name),
+                    "route_prefix": internal_route(resource.name),
                     "import_path": APP_BUILDER,
                     "runtime_env": {"working_dir": uri},
                     "args": {
@@ -249,7 +250,7 @@ class LocalRayProvider(Provider):
             )
         config = {
             "proxy_location": PROXY_LOCATIONS[self.spec.http_location],
-            "http_options": {"host": self.spec.http_host, "port": self.spec.http_port},
+            "http_options": {"host": "127.0.0.1", "port": self._serve_port},
             "applications": applications,
         }
         return config, packages
@@ -261,6 +262,7 @@ class LocalRayProvider(Provider):
         timeout_s: float,
         progress: Progress,
     ) -> dict[str, dict[str, Any]]:
+        """Backends first (Serve, healthy, internal routes served), then the front proxy's rules."""
         from ray.serve.schema import ServeDeploySchema
 
         before = self._details().get("applications", {})
@@ -271,12 +273,25 @@ class LocalRayProvider(Provider):
             raise ProviderError(f"{change.address}: Serve rejected the configuration: {err}") from None
         self._client().deploy_apps(schema)
         self._wait(change, before, config, timeout_s)
+
         live: dict[str, dict[str, Any]] = {}
+        routed: list[RoutedEndpoint] = []
         for resource in resources.values():
             if resource.kind == BACKEND:
                 live[resource.address] = {"application": resource.name, "package_uri": packages[resource.address]}
-            else:
-                live[resource.address] = {"route": resource.attributes["route"]}
+                continue
+            segments = resource.live.get("segments")
+            if segments is None or resource.live.get("traffic") != resource.attributes["traffic"]:
+                segments = allocate(resource.attributes["traffic"], segments)
+            route = resource.attributes["route"]
+            live[resource.address] = {"route": route, "traffic": resource.attributes["traffic"], "segments": segments}
+            if route is not None:
+                routed.append(RoutedEndpoint(resource.name, route, segments))
+        if self.spec.http_location != "NoServer":
+            proxy_config = render_config(
+                self.spec.http_host, self.spec.http_port, int(self._serve_port or 0), routed, self.front_proxy.pidfile
+            )
+            self.front_proxy.apply(proxy_config, self.spec.http_host, self.spec.http_port)
         return live
 
     def _wait(self, change: ResourceChange, before: dict[str, Any], config: dict[str, Any], timeout_s: float) -> None:
@@ -291,11 +306,10 @@ class LocalRayProvider(Provider):
         while time.time() < deadline:
             apps = self._details().get("applications", {})
             problem = self._not_ready(change, apps, wanted, old_replicas)
+            if problem is None and self.spec.http_location != "NoServer":
+                problem = self._serve_routes_problem(set(wanted))
             if problem is None:
-                if change.kind == ENDPOINT and self.spec.http_location != "NoServer":
-                    problem = self._route_problem(change)
-                if problem is None:
-                    return
+                return
             last = problem
             time.sleep(0.25)
         raise ProviderError(f"{change.address}: not healthy after {timeout_s:.0f}s ({last})")
@@ -328,27 +342,27 @@ class LocalRayProvider(Provider):
                 return f"application {name} route not updated yet"
         return None
 
-    def _route_problem(self, change: ResourceChange) -> Optional[str]:
-        """Serve's proxy learns routes a little after the controller: wait until it serves ours."""
-        url = f"http://{self._probe_host()}:{self.spec.http_port}/-/routes"
+    def _serve_routes_problem(self, apps: set[str]) -> Optional[str]:
+        """Serve's proxy learns routes a little after the controller: wait until it serves every backend's."""
+        url = f"http://127.0.0.1:{self._serve_port}/-/routes"
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 routes = json.loads(response.read())
         except (OSError, ValueError) as err:
-            return f"HTTP proxy not answering at {url}: {err}"
-        after_route = (change.after or {}).get("route")
-        before_route = (change.before or {}).get("route")
-        if change.action is not Action.DELETE and after_route and after_route not in routes:
-            return f"route {after_route} not served yet"
-        if before_route and before_route != after_route and before_route in routes:
-            return f"route {before_route} still served"
+            return f"Serve's HTTP proxy not answering at {url}: {err}"
+        missing = sorted(name for name in apps if internal_route(name) not in routes)
+        stale = sorted(r for r, app in routes.items() if app not in apps)
+        if missing:
+            return f"Serve does not route to backend {missing[0]} yet"
+        if stale:
+            return f"Serve still routes {stale[0]}"
         return None
 
-    def _probe_host(self) -> str:
-        return "127.0.0.1" if self.spec.http_host in ("0.0.0.0", "::", "") else self.spec.http_host
-
     def teardown(self, progress: Progress) -> None:
-        """Stop the embedded cluster; a cluster servectl was only given is left running."""
+        """Stop the front proxy and the embedded cluster; a cluster servectl was only given keeps running."""
+        if self.front_proxy.master_pid() is not None:
+            self.front_proxy.stop()
+            progress("stopped the front proxy")
         if self.embedded is None:
             return
         import ray

@@ -109,7 +109,6 @@ def load_config(config_dir: str, variables: Optional[Mapping[str, str]] = None) 
     backend_names = {b.name for b in registry.backends}
 
     routes: dict[str, str] = {}
-    serving: dict[str, str] = {}
     for endpoint in registry.endpoints:
         address = claim(ENDPOINT, endpoint.name, endpoint.declared_at)
         attributes = endpoint_attributes(endpoint, backend_names)
@@ -121,19 +120,6 @@ def load_config(config_dir: str, variables: Optional[Mapping[str, str]] = None) 
                     f"endpoint {routes[route]!r}; give each endpoint its own route"
                 )
             routes[route] = endpoint.name
-        live = [name for name, weight in attributes["traffic"].items() if weight > 0]
-        if len(live) > 1:
-            raise ConfigError(
-                f"{endpoint.declared_at}: endpoint {endpoint.name!r} splits traffic across {len(live)} backends; "
-                "this servectl serves each endpoint from one backend (weighted splits are not implemented yet)"
-            )
-        for name in live:
-            if name in serving:
-                raise ConfigError(
-                    f"{endpoint.declared_at}: backend {name!r} already serves endpoint {serving[name]!r}; "
-                    "a backend serves at most one endpoint in this servectl"
-                )
-            serving[name] = endpoint.name
         resources[address] = ResourceSpec(
             kind=ENDPOINT,
             name=endpoint.name,
