@@ -40,7 +40,7 @@ def attribute_diffs(kind: str, before: dict[str, Any], after: dict[str, Any]) ->
         old, new = before.get(top), after.get(top)
         if old == new:
             continue
-        if top in ("user_config", "traffic"):  # shown whole: one value the user wrote as one
+        if top == "user_config":  # shown whole: one value the user wrote as one
             diffs.append(AttributeDiff(top, old, new, forces_replacement=top not in in_place))
             continue
         flat_old, flat_new = flatten(old, top), flatten(new, top)
@@ -58,7 +58,16 @@ def _short(value: Any) -> str:
 
 def reasons_for(diffs: list[AttributeDiff]) -> list[str]:
     reasons = []
+    weights = [d for d in diffs if d.path.startswith("traffic.")]
+    if weights:
+        moves = ", ".join(
+            f"{d.path.split('.', 1)[1]} {d.before if d.before is not None else 0:g} → {d.after if d.after is not None else 0:g}"
+            for d in weights
+        )
+        reasons.append(f"traffic: {moves}")
     for diff in diffs:
+        if diff.path.startswith("traffic."):
+            continue
         if diff.path == "code.sha256":
             reasons.append(f"code changed (sha256 {_short(diff.before)} → {_short(diff.after)})")
         elif diff.path == "user_config":
