@@ -1,0 +1,200 @@
+"""What servectl's traffic routing costs over plain Ray Serve, measured in one run.
+
+On one fresh embedded cluster, with the same hello handler and the same total
+replica budget (2 replicas), it measures HTTP throughput and p50/p99 latency of:
+
+  (a) a plain Ray Serve deployment on a route, hit at Serve's own proxy
+  (b) a servectl endpoint with a single backend (through the front proxy)
+  (c) a servectl endpoint with a 0.5/0.5 split over two backends
+
+and prints each as a ratio to (a). Cases run in rounds (a, b, c, a, b, c, …)
+and the median per case is reported, since the machine is shared and noisy.
+
+    python bench/router_overhead.py [--seconds 8] [--connections 16] [--rounds 2] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from servectl.providers.embedded_cluster import EmbeddedCluster, free_ports  # noqa: E402
+
+HANDLER = '''
+class Hello:
+    def __init__(self, name="hello"):
+        self.name = name
+
+    async def __call__(self, request):
+        return "hello"
+'''
+PLAIN_APP = '''
+from ray import serve
+from hello import Hello
+
+app = serve.deployment(name="plain", num_replicas=2, ray_actor_options={"num_cpus": 0})(Hello).bind()
+'''
+SINGLE = '''
+from servectl import Backend, Endpoint, LocalRay
+LocalRay()
+b = Backend("single", "hello:Hello", num_replicas=2, ray_actor_options={"num_cpus": 0})
+Endpoint("single", route="/single", backend=b)
+'''
+SPLIT = '''
+from servectl import Backend, Endpoint, LocalRay
+LocalRay()
+b1 = Backend("half1", "hello:Hello", ray_actor_options={"num_cpus": 0})
+b2 = Backend("half2", "hello:Hello", ray_actor_options={"num_cpus": 0})
+Endpoint("split", route="/split", traffic={b1: 0.5, b2: 0.5})
+'''
+
+LOAD = '''
+import asyncio, json, sys, time
+import aiohttp
+
+async def main(url, seconds, connections):
+    latencies, errors = [], 0
+    deadline = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def worker():
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                try:
+                    async with session.get(url) as response:
+                        await response.read()
+                        if response.status != 200:
+                            errors += 1
+                            continue
+                except aiohttp.ClientError:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter() - start)
+        await asyncio.gather(*(worker() for _ in range(connections)))
+    latencies.sort()
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")
+    print(json.dumps({"throughput": len(latencies) / seconds, "p50_ms": pick(0.5) * 1000,
+                      "p99_ms": pick(0.99) * 1000, "errors": errors}))
+
+asyncio.run(main(sys.argv[1], float(sys.argv[2]), int(sys.argv[3])))
+'''
+
+
+def load(url: str, seconds: float, connections: int) -> dict:
+    # Warm up (connections, replica caches), then measure in a separate process.
+    subprocess.run([sys.executable, "-c", LOAD, url, "1", str(connections)], capture_output=True, check=True)
+    out = subprocess.run([sys.executable, "-c", LOAD, url, str(seconds), str(connections)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def servectl(config: Path, *args: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "servectl.cli", "-C", str(config), *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"servectl {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="servectl-bench-") as tmp:
+        work = Path(tmp)
+        cluster = EmbeddedCluster(str(work / "cluster"))
+        record = cluster.start(num_cpus=2, num_gpus=0, resources={})
+        (http_port,) = free_ports(1)
+        os.environ.update(
+            SERVECTL_RAY_ADDRESS=record.gcs_address,
+            SERVECTL_RAY_AUTH_TOKEN_PATH=record.token_path,
+            SERVECTL_HTTP_PORT=str(http_port),
+        )
+        try:
+            results = run_rounds(work, http_port, args)
+        finally:
+            cluster.stop()
+
+    medians = {case: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for case, runs in results.items()}
+    base = medians["a_plain_serve"]
+    summary = {
+        "cases": medians,
+        "single_throughput_ratio": round(medians["b_single"]["throughput"] / base["throughput"], 3),
+        "split_throughput_ratio": round(medians["c_split"]["throughput"] / base["throughput"], 3),
+        "single_p99_ratio": round(medians["b_single"]["p99_ms"] / base["p99_ms"], 3),
+        "split_p99_ratio": round(medians["c_split"]["p99_ms"] / base["p99_ms"], 3),
+        "seconds": args.seconds,
+        "connections": args.connections,
+        "rounds": args.rounds,
+    }
+    if args.json:
+        print(json.dumps(summary))
+        return
+    print(f"{'case':<16}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'ratio':>8}")
+    for case, m in medians.items():
+        print(f"{case:<16}{m['throughput']:>10.0f}{m['p50_ms']:>10.1f}{m['p99_ms']:>10.1f}{m['errors']:>8.0f}"
+              f"{m['throughput'] / base['throughput']:>8.2f}")
+
+
+def run_rounds(work: Path, http_port: int, args: argparse.Namespace) -> dict[str, list[dict]]:
+    from ray.serve.schema import ServeDeploySchema
+
+    from servectl.providers.local_ray import connect
+
+    plain_dir = work / "plain"
+    plain_dir.mkdir()
+    (plain_dir / "hello.py").write_text(HANDLER)
+    (plain_dir / "plain_app.py").write_text(PLAIN_APP)
+    single_dir, split_dir = work / "single", work / "split"
+    for directory, main in ((single_dir, SINGLE), (split_dir, SPLIT)):
+        directory.mkdir()
+        (directory / "main.py").write_text(textwrap.dedent(main))
+        (directory / "hello.py").write_text(HANDLER)
+
+    connect(os.environ["SERVECTL_RAY_ADDRESS"], os.environ["SERVECTL_RAY_AUTH_TOKEN_PATH"])
+    from ray import serve
+    from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
+    from ray.serve.context import _get_global_client
+
+    (serve_port,) = free_ports(1)
+    serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
+    client = _get_global_client()
+    env = upload_working_dir_if_needed({"working_dir": str(plain_dir)}, include_gitignore=False, scratch_dir=str(work))
+
+    results: dict[str, list[dict]] = {"a_plain_serve": [], "b_single": [], "c_split": []}
+    for _ in range(args.rounds):
+        client.deploy_apps(ServeDeploySchema(applications=[{
+            "name": "plain", "route_prefix": "/plain", "import_path": "plain_app:app", "runtime_env": env,
+        }], http_options={"host": "127.0.0.1", "port": serve_port}))
+        deadline = time.time() + 120
+        while getattr(serve.status().applications.get("plain"), "status", None) != "RUNNING":
+            if time.time() > deadline:
+                raise SystemExit("plain Serve app did not start")
+            time.sleep(0.5)
+        time.sleep(1)
+        results["a_plain_serve"].append(load(f"http://127.0.0.1:{serve_port}/plain", args.seconds, args.connections))
+        client.deploy_apps(ServeDeploySchema(applications=[], http_options={"host": "127.0.0.1", "port": serve_port}))
+        while serve.status().applications:
+            time.sleep(0.5)
+
+        for case, directory, route in (("b_single", single_dir, "/single"), ("c_split", split_dir, "/split")):
+            servectl(directory, "apply", "--auto-approve")
+            results[case].append(load(f"http://127.0.0.1:{http_port}{route}", args.seconds, args.connections))
+            servectl(directory, "destroy", "--auto-approve")
+    return results
+
+
+if __name__ == "__main__":
+    main()
