@@ -26,6 +26,7 @@ from servectl.state.document import ResourceState
 
 from servectl.providers.embedded_cluster import RUNTIME_DIR, EmbeddedCluster, free_ports, port_open
 from servectl.providers.front_proxy import FrontProxy, RoutedEndpoint, internal_route, render_config
+from servectl.policy import POLICY_TTL_S, applied_endpoints, write_policies
 from servectl.traffic import allocate
 
 APP_BUILDER = "servectl.runtime.application:build"
@@ -105,6 +106,7 @@ class LocalRayProvider(Provider):
         self.front_proxy = FrontProxy(os.path.join(config_dir, RUNTIME_DIR))
         self._package_uri: Optional[str] = None
         self._serve_port: Optional[int] = None
+        self._policy_written_at = 0.0
 
     # --- where the cluster is -------------------------------------------------
     def _target(self) -> Optional[tuple[str, Optional[str]]]:
@@ -265,6 +267,10 @@ class LocalRayProvider(Provider):
         """Backends first (Serve, healthy, internal routes served), then the front proxy's rules."""
         from ray.serve.schema import ServeDeploySchema
 
+        if change.kind == BACKEND and change.action is Action.DELETE:
+            # Handles re-read policies every POLICY_TTL_S: let the last move of
+            # traffic off this backend reach them before it goes.
+            time.sleep(max(0.0, self._policy_written_at + POLICY_TTL_S + 0.2 - time.monotonic()))
         before = self._details().get("applications", {})
         config, packages = self.serve_config(resources, change)
         try:
@@ -287,6 +293,13 @@ class LocalRayProvider(Provider):
             live[resource.address] = {"route": route, "traffic": resource.attributes["traffic"], "segments": segments}
             if route is not None:
                 routed.append(RoutedEndpoint(resource.name, route, segments))
+        policies = {
+            r.name: {"segments": live[a]["segments"], "route": r.attributes["route"]}
+            for a, r in resources.items()
+            if r.kind == ENDPOINT
+        }
+        write_policies(policies, applied_endpoints() - set(policies))
+        self._policy_written_at = time.monotonic()
         if self.spec.http_location != "NoServer":
             proxy_config = render_config(
                 self.spec.http_host, self.spec.http_port, int(self._serve_port or 0), routed, self.front_proxy.pidfile

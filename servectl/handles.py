@@ -1,0 +1,88 @@
+"""Handles to endpoints: ``get_handle("model_one")`` follows that endpoint's traffic policy.
+
+The backend is picked on the caller's side — the same shard-key hash and the
+same segments as the front proxy, so a key lands on the same backend over
+HTTP and over a handle — and the call goes straight to that backend's Serve
+deployment: no extra hop.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Optional
+
+from servectl.policy import PolicyCache
+from servectl.runtime.request import HandleRequest
+from servectl.traffic import KEY_SPACE, backend_at, key_point
+
+
+class EndpointHandle:
+    def __init__(self, endpoint: str, sync: bool, shard_key: Optional[str] = None, policy: Optional[PolicyCache] = None) -> None:
+        self.endpoint = endpoint
+        self.sync = sync
+        self.shard_key = shard_key
+        self._policy = policy or PolicyCache(endpoint)
+        self._deployments: dict[str, Any] = {}
+
+    def options(self, shard_key: Optional[str] = None) -> "EndpointHandle":
+        """A handle whose calls carry ``shard_key`` (session affinity), as ``X-SERVE-SHARD-KEY`` does over HTTP."""
+        clone = EndpointHandle(self.endpoint, self.sync, shard_key, self._policy)
+        clone._deployments = self._deployments
+        return clone
+
+    def pick_backend(self) -> str:
+        segments = self._policy.get()["segments"]
+        point = key_point(self.shard_key) if self.shard_key is not None else random.randrange(KEY_SPACE)
+        backend = backend_at(segments, point)
+        if backend is None:
+            raise RuntimeError(f"endpoint {self.endpoint!r} has no backend with traffic")
+        return backend
+
+    def _deployment(self, backend: str) -> Any:
+        if backend not in self._deployments:
+            from ray import serve
+
+            self._deployments[backend] = serve.get_deployment_handle(backend, app_name=backend)
+        return self._deployments[backend]
+
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        backend = self.pick_backend()
+        headers = {"x-serve-shard-key": self.shard_key} if self.shard_key is not None else {}
+        headers["x-servectl-endpoint"] = self.endpoint
+        return self._deployment(backend).remote(HandleRequest.from_call(args, kwargs, headers))
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the endpoint. Sync handle: returns a response whose ``.result()`` blocks.
+
+        Async handle (``sync=False``): a coroutine — ``await handle.remote(...)`` gives the result.
+        """
+        if self.sync:
+            return self._call(args, kwargs)
+        return self._remote_async(args, kwargs)
+
+    async def _remote_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return await self._call(args, kwargs)
+
+
+def get_handle(endpoint: str, sync: bool = True) -> EndpointHandle:
+    """A handle to an applied endpoint, from a backend or a driver connected to the cluster."""
+    return EndpointHandle(endpoint, sync)
+
+
+def connect(config_dir: str = ".") -> None:
+    """Connect a driver script to the cluster a config directory's state records (address and token)."""
+    import os
+
+    from servectl.errors import ServectlError
+    from servectl.providers.embedded_cluster import EmbeddedCluster
+    from servectl.providers.local_ray import connect as connect_ray
+    from servectl.state.local import LocalStateStore
+
+    document = LocalStateStore.in_dir(os.path.abspath(config_dir)).read()
+    live = (document.provider.get("live") or {}) if document else {}
+    if not live.get("address"):
+        raise ServectlError(f"{config_dir}: nothing applied yet: run `servectl -C {config_dir} apply` first")
+    token = os.environ.get("SERVECTL_RAY_AUTH_TOKEN_PATH")
+    if live.get("embedded"):
+        record = EmbeddedCluster.for_config_dir(os.path.abspath(config_dir)).record()
+        token = record.token_path if record else token
+    connect_ray(live["address"], token)
