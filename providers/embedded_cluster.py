@@ -103,6 +103,7 @@ class ClusterRecord:
     num_cpus: float
     num_gpus: int
     started_at: float
+    metrics_port: int = 0  # Prometheus text of this node's Ray (and servectl) metrics
 
 
 class EmbeddedCluster:
@@ -163,7 +164,7 @@ class EmbeddedCluster:
             )
         record = ClusterRecord(
             pid=process.pid, gcs_address=f"127.0.0.1:{gcs}", temp_dir=self.temp_dir, token_path=token_path,
-            dashboard_port=dashboard, num_cpus=num_cpus, num_gpus=num_gpus, started_at=time.time(),
+            dashboard_port=dashboard, num_cpus=num_cpus, num_gpus=num_gpus, started_at=time.time(), metrics_port=metrics,
         )
         deadline = time.time() + timeout_s
         while time.time() < deadline:

@@ -18,15 +18,15 @@ import re
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from servectl.errors import ProviderError
 from servectl.providers.embedded_cluster import descendants, pid_alive, port_open
+from servectl.runtime.headers import ENDPOINT_HEADER, ROLE_HEADER, SHADOW_HEADER, SHARD_KEY_HEADER
 from servectl.traffic import Segments
 
 INTERNAL_PREFIX = "/_servectl/"
-SHARD_KEY_HEADER = "x-serve-shard-key"
 DRAIN_TIMEOUT_S = 30
 
 
@@ -48,6 +48,7 @@ class RoutedEndpoint:
     name: str
     route: str
     segments: Segments
+    shadow: dict[str, float] = field(default_factory=dict)
 
 
 def render_config(bind_host: str, bind_port: int, serve_port: int, endpoints: list[RoutedEndpoint], pidfile: str) -> str:
@@ -69,6 +70,10 @@ def render_config(bind_host: str, bind_port: int, serve_port: int, endpoints: li
         "frontend servectl",
         f"    bind {bind_host}:{bind_port}",
         f"    http-request deny deny_status 404 if {{ path_beg {INTERNAL_PREFIX} }}",
+        # Only the proxy decides these: never trust them from a client.
+        f"    http-request del-header {SHADOW_HEADER}",
+        f"    http-request del-header {ENDPOINT_HEADER}",
+        f"    http-request del-header {ROLE_HEADER}",
         f"    http-request set-var(txn.sc_p) req.hdr({SHARD_KEY_HEADER}),crc32,mod(1000000) if {{ req.hdr({SHARD_KEY_HEADER}) -m found }}",
         "    http-request set-var(txn.sc_p) rand(1000000) unless { var(txn.sc_p) -m found }",
     ]
@@ -86,6 +91,14 @@ def render_config(bind_host: str, bind_port: int, serve_port: int, endpoints: li
                 lines.append(
                     f"    http-request set-var(txn.sc_b) str({backend}) if {acl} !{{ var(txn.sc_b) -m found }} "
                     f"{{ var(txn.sc_p) -m int {lo}:{hi - 1} }}"
+                )
+        lines.append(f"    http-request set-header {ENDPOINT_HEADER} {endpoint.name} if {acl} {{ var(txn.sc_b) -m found }} !{{ req.hdr({ENDPOINT_HEADER}) -m found }}")
+        for backend, proportion in sorted(endpoint.shadow.items()):
+            cut = int(round(proportion * 1_000_000))
+            if cut > 0:
+                lines.append(
+                    f"    http-request add-header {SHADOW_HEADER} {backend} if {acl} {{ var(txn.sc_b) -m found }} "
+                    f"!{{ path_beg {INTERNAL_PREFIX} }} {{ rand(1000000) -m int lt {cut} }}"
                 )
         tail = "%[path]" if endpoint.route == "/" else f"%[path,regsub(^{re.escape(endpoint.route)},)]"
         lines.append(

@@ -30,6 +30,7 @@ from servectl.policy import POLICY_TTL_S, applied_endpoints, write_policies
 from servectl.traffic import allocate
 
 APP_BUILDER = "servectl.runtime.application:build"
+SHADOW_QUEUE_LIMIT = 100
 PROXY_LOCATIONS = {"HeadOnly": "HeadOnly", "EveryNode": "EveryNode", "NoServer": "Disabled"}
 # Never shipped to workers: state may hold secrets, and caches change nothing.
 UPLOAD_EXCLUDES = ["servectl.state.json*", ".servectl.state.*", ".servectl", "__pycache__", "*.pyc", ".git"]
@@ -213,6 +214,9 @@ class LocalRayProvider(Provider):
         return self._upload()
 
     def serve_config(self, resources: dict[str, ResourceState], change: ResourceChange) -> tuple[dict[str, Any], dict[str, str]]:
+        shadow_targets = {
+            name for r in resources.values() if r.kind == ENDPOINT for name in r.attributes.get("shadow", {})
+        }
         applications, packages = [], {}
         for resource in resources.values():
             if resource.kind != BACKEND:
@@ -246,6 +250,8 @@ class LocalRayProvider(Provider):
                             "max_ongoing_requests": attrs["max_concurrent_queries"],
                             "user_config": attrs["user_config"],
                             "ray_actor_options": actor_options,
+                            # A shadow's queue is bounded: copies beyond it are refused, never piled up.
+                            "max_queued_requests": SHADOW_QUEUE_LIMIT if resource.name in shadow_targets else -1,
                         }
                     ],
                 }
@@ -292,9 +298,9 @@ class LocalRayProvider(Provider):
             route = resource.attributes["route"]
             live[resource.address] = {"route": route, "traffic": resource.attributes["traffic"], "segments": segments}
             if route is not None:
-                routed.append(RoutedEndpoint(resource.name, route, segments))
+                routed.append(RoutedEndpoint(resource.name, route, segments, resource.attributes.get("shadow", {})))
         policies = {
-            r.name: {"segments": live[a]["segments"], "route": r.attributes["route"]}
+            r.name: {"segments": live[a]["segments"], "route": r.attributes["route"], "shadow": r.attributes.get("shadow", {})}
             for a, r in resources.items()
             if r.kind == ENDPOINT
         }

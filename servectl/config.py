@@ -158,6 +158,7 @@ class Endpoint(_Resource):
     name: str
     route: Optional[str] = Field(None, description="HTTP path prefix, e.g. /hello; None for handle-only endpoints")
     traffic: dict[Any, float] = Field(description="backend (object or name) -> weight; weights sum to 1")
+    shadow: dict[Any, float] = Field(default_factory=dict, description="backend -> proportion of requests copied to it")
     declared_at: str = ""
 
     def __init__(
@@ -166,6 +167,7 @@ class Endpoint(_Resource):
         route: Optional[str] = None,
         backend: Union[Backend, str, None] = None,
         traffic: Optional[dict[Union[Backend, str], float]] = None,
+        shadow: Optional[dict[Union[Backend, str], float]] = None,
     ) -> None:
         site = declaration_site()
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
@@ -191,7 +193,19 @@ class Endpoint(_Resource):
         total = sum(float(w) for w in traffic.values())
         if abs(total - 1.0) > WEIGHT_TOLERANCE:
             raise ConfigError(f"{site}: endpoint {name!r}: traffic weights sum to {total:g}; they must sum to 1")
-        super().__init__(name=name, route=route, traffic=dict(traffic), declared_at=site)
+        shadow = {} if shadow is None else shadow
+        if not isinstance(shadow, dict):
+            raise ConfigError(f"{site}: endpoint {name!r}: shadow must be a dict of backend -> proportion (0..1)")
+        for key, proportion in shadow.items():
+            label = key.name if isinstance(key, Backend) else key
+            if not isinstance(key, (Backend, str)):
+                raise ConfigError(f"{site}: endpoint {name!r}: shadow key {key!r} is not a Backend or backend name")
+            if (
+                not isinstance(proportion, (int, float)) or isinstance(proportion, bool)
+                or math.isnan(proportion) or not 0 <= proportion <= 1
+            ):
+                raise ConfigError(f"{site}: endpoint {name!r}: shadow proportion for {label!r} must be between 0 and 1, got {proportion!r}")
+        super().__init__(name=name, route=route, traffic=dict(traffic), shadow=dict(shadow), declared_at=site)
         registry = active_registry()
         if registry is not None:
             registry.endpoints.append(self)

@@ -23,7 +23,7 @@ ENDPOINT = "endpoint"
 
 # Attributes that Ray Serve can change on running replicas; anything else restarts them.
 IN_PLACE_BACKEND_ATTRIBUTES = frozenset({"num_replicas", "max_concurrent_queries", "user_config"})
-IN_PLACE_ENDPOINT_ATTRIBUTES = frozenset({"route", "traffic"})
+IN_PLACE_ENDPOINT_ATTRIBUTES = frozenset({"route", "traffic", "shadow"})
 
 # The module name main.py runs under while loading; workers import the same file as `main`.
 CONFIG_MODULE_RUN_NAME = "__servectl_config__"
@@ -285,4 +285,15 @@ def endpoint_attributes(endpoint: Endpoint, backend_names: set[str]) -> dict[str
                 f"(declared backends: {known})"
             )
         traffic[name] = traffic.get(name, 0.0) + float(weight)
-    return {"route": endpoint.route, "traffic": dict(sorted(traffic.items()))}
+    shadow: dict[str, float] = {}
+    for key, proportion in endpoint.shadow.items():
+        name = key.name if isinstance(key, Backend) else key
+        if name not in backend_names:
+            known = ", ".join(sorted(backend_names)) or "none"
+            raise ConfigError(
+                f"{endpoint.declared_at}: endpoint {endpoint.name!r} shadows to unknown backend {name!r} "
+                f"(declared backends: {known})"
+            )
+        if proportion > 0:  # a proportion of 0 means: stop shadowing
+            shadow[name] = float(proportion)
+    return {"route": endpoint.route, "traffic": dict(sorted(traffic.items())), "shadow": dict(sorted(shadow.items()))}

@@ -11,6 +11,7 @@ import random
 from typing import Any, Optional
 
 from servectl.policy import PolicyCache
+from servectl.runtime.headers import ENDPOINT_HEADER, SHADOW_HEADER, SHARD_KEY_HEADER
 from servectl.runtime.request import HandleRequest
 from servectl.traffic import KEY_SPACE, backend_at, key_point
 
@@ -46,8 +47,11 @@ class EndpointHandle:
 
     def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         backend = self.pick_backend()
-        headers = {"x-serve-shard-key": self.shard_key} if self.shard_key is not None else {}
-        headers["x-servectl-endpoint"] = self.endpoint
+        headers = {SHARD_KEY_HEADER: self.shard_key} if self.shard_key is not None else {}
+        headers[ENDPOINT_HEADER] = self.endpoint
+        shadows = [b for b, p in self._policy.get().get("shadow", {}).items() if random.random() < p]
+        if shadows:  # the primary's replica copies the call to these, as for HTTP
+            headers[SHADOW_HEADER] = ",".join(shadows)
         return self._deployment(backend).remote(HandleRequest.from_call(args, kwargs, headers))
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:

@@ -124,7 +124,7 @@ def load_config(config_dir: str, variables: Optional[Mapping[str, str]] = None) 
             kind=ENDPOINT,
             name=endpoint.name,
             attributes=attributes,
-            depends_on=[address_of(BACKEND, name) for name in attributes["traffic"]],
+            depends_on=[address_of(BACKEND, name) for name in {**attributes["traffic"], **attributes["shadow"]}],
             declared_at=endpoint.declared_at,
         )
     variables = {name: v.value for name, v in registry.variables.items()}

@@ -33,6 +33,7 @@ class RayCluster:
     address: str
     token_path: str
     http_port: int
+    metrics_port: int
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.http_port}{path}"
@@ -52,7 +53,9 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> RayCluster:
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
-        yield RayCluster(address=record.gcs_address, token_path=record.token_path, http_port=http_port)
+        yield RayCluster(
+            address=record.gcs_address, token_path=record.token_path, http_port=http_port, metrics_port=record.metrics_port
+        )
     finally:
         for key, value in saved.items():
             if value is None:
@@ -102,6 +105,22 @@ def copy_example(name: str, destination: Path) -> Path:
 
 def file_digest(path: Path) -> Optional[str]:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def scrape(cluster: RayCluster, prefix: str) -> dict[tuple, float]:
+    """Prometheus samples whose name starts with ``prefix``: {(name, sorted labels…): value}."""
+    text = requests.get(f"http://127.0.0.1:{cluster.metrics_port}/metrics", timeout=10).text
+    samples: dict[tuple, float] = {}
+    for line in text.splitlines():
+        if not line.startswith(prefix):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, _, labels = head.partition("{")
+        pairs = tuple(sorted(
+            (k, v.strip('"')) for k, _, v in (item.partition("=") for item in labels.rstrip("}").split(",") if item)
+        ))
+        samples[(name, *pairs)] = samples.get((name, *pairs), 0.0) + float(value)
+    return samples
 
 
 def wait_for_http(url: str, timeout: float = 30, expect: int = 200) -> requests.Response:

@@ -30,7 +30,7 @@ def test_declarations_become_plain_attributes(tmp_path):
     assert backend["user_config"] == {"t": 1}
     assert backend["code"]["import_path"] == "models:A" and len(backend["code"]["sha256"]) == 64
     endpoint = desired.resources["endpoint.ep"]
-    assert endpoint.attributes == {"route": "/a", "traffic": {"a": 1.0}}
+    assert endpoint.attributes == {"route": "/a", "traffic": {"a": 1.0}, "shadow": {}}
     assert endpoint.depends_on == ["backend.a"]
     assert desired.resources["backend.a"].declared_at == "main.py:5"
 

@@ -6,14 +6,28 @@ the user's code is imported where it runs, never pickled from the CLI. The
 code hash travels in ``args``: Serve derives the code version from them, so
 replicas restart exactly when the code, init arguments or resources change,
 while replica count, concurrency and user_config update in place.
+
+The replica also carries out shadow traffic: a request marked
+``x-servectl-shadow: B`` (by the front proxy or a handle, at the endpoint's
+shadow proportion) is copied to backend B in the background. The caller gets
+this backend's answer and never waits for B; copies beyond
+SHADOW_IN_FLIGHT_LIMIT per replica are dropped and counted, so a slow or
+failing shadow cannot hold the primary.
 """
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 from typing import Any
 
 from ray import serve
+
+from servectl.runtime.headers import ENDPOINT_HEADER, ROLE_HEADER, SHADOW_HEADER
+from servectl.runtime.request import HandleRequest
+
+SHADOW_IN_FLIGHT_LIMIT = 64
+SHADOW_TIMEOUT_S = 60.0
 
 
 def import_target(import_path: str) -> Any:
@@ -24,43 +38,107 @@ def import_target(import_path: str) -> Any:
     return target
 
 
-def _is_async(func: Any) -> bool:
-    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None))
+def _header_values(request: Any, name: str) -> list[str]:
+    headers = getattr(request, "headers", None) or {}
+    if hasattr(headers, "getlist"):
+        raw = headers.getlist(name)
+    else:
+        raw = [headers[name]] if name in headers else []
+    return [v.strip() for value in raw for v in str(value).split(",") if v.strip()]
+
+
+async def _copy_of(request: Any, endpoint: str) -> HandleRequest:
+    headers = {k: v for k, v in dict(getattr(request, "headers", {}) or {}).items() if k.lower() != SHADOW_HEADER}
+    headers[ROLE_HEADER] = "shadow"
+    headers[ENDPOINT_HEADER] = endpoint
+    query = dict(getattr(request, "query_params", {}) or {})
+    body = await request.body() if hasattr(request, "body") else b""
+    path = getattr(getattr(request, "url", None), "path", None) or getattr(request, "path", "/")
+    return HandleRequest(query_params=query, headers=headers, raw_body=body, method=getattr(request, "method", "GET"), path=path)
+
+
+class _Metrics:
+    """servectl's own request counters, exported with Ray's metrics (``ray_servectl_*``)."""
+
+    def __init__(self, backend: str) -> None:
+        from ray.util import metrics
+
+        self.backend = backend
+        self.requests = metrics.Counter(
+            "servectl_requests",
+            description="Requests a backend served, by endpoint and role (primary or shadow).",
+            tag_keys=("endpoint", "backend", "role"),
+        )
+        self.shadow_sent = metrics.Counter(
+            "servectl_shadow_sent",
+            description="Shadow copies a primary sent, by endpoint and shadow backend.",
+            tag_keys=("endpoint", "backend", "outcome"),
+        )
+
+    def served(self, endpoint: str, role: str) -> None:
+        self.requests.inc(1, tags={"endpoint": endpoint or "-", "backend": self.backend, "role": role})
+
+    def shadowed(self, endpoint: str, target: str, outcome: str) -> None:
+        self.shadow_sent.inc(1, tags={"endpoint": endpoint or "-", "backend": target, "outcome": outcome})
 
 
 def replica_class(args: dict[str, Any]) -> type:
-    """A class Serve can run whose instances hold the user's backend.
-
-    A sync user ``__call__`` gets a sync wrapper so Serve runs it the way it
-    runs any sync method, rather than blocking the replica's event loop.
-    """
+    """A class Serve can run whose instances hold the user's backend."""
     target = import_target(args["import_path"])
     init_args = list(args.get("init_args") or [])
     init_kwargs = dict(args.get("init_kwargs") or {})
     is_class = inspect.isclass(target)
-    call = target.__call__ if is_class else target
     if is_class and not callable(getattr(target, "__call__", None)):
         raise TypeError(f"{args['import_path']} has no __call__(self, request) method")
+    backend = args["backend"]
 
     class BackendReplica:
         def __init__(self) -> None:
             self.instance = target(*init_args, **init_kwargs) if is_class else None
             self.handler = self.instance if is_class else target
+            call = self.instance.__call__ if is_class else target
+            self.is_async = inspect.iscoroutinefunction(call)
+            self.metrics = _Metrics(backend)
+            self.shadow_handles: dict[str, Any] = {}
+            self.shadow_tasks: set[asyncio.Task] = set()
 
         def reconfigure(self, config: Any) -> None:
             method = getattr(self.instance, "reconfigure", None)
             if method is not None:
                 method(config)
 
-    if _is_async(call):
-        async def __call__(self: Any, request: Any) -> Any:
-            return await self.handler(request)
-    else:
-        def __call__(self: Any, request: Any) -> Any:  # type: ignore[misc]
-            return self.handler(request)
+        async def __call__(self, request: Any) -> Any:
+            endpoint = (_header_values(request, ENDPOINT_HEADER) or [""])[0]
+            role = (_header_values(request, ROLE_HEADER) or ["primary"])[0]
+            self.metrics.served(endpoint, role)
+            shadows = _header_values(request, SHADOW_HEADER) if role != "shadow" else []
+            if shadows:
+                await self._mirror(request, endpoint, shadows)
+            if self.is_async:
+                return await self.handler(request)
+            # Serve runs sync methods in a thread pool too; do the same for sync user code.
+            return await asyncio.get_running_loop().run_in_executor(None, self.handler, request)
 
-    BackendReplica.__call__ = __call__  # type: ignore[attr-defined]
-    BackendReplica.__name__ = BackendReplica.__qualname__ = f"Backend_{args['backend']}"
+        async def _mirror(self, request: Any, endpoint: str, shadows: list[str]) -> None:
+            copy = await _copy_of(request, endpoint)
+            for name in shadows:
+                if len(self.shadow_tasks) >= SHADOW_IN_FLIGHT_LIMIT:
+                    self.metrics.shadowed(endpoint, name, "dropped")
+                    continue
+                task = asyncio.get_running_loop().create_task(self._send_shadow(name, copy, endpoint))
+                self.shadow_tasks.add(task)
+                task.add_done_callback(self.shadow_tasks.discard)
+
+        async def _send_shadow(self, name: str, copy: HandleRequest, endpoint: str) -> None:
+            try:
+                if name not in self.shadow_handles:
+                    self.shadow_handles[name] = serve.get_deployment_handle(name, app_name=name)
+                await asyncio.wait_for(self.shadow_handles[name].remote(copy), SHADOW_TIMEOUT_S)
+                self.metrics.shadowed(endpoint, name, "ok")
+            except Exception:  # noqa: BLE001 - a shadow's failure is counted, never raised to the caller
+                self.metrics.shadowed(endpoint, name, "error")
+
+    BackendReplica.__name__ = BackendReplica.__qualname__ = f"Backend_{backend}"
     return BackendReplica
 
 

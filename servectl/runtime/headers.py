@@ -1,0 +1,8 @@
+"""HTTP headers servectl's front proxy, handles and replicas use to talk to each other.
+
+Clients cannot set these: the front proxy strips them from every request.
+"""
+SHADOW_HEADER = "x-servectl-shadow"  # backends that get a copy of this request
+ROLE_HEADER = "x-servectl-role"  # "shadow" on the copies
+ENDPOINT_HEADER = "x-servectl-endpoint"  # the endpoint the request came in on
+SHARD_KEY_HEADER = "x-serve-shard-key"  # the seed's session-affinity header (set by clients)

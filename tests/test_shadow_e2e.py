@@ -1,0 +1,129 @@
+"""Shadow traffic: copies at the declared proportion, counted in metrics, never felt by the caller."""
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+import requests
+
+from tests.conftest import copy_example, run_cli, scrape, write_config
+
+pytestmark = pytest.mark.ray
+
+
+def servectl_counts(cluster, endpoint: str) -> dict[tuple[str, str], float]:
+    """{(backend, role): requests served} for one endpoint, from the Prometheus scrape."""
+    counts: dict[tuple[str, str], float] = {}
+    for key, value in scrape(cluster, "ray_servectl_requests").items():
+        labels = dict(key[1:])
+        if labels.get("endpoint") == endpoint:
+            pair = (labels["backend"], labels["role"])
+            counts[pair] = counts.get(pair, 0) + value
+    return counts
+
+
+def wait_for_counts(cluster, endpoint: str, primary_backend: str, expected_primary: int, timeout: float = 90):
+    """Ray exports metrics every few seconds: wait until the primary count is complete and the rest settles."""
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        counts = servectl_counts(cluster, endpoint)
+        if counts.get((primary_backend, "primary"), 0) >= expected_primary and counts == last:
+            return counts
+        last = counts
+        time.sleep(3)
+    raise AssertionError(f"metrics did not settle: {last}")
+
+
+def test_shadow_proportions_are_copied_and_counted(ray_cluster, tmp_path, applied_dirs):
+    config = copy_example("shadow", tmp_path)
+    applied_dirs.append(config)
+    assert run_cli(config, "apply", "--auto-approve").code == 0
+    session = requests.Session()
+    for _ in range(1000):
+        response = session.get(ray_cluster.url("/shadow"), timeout=10)
+        assert response.status_code == 200 and response.text == "served by existing_backend"
+    counts = wait_for_counts(ray_cluster, "shadowed_endpoint", "existing_backend", 1000)
+    print(f"1000 requests, shadow 0.5 / 0.1: {counts}")
+    assert counts[("existing_backend", "primary")] == 1000
+    assert abs(counts.get(("new_backend_1", "shadow"), 0) - 500) <= 80
+    assert abs(counts.get(("new_backend_2", "shadow"), 0) - 100) <= 40
+    assert ("new_backend_1", "primary") not in counts  # copies only, never answers
+
+    # A proportion of 0 stops shadowing: in place, and no new copies arrive.
+    planned = run_cli(config, "plan", "--var", "shadow_1=0", "--var", "shadow_2=0")
+    assert "~ endpoint \"shadowed_endpoint\"" in planned.stdout and "0 to replace" in planned.stdout
+    assert run_cli(config, "apply", "--var", "shadow_1=0", "--var", "shadow_2=0", "--auto-approve").code == 0
+    for _ in range(200):
+        assert session.get(ray_cluster.url("/shadow"), timeout=10).status_code == 200
+    after = wait_for_counts(ray_cluster, "shadowed_endpoint", "existing_backend", 1200)
+    assert after.get(("new_backend_1", "shadow"), 0) == counts.get(("new_backend_1", "shadow"), 0)
+    assert after.get(("new_backend_2", "shadow"), 0) == counts.get(("new_backend_2", "shadow"), 0)
+
+
+BAD_SHADOWS = """
+from servectl import Backend, Endpoint, LocalRay, var
+LocalRay()
+on = var("shadow", default=0.0)
+small = {"num_cpus": 0.25}
+fast = Backend("fast", "models:Fast", ray_actor_options=small)
+slow = Backend("slow", "models:Slow", ray_actor_options=small)
+broken = Backend("broken", "models:Broken", ray_actor_options=small)
+Endpoint("guarded", route="/guarded", backend=fast, shadow={slow: on, broken: on})
+"""
+BAD_MODELS = """
+import asyncio
+
+class Fast:
+    async def __call__(self, request):
+        return "fast"
+
+class Slow:
+    async def __call__(self, request):
+        await asyncio.sleep(5)
+        return "slow"
+
+class Broken:
+    def __call__(self, request):
+        raise RuntimeError("shadow model is broken")
+"""
+
+
+def test_slow_or_failing_shadow_leaves_the_caller_alone(ray_cluster, tmp_path, applied_dirs):
+    config = write_config(tmp_path / "badshadow", BAD_SHADOWS, models=BAD_MODELS)
+    applied_dirs.append(config)
+    assert run_cli(config, "apply", "--auto-approve").code == 0
+    session = requests.Session()
+
+    def latencies(count: int) -> list[float]:
+        out = []
+        for _ in range(count):
+            start = time.perf_counter()
+            response = session.get(ray_cluster.url("/guarded"), timeout=30)
+            out.append(time.perf_counter() - start)
+            assert response.status_code == 200 and response.text == "fast"
+        return sorted(out)
+
+    latencies(20)  # warm up
+    without = latencies(150)
+    assert run_cli(config, "apply", "--var", "shadow=1.0", "--auto-approve").code == 0
+    latencies(20)
+    with_shadow = latencies(150)
+    p50_without, p50_with = statistics.median(without), statistics.median(with_shadow)
+    p95_without, p95_with = without[int(0.95 * len(without))], with_shadow[int(0.95 * len(with_shadow))]
+    print(f"caller latency p50 {p50_without * 1000:.1f} → {p50_with * 1000:.1f} ms, "
+          f"p95 {p95_without * 1000:.1f} → {p95_with * 1000:.1f} ms, max {with_shadow[-1] * 1000:.0f} ms "
+          "(every request shadowed to a 5 s backend and a raising one)")
+    assert with_shadow[-1] < 1.0  # nobody waited for the 5 s shadow
+    assert p50_with <= p50_without * 2 + 0.02
+
+    counts = wait_for_counts(ray_cluster, "guarded", "fast", 340)
+    assert counts.get(("slow", "shadow"), 0) > 0 and counts.get(("broken", "shadow"), 0) > 0
+    outcomes = {}
+    for key, value in scrape(ray_cluster, "ray_servectl_shadow_sent").items():
+        labels = dict(key[1:])
+        if labels.get("endpoint") == "guarded":
+            outcomes[(labels["backend"], labels["outcome"])] = outcomes.get((labels["backend"], labels["outcome"]), 0) + value
+    print(f"shadow outcomes: {outcomes}")
+    assert outcomes.get(("broken", "error"), 0) > 0
