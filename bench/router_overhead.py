@@ -6,8 +6,11 @@ replica budget (2 replicas), it measures HTTP throughput and p50/p99 latency of:
   (a) a plain Ray Serve deployment on a route, hit at Serve's own proxy
   (b) a servectl endpoint with a single backend (through the front proxy)
   (c) a servectl endpoint with a 0.5/0.5 split over two backends
+  (d) the split plus a 0.1 shadow to a third backend
+  (e) the split plus a 0.1 shadow to a backend that sleeps 1 s per request
 
-and prints each as a ratio to (a). Cases run in rounds (a, b, c, a, b, c, …)
+and (a), (c) again through handles (a plain DeploymentHandle; a servectl
+split handle), and prints each as a ratio to (a). Cases run in rounds (a, b, c, a, b, c, …)
 and the median per case is reported, since the machine is shared and noisy.
 
     python bench/router_overhead.py [--seconds 8] [--connections 16] [--rounds 2] [--json]
@@ -37,6 +40,13 @@ class Hello:
 
     async def __call__(self, request):
         return "hello"
+
+
+class Slow:
+    async def __call__(self, request):
+        import asyncio
+        await asyncio.sleep(1)
+        return "slow"
 '''
 PLAIN_APP = '''
 from ray import serve
@@ -44,18 +54,23 @@ from hello import Hello
 
 app = serve.deployment(name="plain", num_replicas=2, ray_actor_options={"num_cpus": 0})(Hello).bind()
 '''
-SINGLE = '''
-from servectl import Backend, Endpoint, LocalRay
+CASES = '''
+from servectl import Backend, Endpoint, LocalRay, var
 LocalRay()
-b = Backend("single", "hello:Hello", num_replicas=2, ray_actor_options={"num_cpus": 0})
-Endpoint("single", route="/single", backend=b)
-'''
-SPLIT = '''
-from servectl import Backend, Endpoint, LocalRay
-LocalRay()
-b1 = Backend("half1", "hello:Hello", ray_actor_options={"num_cpus": 0})
-b2 = Backend("half2", "hello:Hello", ray_actor_options={"num_cpus": 0})
-Endpoint("split", route="/split", traffic={b1: 0.5, b2: 0.5})
+case = var("case", default="single")
+free = {"num_cpus": 0}
+if case == "single":
+    b = Backend("single", "hello:Hello", num_replicas=2, ray_actor_options=free)
+    Endpoint("bench", route="/bench", backend=b)
+else:
+    b1 = Backend("half1", "hello:Hello", ray_actor_options=free)
+    b2 = Backend("half2", "hello:Hello", ray_actor_options=free)
+    shadow = {}
+    if case == "split_shadow":
+        shadow = {Backend("shadow", "hello:Hello", ray_actor_options=free): 0.1}
+    if case == "split_slow_shadow":
+        shadow = {Backend("slow_shadow", "hello:Slow", ray_actor_options=free): 0.1}
+    Endpoint("bench", route="/bench", traffic={b1: 0.5, b2: 0.5}, shadow=shadow)
 '''
 
 LOAD = '''
@@ -89,6 +104,49 @@ async def main(url, seconds, connections):
 
 asyncio.run(main(sys.argv[1], float(sys.argv[2]), int(sys.argv[3])))
 '''
+
+
+HANDLE_LOAD = '''
+import asyncio, json, os, sys, time
+sys.path.insert(0, os.environ["SERVECTL_ROOT"])
+from servectl.providers.local_ray import connect
+connect(os.environ["SERVECTL_RAY_ADDRESS"], os.environ["SERVECTL_RAY_AUTH_TOKEN_PATH"])
+import servectl
+from ray import serve
+
+async def main(kind, name, seconds, concurrency):
+    if kind == "plain":
+        handle = serve.get_deployment_handle(name, app_name=name)
+        call = lambda: handle.remote(None)
+    else:
+        handle = servectl.get_handle(name, sync=False)
+        call = lambda: handle.remote()
+    await call()
+    latencies = []
+    deadline = time.perf_counter() + seconds
+    async def worker():
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - start)
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    latencies.sort()
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+    print(json.dumps({"throughput": len(latencies) / seconds, "p50_ms": pick(0.5) * 1000,
+                      "p99_ms": pick(0.99) * 1000, "errors": 0}))
+
+asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])))
+'''
+
+
+def handle_load(kind: str, name: str, seconds: float, concurrency: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", HANDLE_LOAD, kind, name, str(seconds), str(concurrency)],
+        capture_output=True, text=True, env={**os.environ, "SERVECTL_ROOT": str(ROOT)},
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"handle load failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def load(url: str, seconds: float, connections: int) -> dict:
@@ -129,12 +187,15 @@ def main() -> None:
 
     medians = {case: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for case, runs in results.items()}
     base = medians["a_plain_serve"]
+    ratio = lambda case, key="throughput", to="a_plain_serve": round(medians[case][key] / medians[to][key], 3)
     summary = {
         "cases": medians,
-        "single_throughput_ratio": round(medians["b_single"]["throughput"] / base["throughput"], 3),
-        "split_throughput_ratio": round(medians["c_split"]["throughput"] / base["throughput"], 3),
-        "single_p99_ratio": round(medians["b_single"]["p99_ms"] / base["p99_ms"], 3),
-        "split_p99_ratio": round(medians["c_split"]["p99_ms"] / base["p99_ms"], 3),
+        "single_throughput_ratio": ratio("b_single"),
+        "split_throughput_ratio": ratio("c_split"),
+        "split_shadow_throughput_ratio": ratio("d_split_shadow"),
+        "slow_shadow_throughput_ratio": ratio("e_split_slow_shadow"),
+        "slow_shadow_p99_ratio": ratio("e_split_slow_shadow", "p99_ms", "c_split"),
+        "handle_split_throughput_ratio": ratio("c_handle_split", to="a_handle_plain"),
         "seconds": args.seconds,
         "connections": args.connections,
         "rounds": args.rounds,
@@ -142,10 +203,12 @@ def main() -> None:
     if args.json:
         print(json.dumps(summary))
         return
-    print(f"{'case':<16}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'ratio':>8}")
+    print(f"{'case':<22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'ratio':>8}")
     for case, m in medians.items():
-        print(f"{case:<16}{m['throughput']:>10.0f}{m['p50_ms']:>10.1f}{m['p99_ms']:>10.1f}{m['errors']:>8.0f}"
-              f"{m['throughput'] / base['throughput']:>8.2f}")
+        reference = medians["a_handle_plain"] if "handle" in case else base
+        print(f"{case:<22}{m['throughput']:>10.0f}{m['p50_ms']:>10.1f}{m['p99_ms']:>10.1f}{m['errors']:>8.0f}"
+              f"{m['throughput'] / reference['throughput']:>8.2f}")
+    print(f"slow shadow p99 over split p99: {summary['slow_shadow_p99_ratio']:.2f}")
 
 
 def run_rounds(work: Path, http_port: int, args: argparse.Namespace) -> dict[str, list[dict]]:
@@ -157,11 +220,10 @@ def run_rounds(work: Path, http_port: int, args: argparse.Namespace) -> dict[str
     plain_dir.mkdir()
     (plain_dir / "hello.py").write_text(HANDLER)
     (plain_dir / "plain_app.py").write_text(PLAIN_APP)
-    single_dir, split_dir = work / "single", work / "split"
-    for directory, main in ((single_dir, SINGLE), (split_dir, SPLIT)):
-        directory.mkdir()
-        (directory / "main.py").write_text(textwrap.dedent(main))
-        (directory / "hello.py").write_text(HANDLER)
+    cases_dir = work / "cases"
+    cases_dir.mkdir()
+    (cases_dir / "main.py").write_text(textwrap.dedent(CASES))
+    (cases_dir / "hello.py").write_text(HANDLER)
 
     connect(os.environ["SERVECTL_RAY_ADDRESS"], os.environ["SERVECTL_RAY_AUTH_TOKEN_PATH"])
     from ray import serve
@@ -173,7 +235,12 @@ def run_rounds(work: Path, http_port: int, args: argparse.Namespace) -> dict[str
     client = _get_global_client()
     env = upload_working_dir_if_needed({"working_dir": str(plain_dir)}, include_gitignore=False, scratch_dir=str(work))
 
-    results: dict[str, list[dict]] = {"a_plain_serve": [], "b_single": [], "c_split": []}
+    results: dict[str, list[dict]] = {
+        name: [] for name in (
+            "a_plain_serve", "b_single", "c_split", "d_split_shadow", "e_split_slow_shadow",
+            "a_handle_plain", "c_handle_split",
+        )
+    }
     for _ in range(args.rounds):
         client.deploy_apps(ServeDeploySchema(applications=[{
             "name": "plain", "route_prefix": "/plain", "import_path": "plain_app:app", "runtime_env": env,
@@ -185,14 +252,20 @@ def run_rounds(work: Path, http_port: int, args: argparse.Namespace) -> dict[str
             time.sleep(0.5)
         time.sleep(1)
         results["a_plain_serve"].append(load(f"http://127.0.0.1:{serve_port}/plain", args.seconds, args.connections))
+        results["a_handle_plain"].append(handle_load("plain", "plain", args.seconds, args.connections))
         client.deploy_apps(ServeDeploySchema(applications=[], http_options={"host": "127.0.0.1", "port": serve_port}))
         while serve.status().applications:
             time.sleep(0.5)
 
-        for case, directory, route in (("b_single", single_dir, "/single"), ("c_split", split_dir, "/split")):
-            servectl(directory, "apply", "--auto-approve")
-            results[case].append(load(f"http://127.0.0.1:{http_port}{route}", args.seconds, args.connections))
-            servectl(directory, "destroy", "--auto-approve")
+        for case, variable in (
+            ("b_single", "single"), ("c_split", "split"), ("d_split_shadow", "split_shadow"),
+            ("e_split_slow_shadow", "split_slow_shadow"),
+        ):
+            servectl(cases_dir, "apply", "--var", f"case={variable}", "--auto-approve")
+            results[case].append(load(f"http://127.0.0.1:{http_port}/bench", args.seconds, args.connections))
+            if case == "c_split":
+                results["c_handle_split"].append(handle_load("servectl", "bench", args.seconds, args.connections))
+        servectl(cases_dir, "destroy", "--auto-approve")
     return results
 
 

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 import servectl
-from tests.conftest import EXAMPLES, copy_example, run_cli
+from tests.conftest import EXAMPLES, copy_example, run_cli, write_config
 
 pytestmark = pytest.mark.ray
 
@@ -70,3 +70,57 @@ def test_handle_to_unknown_endpoint_is_a_clear_error(ray_cluster, tmp_path, appl
     servectl.connect(str(config))
     with pytest.raises(servectl.ServectlError, match="no endpoint 'ecko' is applied on this cluster"):
         servectl.get_handle("ecko").remote()
+
+
+SURFACE = """
+from servectl import Backend, Endpoint, LocalRay
+LocalRay()
+small = {"num_cpus": 0.25}
+Endpoint("kinds", route="/kinds", backend=Backend("kinds", "models:Kinds", ray_actor_options=small))
+Endpoint("upper", backend=Backend("upper", "models:Upper", ray_actor_options=small))
+Endpoint("caller", route="/caller", backend=Backend("caller", "models:SyncCaller", ray_actor_options=small))
+"""
+SURFACE_MODELS = """
+import servectl
+from starlette.responses import PlainTextResponse
+
+class Kinds:
+    async def __call__(self, request):
+        kind = request.query_params.get("kind")
+        if kind == "str":
+            return "text"
+        if kind == "bytes":
+            return b"raw bytes"
+        if kind == "dict":
+            return {"a": 1, "echo": (await request.json())}
+        if kind == "list":
+            return [1, 2, 3]
+        return PlainTextResponse("custom", status_code=201, headers={"x-kind": "response"})
+
+class Upper:
+    def __call__(self, request):
+        return request.query_params["text"].upper()
+
+class SyncCaller:
+    # Plain (non-async) code inside a backend: a sync handle, .remote(...).result().
+    def __init__(self):
+        self.upper = servectl.get_handle("upper", sync=True)
+
+    def __call__(self, request):
+        return self.upper.remote(text=request.query_params.get("text", "")).result(timeout_s=30)
+"""
+
+
+def test_request_surface_return_types_and_sync_handle_inside_a_backend(ray_cluster, tmp_path, applied_dirs):
+    config = write_config(tmp_path / "surface", SURFACE, models=SURFACE_MODELS)
+    applied_dirs.append(config)
+    result = run_cli(config, "apply", "--auto-approve")
+    assert result.code == 0, result.output
+    url = ray_cluster.url("/kinds")
+    assert requests.get(url, params={"kind": "str"}, timeout=10).text == "text"
+    assert requests.get(url, params={"kind": "bytes"}, timeout=10).content == b"raw bytes"
+    assert requests.post(url, params={"kind": "dict"}, json={"x": [1]}, timeout=10).json() == {"a": 1, "echo": {"x": [1]}}
+    assert requests.get(url, params={"kind": "list"}, timeout=10).json() == [1, 2, 3]
+    custom = requests.get(url, params={"kind": "response"}, timeout=10)
+    assert custom.status_code == 201 and custom.text == "custom" and custom.headers["x-kind"] == "response"
+    assert requests.get(ray_cluster.url("/caller"), params={"text": "shout"}, timeout=30).text == "SHOUT"
