@@ -10,13 +10,14 @@ while replica count, concurrency and user_config update in place.
 The replica also carries out shadow traffic: a request marked
 ``x-servectl-shadow: B`` (by the front proxy or a handle, at the endpoint's
 shadow proportion) is copied to backend B in the background. The caller gets
-this backend's answer and never waits for B; copies beyond
-SHADOW_IN_FLIGHT_LIMIT per replica are dropped and counted, so a slow or
-failing shadow cannot hold the primary.
+this backend's answer; the copy is handed to Serve's router and never awaited,
+and B's queue is bounded (its max_queued_requests), so a slow or failing
+shadow cannot hold the primary.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import importlib
 import inspect
 from typing import Any
@@ -26,8 +27,8 @@ from ray import serve
 from servectl.runtime.headers import ENDPOINT_HEADER, ROLE_HEADER, SHADOW_HEADER
 from servectl.runtime.request import HandleRequest
 
-SHADOW_IN_FLIGHT_LIMIT = 64
-SHADOW_TIMEOUT_S = 60.0
+SHADOW_RESPONSES_KEPT = 1024
+
 
 
 def import_target(import_path: str) -> Any:
@@ -72,14 +73,22 @@ class _Metrics:
         self.shadow_sent = metrics.Counter(
             "servectl_shadow_sent",
             description="Shadow copies a primary sent, by endpoint and shadow backend.",
-            tag_keys=("endpoint", "backend", "outcome"),
+            tag_keys=("endpoint", "backend"),
+        )
+        self.errors = metrics.Counter(
+            "servectl_errors",
+            description="Requests whose backend code raised, by endpoint and role (primary or shadow).",
+            tag_keys=("endpoint", "backend", "role"),
         )
 
     def served(self, endpoint: str, role: str) -> None:
         self.requests.inc(1, tags={"endpoint": endpoint or "-", "backend": self.backend, "role": role})
 
-    def shadowed(self, endpoint: str, target: str, outcome: str) -> None:
-        self.shadow_sent.inc(1, tags={"endpoint": endpoint or "-", "backend": target, "outcome": outcome})
+    def shadowed(self, endpoint: str, target: str) -> None:
+        self.shadow_sent.inc(1, tags={"endpoint": endpoint or "-", "backend": target})
+
+    def failed(self, endpoint: str, role: str) -> None:
+        self.errors.inc(1, tags={"endpoint": endpoint or "-", "backend": self.backend, "role": role})
 
 
 def replica_class(args: dict[str, Any]) -> type:
@@ -100,7 +109,7 @@ def replica_class(args: dict[str, Any]) -> type:
             self.is_async = inspect.iscoroutinefunction(call)
             self.metrics = _Metrics(backend)
             self.shadow_handles: dict[str, Any] = {}
-            self.shadow_tasks: set[asyncio.Task] = set()
+            self.shadow_responses: collections.deque = collections.deque(maxlen=SHADOW_RESPONSES_KEPT)
 
         def reconfigure(self, config: Any) -> None:
             method = getattr(self.instance, "reconfigure", None)
@@ -114,29 +123,28 @@ def replica_class(args: dict[str, Any]) -> type:
             shadows = _header_values(request, SHADOW_HEADER) if role != "shadow" else []
             if shadows:
                 await self._mirror(request, endpoint, shadows)
-            if self.is_async:
-                return await self.handler(request)
-            # Serve runs sync methods in a thread pool too; do the same for sync user code.
-            return await asyncio.get_running_loop().run_in_executor(None, self.handler, request)
+            try:
+                if self.is_async:
+                    return await self.handler(request)
+                # Serve runs sync methods in a thread pool too; do the same for sync user code.
+                return await asyncio.get_running_loop().run_in_executor(None, self.handler, request)
+            except Exception:
+                self.metrics.failed(endpoint, role)
+                raise
 
         async def _mirror(self, request: Any, endpoint: str, shadows: list[str]) -> None:
+            # Fire and forget: the copy is handed to Serve's router and never
+            # awaited here, so the primary neither waits for nor fetches the
+            # shadow's answer. The shadow's bounded queue (max_queued_requests)
+            # refuses copies it cannot take; the shadow counts its own errors.
             copy = await _copy_of(request, endpoint)
             for name in shadows:
-                if len(self.shadow_tasks) >= SHADOW_IN_FLIGHT_LIMIT:
-                    self.metrics.shadowed(endpoint, name, "dropped")
-                    continue
-                task = asyncio.get_running_loop().create_task(self._send_shadow(name, copy, endpoint))
-                self.shadow_tasks.add(task)
-                task.add_done_callback(self.shadow_tasks.discard)
-
-        async def _send_shadow(self, name: str, copy: HandleRequest, endpoint: str) -> None:
-            try:
                 if name not in self.shadow_handles:
                     self.shadow_handles[name] = serve.get_deployment_handle(name, app_name=name)
-                await asyncio.wait_for(self.shadow_handles[name].remote(copy), SHADOW_TIMEOUT_S)
-                self.metrics.shadowed(endpoint, name, "ok")
-            except Exception:  # noqa: BLE001 - a shadow's failure is counted, never raised to the caller
-                self.metrics.shadowed(endpoint, name, "error")
+                # Kept referenced (never awaited): a response collected before
+                # Serve has sent its request can lose the copy.
+                self.shadow_responses.append(self.shadow_handles[name].remote(copy))
+                self.metrics.shadowed(endpoint, name)
 
     BackendReplica.__name__ = BackendReplica.__qualname__ = f"Backend_{backend}"
     return BackendReplica
