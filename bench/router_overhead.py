@@ -9,8 +9,8 @@ replica budget (2 replicas), it measures HTTP throughput and p50/p99 latency of:
   (d) the split plus a 0.1 shadow to a third backend
   (e) the split plus a 0.1 shadow to a backend that sleeps 1 s per request
 
-and (a), (c) again through handles (a plain DeploymentHandle; a servectl
-split handle), and prints each as a ratio to (a). Cases run in rounds (a, b, c, a, b, c, …)
+and (a)–(d) again through handles (a plain DeploymentHandle; servectl handles
+to the endpoints), and prints each as a ratio to (a) (handles: to plain (a)). Cases run in rounds (a, b, c, a, b, c, …)
 and the median per case is reported, since the machine is shared and noisy.
 
     python bench/router_overhead.py [--seconds 8] [--connections 16] [--rounds 2] [--json]
@@ -200,7 +200,9 @@ def main() -> None:
         "split_shadow_throughput_ratio": ratio("d_split_shadow"),
         "slow_shadow_throughput_ratio": ratio("e_split_slow_shadow"),
         "slow_shadow_p99_ratio": ratio("e_split_slow_shadow", "p99_ms", "c_split"),
+        "handle_single_throughput_ratio": ratio("b_handle_single", to="a_handle_plain"),
         "handle_split_throughput_ratio": ratio("c_handle_split", to="a_handle_plain"),
+        "handle_split_shadow_throughput_ratio": ratio("d_handle_split_shadow", to="a_handle_plain"),
         "seconds": args.seconds,
         "connections": args.connections,
         "rounds": args.rounds,
@@ -243,7 +245,7 @@ def run_rounds(work: Path, http_port: int, args: argparse.Namespace) -> dict[str
     results: dict[str, list[dict]] = {
         name: [] for name in (
             "a_plain_serve", "b_single", "c_split", "d_split_shadow", "e_split_slow_shadow",
-            "a_handle_plain", "c_handle_split",
+            "a_handle_plain", "b_handle_single", "c_handle_split", "d_handle_split_shadow",
         )
     }
     for _ in range(args.rounds):
@@ -271,8 +273,9 @@ def run_rounds(work: Path, http_port: int, args: argparse.Namespace) -> dict[str
                 continue
             servectl(cases_dir, "apply", "--var", f"case={variable}", "--auto-approve")
             results[case].append(load(f"http://127.0.0.1:{http_port}/bench", args.seconds, args.connections))
-            if case == "c_split" and not args.only:
-                results["c_handle_split"].append(handle_load("servectl", "bench", args.seconds, args.connections))
+            if case in ("b_single", "c_split", "d_split_shadow") and not args.only:
+                handle_case = case[:2] + "handle_" + case[2:]
+                results[handle_case].append(handle_load("servectl", "bench", args.seconds, args.connections))
         servectl(cases_dir, "destroy", "--auto-approve")
     return results
 

@@ -158,3 +158,17 @@ def test_zero_dropped_requests_while_traffic_moves(ray_cluster, tmp_path, applie
     assert total / elapsed >= 50
     assert set(statuses) == {200}, statuses
     assert {"served by existing", "served by new", "served by third", "served by new v2"} <= set(bodies)
+
+
+def test_incremental_rollout_example_moves_step_by_step_and_rolls_back(ray_cluster, tmp_path, applied_dirs):
+    config = copy_example("incremental_rollout", tmp_path)
+    applied_dirs.append(config)
+    shares = {}
+    for share in ("0.1", "0.5", "1.0", "0"):
+        result = run_cli(config, "apply", "--var", f"new_share={share}", "--auto-approve")
+        assert result.code == 0, result.output
+        counts = collections.Counter(served_by(ray_cluster, "/incremental", 400))
+        shares[share] = counts["new_backend"] / 400
+    print(f"new_backend share per step: {shares}")
+    assert 0.03 <= shares["0.1"] <= 0.2 and 0.4 <= shares["0.5"] <= 0.6
+    assert shares["1.0"] == 1.0 and shares["0"] == 0.0
