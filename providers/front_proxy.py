@@ -12,7 +12,6 @@ no connection is refused and no request dropped.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -203,7 +202,3 @@ class FrontProxy:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-
-
-def describe(endpoints: list[RoutedEndpoint]) -> str:
-    return json.dumps({e.name: e.segments for e in endpoints})

@@ -10,7 +10,8 @@ import pytest
 import requests
 
 import servectl
-from tests.conftest import EXAMPLES, copy_example, run_cli, write_config
+from tests.conftest import copy_example, run_cli, write_config
+from tests.test_cli_e2e import serve_details
 
 pytestmark = pytest.mark.ray
 
@@ -29,6 +30,8 @@ def test_composed_model_calls_endpoints_through_handles(ray_cluster, tmp_path, a
         assert (body["model_used"] == 2) == (body["score"] > 0.5)
         used.add(body["model_used"])
     assert used == {1, 2}
+    deployment = serve_details(ray_cluster)["applications"]["composed_backend"]["deployments"]["composed_backend"]
+    assert deployment["deployment_config"]["max_ongoing_requests"] == 10  # max_concurrent_queries reached Serve
     # model_one and model_two have no route: they are reachable by handle only.
     assert requests.get(ray_cluster.url("/model_one"), timeout=10).status_code == 404
 

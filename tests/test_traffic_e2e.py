@@ -6,13 +6,13 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
 
 from servectl.traffic import backend_at, key_point
 from tests.conftest import RayCluster, copy_example, run_cli, write_config
+from tests.test_cli_e2e import replica_pids
 
 pytestmark = pytest.mark.ray
 
@@ -49,12 +49,17 @@ def test_canary_gets_some_but_few_and_weight_changes_are_in_place(ray_cluster, t
     print(f"2000 requests over 0.99/0.01: {dict(counts)}")
     assert 1 <= counts["new_backend"] <= 60
 
+    pids_before = {app: replica_pids(ray_cluster, app) for app in ("default_backend", "new_backend")}
     planned = run_cli(config, "plan", "--var", "canary=0.1", "--detailed-exitcode")
     assert planned.code == 2
     assert "~ endpoint \"canary_endpoint\"" in planned.stdout
     assert "because: traffic: default_backend 0.99 → 0.9, new_backend 0.01 → 0.1" in planned.stdout
     assert "Plan: 0 to add, 1 to change, 0 to replace, 0 to destroy; replicas +0" in planned.stdout
     assert "traffic: canary_endpoint 0.9/0.1 (default_backend/new_backend)" in planned.stdout
+    assert run_cli(config, "apply", "--var", "canary=0.1", "--auto-approve").code == 0
+    counts = collections.Counter(served_by(ray_cluster, "/canary-test", 1000))
+    assert 40 <= counts["new_backend"] <= 170
+    assert {app: replica_pids(ray_cluster, app) for app in pids_before} == pids_before  # no replica restarted
 
 
 def test_shard_keys_stick_and_only_keys_that_must_move_do(ray_cluster, tmp_path, applied_dirs):
