@@ -235,7 +235,8 @@ class LocalRayProvider(Provider):
                     "name": resource.name,
                     "route_prefix": internal_route(resource.name),
                     "import_path": APP_BUILDER,
-                    "runtime_env": {"working_dir": uri},
+                    # Environment variables reach the worker process before any user import.
+                    "runtime_env": {"working_dir": uri, **({"env_vars": attrs["env_vars"]} if attrs.get("env_vars") else {})},
                     "args": {
                         "backend": resource.name,
                         "import_path": attrs["code"]["import_path"],

@@ -131,6 +131,10 @@ class Backend(_Resource):
     ray_actor_options: RayActorOptions = Field(default_factory=RayActorOptions)
     max_concurrent_queries: int = Field(100, ge=1, description="in-flight requests per replica")
     user_config: Any = Field(None, description="passed to reconfigure(config) on every replica")
+    omp_num_threads: Optional[int] = Field(
+        None, ge=1, description="OMP/MKL/OpenBLAS threads per replica, set before user code imports numpy/torch"
+    )
+    env_vars: dict[str, str] = Field(default_factory=dict, description="environment variables of the replica processes")
     declared_at: str = ""
 
     def __init__(self, name: str, code: BackendCode, *init_args: Any, **settings: Any) -> None:

@@ -271,7 +271,24 @@ def backend_attributes(backend: Backend, config_dir: str) -> dict[str, Any]:
         },
         "max_concurrent_queries": backend.max_concurrent_queries,
         "user_config": _json_value(backend.user_config, where),
+        "env_vars": replica_env(backend),
     }
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def replica_env(backend: Backend) -> dict[str, str]:
+    """The replica processes' environment: ``omp_num_threads`` fans out to every BLAS library's variable.
+
+    Without it Ray's own default holds (OMP_NUM_THREADS = the replica's whole CPUs, at least 1).
+    Explicit ``env_vars`` win over the fan-out.
+    """
+    env: dict[str, str] = {}
+    if backend.omp_num_threads is not None:
+        env.update({name: str(backend.omp_num_threads) for name in THREAD_VARIABLES})
+    env.update(backend.env_vars)
+    return dict(sorted(env.items()))
 
 
 def endpoint_attributes(endpoint: Endpoint, backend_names: set[str]) -> dict[str, Any]:

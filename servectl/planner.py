@@ -40,6 +40,8 @@ def attribute_diffs(kind: str, before: dict[str, Any], after: dict[str, Any]) ->
         old, new = before.get(top), after.get(top)
         if old == new:
             continue
+        if top not in before and new in ({}, [], None):
+            continue  # an attribute a newer servectl added, at its empty default: nothing changed
         if top == "user_config":  # shown whole: one value the user wrote as one
             diffs.append(AttributeDiff(top, old, new, forces_replacement=top not in in_place))
             continue

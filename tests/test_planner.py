@@ -132,3 +132,12 @@ def test_custom_resources_and_memory_are_checked():
     nodes = [NodeCapacity("n", 4, 0, memory=2 * 2**30, resources={"tpu": 1})]
     placement = pack([(ReplicaDemand("a", 0, 0, memory=3 * 2**30), 1), (ReplicaDemand("b", 0, 0, resources={"tpu": 2}), 1)], nodes)
     assert sorted(d.backend for d, _ in placement.unplaced) == ["a", "b"]
+
+
+def test_attribute_added_by_a_newer_servectl_at_its_default_is_no_change():
+    recorded = backend("b")
+    now = backend("b")
+    now.attributes["env_vars"] = {}
+    assert not plan_changes(desired(now), state_of(recorded), NODES).has_changes()
+    now.attributes["env_vars"] = {"OMP_NUM_THREADS": "4"}
+    assert plan_changes(desired(now), state_of(recorded), NODES).changes[0].action is Action.REPLACE
