@@ -243,13 +243,22 @@ class LocalRayProvider(Provider):
                         "code_sha256": attrs["code"]["sha256"],
                         "init_args": attrs["init_args"],
                         "init_kwargs": attrs["init_kwargs"],
+                        "batched": attrs.get("max_batch_size") is not None,
                     },
                     "deployments": [
                         {
                             "name": resource.name,
                             "num_replicas": attrs["num_replicas"],
                             "max_ongoing_requests": attrs["max_concurrent_queries"],
-                            "user_config": attrs["user_config"],
+                            # servectl's live settings ride with the user's: both reach
+                            # running replicas through reconfigure(), without restarts.
+                            "user_config": {
+                                "servectl": {
+                                    "max_batch_size": attrs.get("max_batch_size"),
+                                    "batch_wait_timeout_s": attrs.get("batch_wait_timeout_s", 0.01),
+                                },
+                                "user": attrs["user_config"],
+                            },
                             "ray_actor_options": actor_options,
                             # A shadow's queue is bounded: copies beyond it are refused, never piled up.
                             "max_queued_requests": SHADOW_QUEUE_LIMIT if resource.name in shadow_targets else -1,

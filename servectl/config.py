@@ -131,6 +131,10 @@ class Backend(_Resource):
     ray_actor_options: RayActorOptions = Field(default_factory=RayActorOptions)
     max_concurrent_queries: int = Field(100, ge=1, description="in-flight requests per replica")
     user_config: Any = Field(None, description="passed to reconfigure(config) on every replica")
+    max_batch_size: Optional[int] = Field(
+        None, ge=1, description="batch up to this many requests: __call__ gets a list and returns a list"
+    )
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="how long a partial batch waits for more requests")
     omp_num_threads: Optional[int] = Field(
         None, ge=1, description="OMP/MKL/OpenBLAS threads per replica, set before user code imports numpy/torch"
     )

@@ -22,7 +22,9 @@ BACKEND = "backend"
 ENDPOINT = "endpoint"
 
 # Attributes that Ray Serve can change on running replicas; anything else restarts them.
-IN_PLACE_BACKEND_ATTRIBUTES = frozenset({"num_replicas", "max_concurrent_queries", "user_config"})
+IN_PLACE_BACKEND_ATTRIBUTES = frozenset(
+    {"num_replicas", "max_concurrent_queries", "user_config", "max_batch_size", "batch_wait_timeout_s"}
+)
 IN_PLACE_ENDPOINT_ATTRIBUTES = frozenset({"route", "traffic", "shadow"})
 
 # The module name main.py runs under while loading; workers import the same file as `main`.
@@ -271,6 +273,8 @@ def backend_attributes(backend: Backend, config_dir: str) -> dict[str, Any]:
         },
         "max_concurrent_queries": backend.max_concurrent_queries,
         "user_config": _json_value(backend.user_config, where),
+        "max_batch_size": backend.max_batch_size,
+        "batch_wait_timeout_s": float(backend.batch_wait_timeout_s) if backend.max_batch_size else None,
         "env_vars": replica_env(backend),
     }
 

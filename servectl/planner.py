@@ -45,6 +45,10 @@ def attribute_diffs(kind: str, before: dict[str, Any], after: dict[str, Any]) ->
         if top == "user_config":  # shown whole: one value the user wrote as one
             diffs.append(AttributeDiff(top, old, new, forces_replacement=top not in in_place))
             continue
+        if top == "max_batch_size" and (old is None) != (new is None):
+            # Batching on/off changes what __call__ receives (a request or a list): new replicas.
+            diffs.append(AttributeDiff(top, old, new, forces_replacement=True))
+            continue
         flat_old, flat_new = flatten(old, top), flatten(new, top)
         for path in sorted(set(flat_old) | set(flat_new)):
             if flat_old.get(path) != flat_new.get(path):

@@ -56,3 +56,55 @@ def test_omp_threads_reach_the_replica_before_numpy_loads(ray_cluster, tmp_path,
     assert "env_vars.OMP_NUM_THREADS '2' → '1' (replicas restart)" in planned.stdout
     assert run_cli(config, "apply", "--var", "threads=1", "--auto-approve").code == 0
     assert requests.get(ray_cluster.url("/parallel"), timeout=30).json() == {"OMP_NUM_THREADS": "1", "blas_threads": [1]}
+
+
+BROKEN_BATCH = """
+from servectl import Backend, Endpoint, LocalRay
+LocalRay()
+Endpoint("short", route="/short", backend=Backend("short", "models:Short", max_batch_size=4, ray_actor_options={"num_cpus": 0.25}))
+"""
+
+
+def _concurrent(cluster, path: str, count: int) -> list[requests.Response]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda _: requests.get(cluster.url(path), timeout=30), range(count)))
+
+
+def test_batching_lists_in_lists_out_and_resizes_in_place(ray_cluster, tmp_path, applied_dirs):
+    config = copy_example("batching", tmp_path)
+    applied_dirs.append(config)
+    assert run_cli(config, "apply", "--auto-approve").code == 0
+    responses = _concurrent(ray_cluster, "/increment", 30)
+    assert all(r.status_code == 200 for r in responses)
+    sizes = [r.json()["batch_size"] for r in responses]
+    print(f"batch sizes at max_batch_size=5: {sorted(sizes)}")
+    assert max(sizes) <= 5 and max(sizes) > 1
+    assert len({r.json()["count"] for r in responses}) == 30  # every request counted once
+    pids = replica_pids(ray_cluster, "counter1")
+
+    planned = run_cli(config, "plan", "--var", "max_batch_size=10")
+    assert "~ max_batch_size = 5 → 10" in planned.stdout and "1 to change, 0 to replace" in planned.stdout
+    assert run_cli(config, "apply", "--var", "max_batch_size=10", "--auto-approve").code == 0
+    assert replica_pids(ray_cluster, "counter1") == pids
+    sizes = [r.json()["batch_size"] for r in _concurrent(ray_cluster, "/increment", 40)]
+    print(f"batch sizes at max_batch_size=10: {sorted(sizes)}")
+    assert max(sizes) <= 10 and max(sizes) > 5
+
+
+def test_wrong_length_batch_is_a_500_not_a_hang(ray_cluster, tmp_path, applied_dirs):
+    from tests.conftest import write_config
+
+    config = write_config(
+        tmp_path / "short", BROKEN_BATCH,
+        models="class Short:\n    def __call__(self, requests):\n        return requests[:-1]\n",
+    )
+    applied_dirs.append(config)
+    assert run_cli(config, "apply", "--auto-approve").code == 0
+    import time
+
+    started = time.time()
+    responses = _concurrent(ray_cluster, "/short", 8)
+    assert time.time() - started < 10
+    assert {r.status_code for r in responses} == {500}

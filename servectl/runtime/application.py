@@ -100,6 +100,7 @@ def replica_class(args: dict[str, Any]) -> type:
     if is_class and not callable(getattr(target, "__call__", None)):
         raise TypeError(f"{args['import_path']} has no __call__(self, request) method")
     backend = args["backend"]
+    batched = bool(args.get("batched"))
 
     class BackendReplica:
         def __init__(self) -> None:
@@ -112,9 +113,32 @@ def replica_class(args: dict[str, Any]) -> type:
             self.shadow_responses: collections.deque = collections.deque(maxlen=SHADOW_RESPONSES_KEPT)
 
         def reconfigure(self, config: Any) -> None:
+            """Serve's user_config carries servectl's live settings and the user's own config."""
+            settings = (config or {}).get("servectl") or {}
+            if batched and settings.get("max_batch_size"):
+                self._batched.set_max_batch_size(int(settings["max_batch_size"]))
+                self._batched.set_batch_wait_timeout_s(float(settings.get("batch_wait_timeout_s", 0.01)))
+            user_config = (config or {}).get("user")
             method = getattr(self.instance, "reconfigure", None)
-            if method is not None:
-                method(config)
+            if method is not None and user_config is not None:  # as Serve: only when user_config is set
+                method(user_config)
+
+        async def _run(self, payload: Any) -> Any:
+            if self.is_async:
+                return await self.handler(payload)
+            # Serve runs sync methods in a thread pool too; do the same for sync user code.
+            return await asyncio.get_running_loop().run_in_executor(None, self.handler, payload)
+
+        @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
+        async def _batched(self, requests: list) -> list:
+            results = await self._run(requests)
+            if not isinstance(results, list) or len(results) != len(requests):
+                got = f"a list of {len(results)}" if isinstance(results, list) else type(results).__name__
+                raise ValueError(
+                    f"backend {backend}: __call__ got a batch of {len(requests)} requests and must return a list of "
+                    f"{len(requests)} responses, not {got}"
+                )
+            return results
 
         async def __call__(self, request: Any) -> Any:
             endpoint = (_header_values(request, ENDPOINT_HEADER) or [""])[0]
@@ -124,10 +148,7 @@ def replica_class(args: dict[str, Any]) -> type:
             if shadows:
                 await self._mirror(request, endpoint, shadows)
             try:
-                if self.is_async:
-                    return await self.handler(request)
-                # Serve runs sync methods in a thread pool too; do the same for sync user code.
-                return await asyncio.get_running_loop().run_in_executor(None, self.handler, request)
+                return await (self._batched(request) if batched else self._run(request))
             except Exception:
                 self.metrics.failed(endpoint, role)
                 raise
