@@ -1,0 +1,96 @@
+"""Batching throughput: one vectorised numpy model at max_batch_size 1, 8 and 32 under concurrent load.
+
+The model multiplies each request's vector by a 4096×4096 float32 matrix. One
+request at a time reads the whole 64 MiB matrix per request; a batch of 32
+reads it once for 32 requests, which is what batching is for. Throughput is
+measured through the front proxy with 64 concurrent connections and printed
+as ratios to batch 1, in one run on one fresh embedded cluster.
+
+    python bench/batching.py [--seconds 8] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from router_overhead import load, servectl  # noqa: E402  (same load generator and CLI runner)
+
+from servectl.providers.embedded_cluster import EmbeddedCluster, free_ports  # noqa: E402
+
+MODEL = '''
+import numpy as np
+
+class Vectorised:
+    def __init__(self):
+        rng = np.random.default_rng(0)
+        self.weights = rng.standard_normal((4096, 4096), dtype=np.float32)
+        self.rng = rng
+
+    def __call__(self, requests):
+        batch = self.rng.standard_normal((len(requests), 4096), dtype=np.float32)  # one input per request
+        scores = batch @ self.weights  # one matrix product per batch
+        return [float(row[0]) for row in scores]
+'''
+MAIN = '''
+from servectl import Backend, Endpoint, LocalRay, var
+LocalRay()
+size = var("max_batch_size", default=1)
+model = Backend("vectorised", "model:Vectorised", max_batch_size=size, batch_wait_timeout_s=0.005,
+                omp_num_threads=1, max_concurrent_queries=64, ray_actor_options={"num_cpus": 1})
+Endpoint("score", route="/score", backend=model)
+'''
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="servectl-batching-") as tmp:
+        work = Path(tmp)
+        cluster = EmbeddedCluster(str(work / "cluster"))
+        record = cluster.start(num_cpus=2, num_gpus=0, resources={})
+        (port,) = free_ports(1)
+        os.environ.update(
+            SERVECTL_RAY_ADDRESS=record.gcs_address, SERVECTL_RAY_AUTH_TOKEN_PATH=record.token_path,
+            SERVECTL_HTTP_PORT=str(port),
+        )
+        config = work / "config"
+        config.mkdir()
+        (config / "main.py").write_text(textwrap.dedent(MAIN))
+        (config / "model.py").write_text(MODEL)
+        try:
+            for size in (1, 8, 32):
+                servectl(config, "apply", "--var", f"max_batch_size={size}", "--auto-approve")
+                results[size] = load(f"http://127.0.0.1:{port}/score", args.seconds, args.connections)
+            servectl(config, "destroy", "--auto-approve")
+        finally:
+            cluster.stop()
+    base = results[1]["throughput"]
+    summary = {
+        "throughput": {str(k): round(v["throughput"], 1) for k, v in results.items()},
+        "ratio_8_vs_1": round(results[8]["throughput"] / base, 2),
+        "ratio_32_vs_1": round(results[32]["throughput"] / base, 2),
+        "errors": sum(v["errors"] for v in results.values()),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for size, r in results.items():
+            print(f"max_batch_size {size:>2}: {r['throughput']:7.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "
+                  f"p99 {r['p99_ms']:7.1f} ms  ratio {r['throughput'] / base:5.2f}  errors {r['errors']}")
+
+
+if __name__ == "__main__":
+    main()
