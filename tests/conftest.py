@@ -62,6 +62,10 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> RayCluster:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        import ray
+
+        if ray.is_initialized():  # tests that read Serve's state connected this process as a driver
+            ray.shutdown()
         cluster.stop()
 
 
