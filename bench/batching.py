@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import textwrap
@@ -22,9 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from router_overhead import load, servectl  # noqa: E402  (same load generator and CLI runner)
-
-from servectl.providers.embedded_cluster import EmbeddedCluster, free_ports  # noqa: E402
+from router_overhead import bench_cluster, load, servectl  # noqa: E402  (same cluster, load generator, CLI runner)
 
 MODEL = '''
 import numpy as np
@@ -58,25 +55,15 @@ def main() -> None:
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory(prefix="servectl-batching-") as tmp:
-        work = Path(tmp)
-        cluster = EmbeddedCluster(str(work / "cluster"))
-        record = cluster.start(num_cpus=2, num_gpus=0, resources={})
-        (port,) = free_ports(1)
-        os.environ.update(
-            SERVECTL_RAY_ADDRESS=record.gcs_address, SERVECTL_RAY_AUTH_TOKEN_PATH=record.token_path,
-            SERVECTL_HTTP_PORT=str(port),
-        )
-        config = work / "config"
+        config = Path(tmp) / "config"
         config.mkdir()
         (config / "main.py").write_text(textwrap.dedent(MAIN))
         (config / "model.py").write_text(MODEL)
-        try:
+        with bench_cluster(Path(tmp)) as port:
             for size in (1, 8, 32):
                 servectl(config, "apply", "--var", f"max_batch_size={size}", "--auto-approve")
                 results[size] = load(f"http://127.0.0.1:{port}/score", args.seconds, args.connections)
             servectl(config, "destroy", "--auto-approve")
-        finally:
-            cluster.stop()
     base = results[1]["throughput"]
     summary = {
         "throughput": {str(k): round(v["throughput"], 1) for k, v in results.items()},

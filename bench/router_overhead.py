@@ -18,6 +18,7 @@ and the median per case is reported, since the machine is shared and noisy.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -162,6 +163,23 @@ def servectl(config: Path, *args: str) -> None:
         raise SystemExit(f"servectl {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
 
 
+@contextlib.contextmanager
+def bench_cluster(work: Path):
+    """A fresh embedded cluster with servectl pointed at it; yields the front proxy's HTTP port."""
+    cluster = EmbeddedCluster(str(work / "cluster"))
+    record = cluster.start(num_cpus=2, num_gpus=0, resources={})
+    (http_port,) = free_ports(1)
+    os.environ.update(
+        SERVECTL_RAY_ADDRESS=record.gcs_address,
+        SERVECTL_RAY_AUTH_TOKEN_PATH=record.token_path,
+        SERVECTL_HTTP_PORT=str(http_port),
+    )
+    try:
+        yield http_port
+    finally:
+        cluster.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=8)
@@ -172,19 +190,8 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="servectl-bench-") as tmp:
-        work = Path(tmp)
-        cluster = EmbeddedCluster(str(work / "cluster"))
-        record = cluster.start(num_cpus=2, num_gpus=0, resources={})
-        (http_port,) = free_ports(1)
-        os.environ.update(
-            SERVECTL_RAY_ADDRESS=record.gcs_address,
-            SERVECTL_RAY_AUTH_TOKEN_PATH=record.token_path,
-            SERVECTL_HTTP_PORT=str(http_port),
-        )
-        try:
-            results = run_rounds(work, http_port, args)
-        finally:
-            cluster.stop()
+        with bench_cluster(Path(tmp)) as http_port:
+            results = run_rounds(Path(tmp), http_port, args)
 
     medians = {case: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for case, runs in results.items() if runs}
     if len(medians) < len(results):

@@ -295,26 +295,25 @@ def replica_env(backend: Backend) -> dict[str, str]:
     return dict(sorted(env.items()))
 
 
+def _backend_named(endpoint: Endpoint, key: Any, backend_names: set[str], relation: str) -> str:
+    name = key.name if isinstance(key, Backend) else key
+    if name not in backend_names:
+        known = ", ".join(sorted(backend_names)) or "none"
+        raise ConfigError(
+            f"{endpoint.declared_at}: endpoint {endpoint.name!r} {relation} unknown backend {name!r} "
+            f"(declared backends: {known})"
+        )
+    return name
+
+
 def endpoint_attributes(endpoint: Endpoint, backend_names: set[str]) -> dict[str, Any]:
     traffic: dict[str, float] = {}
     for key, weight in endpoint.traffic.items():
-        name = key.name if isinstance(key, Backend) else key
-        if name not in backend_names:
-            known = ", ".join(sorted(backend_names)) or "none"
-            raise ConfigError(
-                f"{endpoint.declared_at}: endpoint {endpoint.name!r} sends traffic to unknown backend {name!r} "
-                f"(declared backends: {known})"
-            )
+        name = _backend_named(endpoint, key, backend_names, "sends traffic to")
         traffic[name] = traffic.get(name, 0.0) + float(weight)
     shadow: dict[str, float] = {}
     for key, proportion in endpoint.shadow.items():
-        name = key.name if isinstance(key, Backend) else key
-        if name not in backend_names:
-            known = ", ".join(sorted(backend_names)) or "none"
-            raise ConfigError(
-                f"{endpoint.declared_at}: endpoint {endpoint.name!r} shadows to unknown backend {name!r} "
-                f"(declared backends: {known})"
-            )
+        name = _backend_named(endpoint, key, backend_names, "shadows to")
         if proportion > 0:  # a proportion of 0 means: stop shadowing
             shadow[name] = float(proportion)
     return {"route": endpoint.route, "traffic": dict(sorted(traffic.items())), "shadow": dict(sorted(shadow.items()))}
