@@ -34,7 +34,7 @@ class Provider(ABC):
 
     @abstractmethod
     def unmanaged_conflicts(self, managed: set[str]) -> list[str]:
-        """Names of live serving objects that collide with ``managed`` but are not in state."""
+        """Live serving objects the state does not record (after prepare())."""
 
     @abstractmethod
     def converge(

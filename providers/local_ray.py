@@ -106,6 +106,7 @@ class LocalRayProvider(Provider):
         self.embedded = EmbeddedCluster.for_config_dir(config_dir) if spec.address is None else None
         self.front_proxy = FrontProxy(os.path.join(config_dir, RUNTIME_DIR))
         self._package_uri: Optional[str] = None
+        self._packages_present: dict[str, bool] = {}
         self._serve_port: Optional[int] = None
         self._policy_written_at = 0.0
 
@@ -167,17 +168,8 @@ class LocalRayProvider(Provider):
         return self._client().get_serve_details()
 
     def unmanaged_conflicts(self, managed: set[str]) -> list[str]:
-        target = self._target()
-        if target is None:
-            return []
-        connect(*target)
-        from ray.serve.context import _get_global_client
-
-        try:
-            client = _get_global_client()
-        except Exception:  # noqa: BLE001 - Serve not started on that cluster: nothing to collide with
-            return []
-        return sorted(set(client.get_serve_details().get("applications", {})) - managed)
+        """Called after prepare(): the cluster is connected and Serve is running."""
+        return sorted(set(self._details().get("applications", {})) - managed)
 
     # --- changing it -----------------------------------------------------------
     def _upload(self) -> str:
@@ -209,8 +201,11 @@ class LocalRayProvider(Provider):
 
         recorded = resource.live.get("package_uri")
         restarting = change.address == resource.address and change.action in (Action.CREATE, Action.REPLACE)
-        if recorded and not restarting and package_exists(recorded):
-            return recorded
+        if recorded and not restarting:
+            if recorded not in self._packages_present:  # one GCS lookup per package per apply, not per change
+                self._packages_present[recorded] = package_exists(recorded)
+            if self._packages_present[recorded]:
+                return recorded
         return self._upload()
 
     def serve_config(self, resources: dict[str, ResourceState], change: ResourceChange) -> tuple[dict[str, Any], dict[str, str]]:
