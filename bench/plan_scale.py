@@ -11,12 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from servectl.loader import load_config  # noqa: E402
 from servectl.placement import NodeCapacity  # noqa: E402

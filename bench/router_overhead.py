@@ -29,8 +29,6 @@ import textwrap
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from servectl.providers.embedded_cluster import EmbeddedCluster, free_ports  # noqa: E402
 
@@ -109,7 +107,6 @@ asyncio.run(main(sys.argv[1], float(sys.argv[2]), int(sys.argv[3])))
 
 HANDLE_LOAD = '''
 import asyncio, json, os, sys, time
-sys.path.insert(0, os.environ["SERVECTL_ROOT"])
 from servectl.providers.local_ray import connect
 connect(os.environ["SERVECTL_RAY_ADDRESS"], os.environ["SERVECTL_RAY_AUTH_TOKEN_PATH"])
 import servectl
@@ -143,7 +140,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]))
 def handle_load(kind: str, name: str, seconds: float, concurrency: int) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", HANDLE_LOAD, kind, name, str(seconds), str(concurrency)],
-        capture_output=True, text=True, env={**os.environ, "SERVECTL_ROOT": str(ROOT)},
+        capture_output=True, text=True,
     )
     if out.returncode != 0:
         raise SystemExit(f"handle load failed: {out.stderr[-2000:]}")

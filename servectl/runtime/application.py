@@ -24,6 +24,7 @@ from typing import Any
 
 from ray import serve
 
+from servectl.runtime.batching import Batcher
 from servectl.runtime.headers import ENDPOINT_HEADER, ROLE_HEADER, SHADOW_HEADER
 from servectl.runtime.request import HandleRequest
 
@@ -111,13 +112,13 @@ def replica_class(args: dict[str, Any]) -> type:
             self.metrics = _Metrics(backend)
             self.shadow_handles: dict[str, Any] = {}
             self.shadow_responses: collections.deque = collections.deque(maxlen=SHADOW_RESPONSES_KEPT)
+            self.batcher = Batcher(self._run, describe=f"backend {backend}") if batched else None
 
         def reconfigure(self, config: Any) -> None:
             """Serve's user_config carries servectl's live settings and the user's own config."""
             settings = (config or {}).get("servectl") or {}
-            if batched and settings.get("max_batch_size"):
-                self._batched.set_max_batch_size(int(settings["max_batch_size"]))
-                self._batched.set_batch_wait_timeout_s(float(settings.get("batch_wait_timeout_s", 0.01)))
+            if self.batcher is not None and settings.get("max_batch_size"):
+                self.batcher.resize(int(settings["max_batch_size"]), float(settings.get("batch_wait_timeout_s") or 0.0))
             user_config = (config or {}).get("user")
             method = getattr(self.instance, "reconfigure", None)
             if method is not None and user_config is not None:  # as Serve: only when user_config is set
@@ -129,17 +130,6 @@ def replica_class(args: dict[str, Any]) -> type:
             # Serve runs sync methods in a thread pool too; do the same for sync user code.
             return await asyncio.get_running_loop().run_in_executor(None, self.handler, payload)
 
-        @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
-        async def _batched(self, requests: list) -> list:
-            results = await self._run(requests)
-            if not isinstance(results, list) or len(results) != len(requests):
-                got = f"a list of {len(results)}" if isinstance(results, list) else type(results).__name__
-                raise ValueError(
-                    f"backend {backend}: __call__ got a batch of {len(requests)} requests and must return a list of "
-                    f"{len(requests)} responses, not {got}"
-                )
-            return results
-
         async def __call__(self, request: Any) -> Any:
             endpoint = (_header_values(request, ENDPOINT_HEADER) or [""])[0]
             role = (_header_values(request, ROLE_HEADER) or ["primary"])[0]
@@ -148,7 +138,7 @@ def replica_class(args: dict[str, Any]) -> type:
             if shadows:
                 await self._mirror(request, endpoint, shadows)
             try:
-                return await (self._batched(request) if batched else self._run(request))
+                return await (self.batcher.submit(request) if self.batcher is not None else self._run(request))
             except Exception:
                 self.metrics.failed(endpoint, role)
                 raise
