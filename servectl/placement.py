@@ -67,6 +67,7 @@ class _NodeRoom:
     memory: Optional[int]
     resources: dict[str, int]
     replicas: dict[str, int] = field(default_factory=dict)
+    gpu_holders: list[dict[str, int]] = field(default_factory=list)  # per GPU: backend -> units held
 
     @classmethod
     def of(cls, node: NodeCapacity) -> "_NodeRoom":
@@ -76,6 +77,7 @@ class _NodeRoom:
             gpu_slots=[UNIT] * int(node.gpus),
             memory=None if node.memory is None else int(node.memory),
             resources={key: units(amount) for key, amount in node.resources.items()},
+            gpu_holders=[{} for _ in range(int(node.gpus))],
         )
 
     def try_take(self, demand: ReplicaDemand) -> bool:
@@ -97,6 +99,8 @@ class _NodeRoom:
             self.resources[key] -= units(amount)
         for index, amount in gpu_take:
             self.gpu_slots[index] -= amount
+            holders = self.gpu_holders[index]
+            holders[demand.backend] = holders.get(demand.backend, 0) + amount
         self.replicas[demand.backend] = self.replicas.get(demand.backend, 0) + 1
         return True
 
@@ -123,6 +127,7 @@ class NodePlacement:
     gpus_used: float
     gpus_total: int
     gpu_slots_used: list[float]
+    gpu_shares: list[dict[str, float]] = field(default_factory=list)  # per GPU: backend -> GPUs held
 
 
 @dataclass
@@ -157,6 +162,7 @@ class Placement:
                     "cpus": [round(n.cpus_used, 4), n.cpus_total],
                     "gpus": [round(n.gpus_used, 4), n.gpus_total],
                     "gpu_slots_used": n.gpu_slots_used,
+                    "gpu_shares": n.gpu_shares,
                 }
                 for n in self.nodes
             ],
@@ -199,6 +205,10 @@ def pack(demands: list[tuple[ReplicaDemand, int]], nodes: list[NodeCapacity]) ->
                 gpus_used=sum(slots_used),
                 gpus_total=int(node.gpus),
                 gpu_slots_used=slots_used,
+                gpu_shares=[
+                    {backend: round(held / UNIT, 4) for backend, held in sorted(holders.items())}
+                    for holders in room.gpu_holders
+                ],
             )
         )
     return Placement(nodes=placed, unplaced=unplaced)

@@ -77,6 +77,18 @@ def summary_line(plan: Plan) -> str:
     return "; ".join(parts)
 
 
+def gpu_sharing(plan: Plan) -> list[str]:
+    """One line per GPU that holds replicas, naming who shares it: fractional packing made visible."""
+    lines = []
+    for node in plan.placement.get("nodes", []):
+        for index, shares in enumerate(node.get("gpu_shares") or []):
+            if shares:
+                used = sum(shares.values())
+                held = " + ".join(f"{backend} {share:g}" for backend, share in shares.items())
+                lines.append(f"{node['node']} GPU {index}: {held} ({used:g} of 1 used)")
+    return lines
+
+
 def traffic_moves(plan: Plan) -> list[str]:
     moves = []
     for change in plan.actionable:
@@ -98,6 +110,11 @@ def render_plan(console: Console, plan: Plan) -> None:
     for change in plan.actionable:
         render_change(console, change)
     console.print(f"[bold]{escape(summary_line(plan))}[/bold]")
+    sharing = gpu_sharing(plan)
+    if sharing:
+        console.print("GPUs after apply:")
+        for line in sharing:
+            console.print(f"  {escape(line)}")
 
 
 def render_state(console: Console, document: Optional[StateDocument], address: Optional[str] = None) -> None:

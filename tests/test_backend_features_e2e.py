@@ -108,3 +108,22 @@ def test_wrong_length_batch_is_a_500_not_a_hang(ray_cluster, tmp_path, applied_d
     responses = _concurrent(ray_cluster, "/short", 8)
     assert time.time() - started < 10
     assert {r.status_code for r in responses} == {500}
+
+
+def test_two_half_gpu_backends_share_one_gpu(ray_cluster, tmp_path, applied_dirs):
+    # The fixture's cluster has 2 logical GPUs: Ray assigns them like real ones
+    # (CUDA_VISIBLE_DEVICES), without any CUDA work. A real GPU check is in bench/README.md.
+    config = copy_example("gpu_fractional", tmp_path)
+    applied_dirs.append(config)
+    planned = run_cli(config, "plan")
+    assert planned.code == 0, planned.output
+    assert "GPU 1/2" in planned.stdout
+    assert "GPU 0: vision_a 0.5 + vision_b 0.5 (1 of 1 used)" in planned.stdout
+
+    assert run_cli(config, "apply", "--auto-approve").code == 0
+    a = requests.get(ray_cluster.url("/vision_a"), timeout=30).json()
+    b = requests.get(ray_cluster.url("/vision_b"), timeout=30).json()
+    print(f"vision_a: {a}; vision_b: {b}")
+    assert a["pid"] != b["pid"]
+    assert a["CUDA_VISIBLE_DEVICES"] == b["CUDA_VISIBLE_DEVICES"] == "0"
+    assert a["gpu_ids"] == b["gpu_ids"] == ["0"]

@@ -116,6 +116,7 @@ def test_fractional_gpus_share_one_gpu():
     placement = pack([(ReplicaDemand("a", 0.1, 0.5), 1), (ReplicaDemand("b", 0.1, 0.5), 1)], [NodeCapacity("n", 4, 2)])
     assert not placement.unplaced
     assert placement.nodes[0].gpu_slots_used == [1.0, 0.0]
+    assert placement.nodes[0].gpu_shares == [{"a": 0.5, "b": 0.5}, {}]
 
 
 def test_fraction_cannot_straddle_two_gpus():
