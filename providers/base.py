@@ -51,5 +51,12 @@ class Provider(ABC):
         """
 
     @abstractmethod
+    def environment_problems(self, backends: dict[str, dict[str, Any]]) -> dict[str, str]:
+        """Why a backend (name -> attributes) could not start on the workers: missing conda, unimportable code.
+
+        Asked at plan time for backends whose replicas will start; must not change anything.
+        """
+
+    @abstractmethod
     def teardown(self, progress: Progress) -> None:
         """Stop what servectl itself started (an embedded cluster); leave others' clusters alone."""

@@ -73,6 +73,18 @@ def _use_token(token_path: str) -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+def runtime_env(package_uri: str, attrs: dict[str, Any]) -> dict[str, Any]:
+    """A backend's Ray runtime_env: its code package, environment and private dependencies."""
+    env: dict[str, Any] = {"working_dir": package_uri}
+    if attrs.get("env_vars"):
+        env["env_vars"] = attrs["env_vars"]
+    if attrs.get("pip"):
+        env["pip"] = {"packages": list(attrs["pip"]), "pip_check": False}
+    if attrs.get("conda"):
+        env["conda"] = attrs["conda"]
+    return env
+
+
 def live_nodes() -> list[NodeCapacity]:
     import ray
 
@@ -120,6 +132,30 @@ class LocalRayProvider(Provider):
     def _projected_nodes(self) -> list[NodeCapacity]:
         cpus = self.spec.num_cpus if self.spec.num_cpus is not None else float(os.cpu_count() or 1)
         return [NodeCapacity(name="embedded-head", cpus=cpus, gpus=self.spec.num_gpus, resources=dict(self.spec.resources))]
+
+    def environment_problems(self, backends: dict[str, dict[str, Any]]) -> dict[str, str]:
+        checks = {}
+        for name, attrs in backends.items():
+            code = attrs.get("code") or {}
+            worker_only = code.get("origin") == "workers" and not attrs.get("pip") and not attrs.get("conda")
+            module = str(code.get("import_path", "")).partition(":")[0] if worker_only else None
+            if module or attrs.get("conda"):
+                checks[name] = {"conda": attrs.get("conda"), "module": module}
+        if not checks:
+            return {}
+        from servectl.runtime import probe
+
+        target = self._target()
+        if target is None:  # the embedded head will run this machine's Python
+            return probe.environment_problems(checks)
+        connect(*target)
+        import ray
+
+        task = ray.remote(num_cpus=0)(probe.environment_problems)
+        try:
+            return ray.get(task.remote(checks), timeout=120)
+        except Exception as err:  # noqa: BLE001 - the cluster's failure, in one line
+            raise ProviderError(f"cannot check the workers' environment: {type(err).__name__}: {err}") from None
 
     def cluster(self) -> ClusterView:
         target = self._target()
@@ -231,7 +267,7 @@ class LocalRayProvider(Provider):
                     "route_prefix": internal_route(resource.name),
                     "import_path": APP_BUILDER,
                     # Environment variables reach the worker process before any user import.
-                    "runtime_env": {"working_dir": uri, **({"env_vars": attrs["env_vars"]} if attrs.get("env_vars") else {})},
+                    "runtime_env": runtime_env(uri, attrs),
                     "args": {
                         "backend": resource.name,
                         "import_path": attrs["code"]["import_path"],

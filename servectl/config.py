@@ -139,6 +139,13 @@ class Backend(_Resource):
         None, ge=1, description="OMP/MKL/OpenBLAS threads per replica, set before user code imports numpy/torch"
     )
     env_vars: dict[str, str] = Field(default_factory=dict, description="environment variables of the replica processes")
+    pip: list[str] = Field(
+        default_factory=list, description="pip requirements installed for this backend only (Ray runtime_env pip)"
+    )
+    conda: Optional[str] = Field(None, description="name of an existing conda env on the nodes (Ray runtime_env conda)")
+    code_version: Optional[str] = Field(
+        None, description="version of code only the workers can import; changing it restarts the replicas"
+    )
     declared_at: str = ""
 
     def __init__(self, name: str, code: BackendCode, *init_args: Any, **settings: Any) -> None:
@@ -155,6 +162,16 @@ class Backend(_Resource):
             raise ConfigError(f"{site}: backend {name!r}: code must be an import path 'module:attr' or a class/function")
         if isinstance(code, str) and not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$", code):
             raise ConfigError(f"{site}: backend {name!r}: import path {code!r} must look like 'module:attr'")
+        if self.pip and self.conda:
+            raise ConfigError(
+                f"{site}: backend {name!r}: give pip=[...] or conda=..., not both "
+                "(Ray installs pip requirements into the conda env only when they are listed inside it)"
+            )
+        for requirement in self.pip:
+            if not isinstance(requirement, str) or not requirement.strip() or requirement.strip().startswith("-"):
+                raise ConfigError(
+                    f"{site}: backend {name!r}: pip requirement {requirement!r} must be a requirement like 'pkg==1.2'"
+                )
         registry = active_registry()
         if registry is not None:
             registry.backends.append(self)

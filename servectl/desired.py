@@ -144,8 +144,14 @@ def code_identity(backend: Backend, config_dir: str) -> dict[str, Any]:
             with open(origin, "rb") as handle:
                 digest = hashlib.sha256(handle.read()).hexdigest()
             return {"import_path": code, "sha256": digest, "origin": "installed"}
-        digest = hashlib.sha256(f"worker-only:{code}".encode()).hexdigest()
-        return {"import_path": code, "sha256": digest, "origin": "workers"}
+        # Not importable here: the workers' copy is what runs, identified by its
+        # path and the version the config declares for it.
+        version = backend.code_version or ""
+        digest = hashlib.sha256(f"worker-only:{code}:{version}".encode()).hexdigest()
+        identity = {"import_path": code, "sha256": digest, "origin": "workers"}
+        if backend.code_version is not None:
+            identity["version"] = backend.code_version
+        return identity
     qualname = getattr(code, "__qualname__", "")
     module = getattr(code, "__module__", "")
     if module == CONFIG_MODULE_RUN_NAME:  # defined in main.py itself: workers import it as `main`
@@ -276,6 +282,8 @@ def backend_attributes(backend: Backend, config_dir: str) -> dict[str, Any]:
         "max_batch_size": backend.max_batch_size,
         "batch_wait_timeout_s": float(backend.batch_wait_timeout_s) if backend.max_batch_size else None,
         "env_vars": replica_env(backend),
+        "pip": [requirement.strip() for requirement in backend.pip],
+        "conda": backend.conda,
     }
 
 

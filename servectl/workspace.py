@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
 from servectl.apply import apply_plan
-from servectl.desired import DesiredState
-from servectl.errors import StateError
+from servectl.desired import BACKEND, DesiredState, address_of
+from servectl.errors import PlanError, StateError
 from servectl.loader import load_config
-from servectl.plan import Plan
+from servectl.plan import Action, Plan
 from servectl.planner import plan_changes
 from servectl.providers import Provider, provider_for
 from servectl.state.document import StateDocument
@@ -23,6 +23,20 @@ class Planned:
     state: Optional[StateDocument]
     plan: Plan
     provider: Provider
+
+
+def check_environments(plan: Plan, desired: DesiredState, provider: Provider) -> None:
+    """Refuse a plan whose new replicas could not start: missing conda env, code the workers cannot import."""
+    starting = {
+        change.name: change.after
+        for change in plan.actionable
+        if change.kind == BACKEND and change.action in (Action.CREATE, Action.REPLACE) and change.after is not None
+    }
+    problems = provider.environment_problems(starting) if starting else {}
+    for name in sorted(problems):
+        spec = desired.resources.get(address_of(BACKEND, name))
+        site = f"{spec.declared_at}: " if spec is not None and spec.declared_at else ""
+        raise PlanError(f"{site}backend.{name}: {problems[name]}")
 
 
 class Workspace:
@@ -45,6 +59,8 @@ class Workspace:
         provider = provider_for(desired.provider, self.config_dir)
         view = provider.cluster()
         plan = plan_changes(desired, state, view.nodes, view.source, destroy=destroy)
+        if not destroy:
+            check_environments(plan, desired, provider)
         return Planned(desired=desired, state=state, plan=plan, provider=provider)
 
     def apply(self, planned: Planned, progress: Callable[[str], None], timeout_s: float = 300.0) -> StateDocument:

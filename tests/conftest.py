@@ -25,6 +25,8 @@ from servectl.providers.embedded_cluster import EmbeddedCluster, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
+# On the cluster's PYTHONPATH only: code the workers can import and the CLI cannot.
+WORKER_SITE = REPO / "tests" / "worker_site"
 SERVECTL = shutil.which("servectl") or str(Path(sys.executable).parent / "servectl")
 
 
@@ -43,7 +45,15 @@ class RayCluster:
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> RayCluster:
     runtime = tmp_path_factory.mktemp("ray-cluster")
     cluster = EmbeddedCluster(str(runtime))
-    record = cluster.start(num_cpus=4, num_gpus=2, resources={})
+    saved_path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(WORKER_SITE), saved_path]))
+    try:
+        record = cluster.start(num_cpus=4, num_gpus=2, resources={})
+    finally:  # the workers keep it; this process and the CLI must not have it
+        if saved_path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved_path
     (http_port,) = free_ports(1)
     env = {
         "SERVECTL_RAY_ADDRESS": record.gcs_address,

@@ -127,3 +127,69 @@ def test_two_half_gpu_backends_share_one_gpu(ray_cluster, tmp_path, applied_dirs
     assert a["pid"] != b["pid"]
     assert a["CUDA_VISIBLE_DEVICES"] == b["CUDA_VISIBLE_DEVICES"] == "0"
     assert a["gpu_ids"] == b["gpu_ids"] == ["0"]
+
+
+def test_two_backends_pin_different_versions_of_one_package(ray_cluster, tmp_path, applied_dirs):
+    config = copy_example("dependencies", tmp_path)
+    applied_dirs.append(config)
+    planned = run_cli(config, "plan")
+    assert "+ pip = [\"tabulate==0.8.10\"]" in planned.stdout, planned.output
+    applied = run_cli(config, "apply", "--auto-approve", timeout=600)
+    assert applied.code == 0, applied.output
+    old = requests.get(ray_cluster.url("/old"), timeout=30).json()
+    new = requests.get(ray_cluster.url("/new"), timeout=30).json()
+    assert (old["version"], new["version"]) == ("0.8.10", "0.9.0")
+    assert "version  0.9.0" in new["table"]
+    with pytest.raises(ImportError):  # the CLI's own environment never got it
+        import tabulate  # noqa: F401
+
+
+WORKER_ONLY = '''
+from servectl import Backend, Endpoint, LocalRay, var
+LocalRay()
+version = var("version", default="1")
+extra = var("extra", default="none")
+greeter = Backend("greeter", "worker_models:Greeter", code_version=version, ray_actor_options={"num_cpus": 0.1})
+Endpoint("greet", route="/greet", backend=greeter)
+if extra == "missing":
+    Backend("ghost", "no_such_module:Model", ray_actor_options={"num_cpus": 0.1})
+if extra == "conda":
+    Backend("tf1", "models:Model", conda="servectl-no-such-env", ray_actor_options={"num_cpus": 0.1})
+'''
+
+
+def test_worker_only_backends_are_hashed_by_path_and_version_and_checked_on_the_workers(ray_cluster, tmp_path, applied_dirs):
+    import importlib.util
+    import shutil
+
+    from tests.conftest import file_digest, write_config
+
+    assert importlib.util.find_spec("worker_models") is None  # only the cluster's workers have it
+    config = write_config(tmp_path / "worker_only", WORKER_ONLY, models="class Model:\n    def __call__(self, r):\n        return 1\n")
+    applied_dirs.append(config)
+    assert run_cli(config, "apply", "--auto-approve").code == 0
+    assert requests.get(ray_cluster.url("/greet"), timeout=30).json()["greeting"] == "hello from the workers"
+
+    assert run_cli(config, "plan", "--detailed-exitcode").code == 0  # same path, same version: no change
+    bumped = run_cli(config, "plan", "--var", "version=2")
+    assert "-/+ backend \"greeter\"" in bumped.stdout
+    assert "version '1' → '2'" in bumped.stdout, bumped.stdout
+
+    state = file_digest(config / "servectl.state.json")
+    ghost = run_cli(config, "plan", "--var", "extra=missing")
+    assert ghost.code == 1
+    assert ghost.stderr.strip().splitlines() == [
+        "Error: main.py:9: backend.ghost: 'no_such_module' cannot be imported on the workers "
+        "(No module named 'no_such_module'); install it on the cluster's nodes or list it in pip=[...]"
+    ]
+    assert run_cli(config, "apply", "--var", "extra=missing", "--auto-approve").code == 1
+
+    conda = run_cli(config, "plan", "--var", "extra=conda")
+    assert conda.code == 1
+    if shutil.which("conda") is None:
+        expected = ("conda env 'servectl-no-such-env' cannot be used: conda is not installed on the cluster's nodes "
+                    "(install it there, or use pip=[...] instead)")
+    else:
+        expected = "conda env 'servectl-no-such-env' does not exist on the cluster's nodes"
+    assert conda.stderr.strip().startswith(f"Error: main.py:11: backend.tf1: {expected}"), conda.stderr
+    assert file_digest(config / "servectl.state.json") == state  # refused plans change nothing

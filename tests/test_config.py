@@ -91,10 +91,14 @@ def test_loading_twice_does_not_leak_modules_between_dirs(tmp_path):
         ("from servectl import var\nvar('n', default=2)\n", {"m": "1"}, "--var m: no variable 'm' is declared"),
         ("from servectl import var\nvar('n')\n", {}, "main.py:2: variable 'n' has no default: pass --var n=VALUE"),
         ("import nonexistent_module\n", {}, "main.py:1: ModuleNotFoundError: No module named 'nonexistent_module'"),
+        ("from servectl import Backend\nBackend('a', 'models:A', pip=['x==1'], conda='tf1')\n",
+         {}, "main.py:2: backend 'a': give pip=[...] or conda=..., not both"),
+        ("from servectl import Backend\nBackend('a', 'models:A', pip=['-r requirements.txt'])\n",
+         {}, "main.py:2: backend 'a': pip requirement '-r requirements.txt' must be a requirement like 'pkg==1.2'"),
     ],
     ids=["syntax", "name-typo", "unknown-backend", "duplicate-route", "negative-replicas", "misspelt-setting",
          "weights-sum", "negative-weight", "duplicate-backend", "gpu-split", "bad-var-type", "undeclared-var",
-         "missing-var", "import-error"],
+         "missing-var", "import-error", "pip-and-conda", "pip-option"],
 )
 def test_config_mistakes_are_one_line_naming_the_place(tmp_path, main, variables, message):
     config = write_config(tmp_path, main, models=MODELS)
