@@ -187,11 +187,19 @@ class LocalRayProvider(Provider):
 
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         try:
-            live = self._client().get_serve_details().get("http_options") or {}
-            self._serve_port = int(live["port"])
-            return
+            details = self._client().get_serve_details()
         except Exception:  # noqa: BLE001 - Serve not running on this cluster yet
-            pass
+            details = None
+        if details is not None:
+            wanted = PROXY_LOCATIONS[self.spec.http_location]
+            live_location = str(getattr(details.get("proxy_location"), "value", details.get("proxy_location")))
+            if live_location == wanted or details.get("applications"):
+                # With applications deployed the planner already refuses a location change.
+                self._serve_port = int((details.get("http_options") or {})["port"])
+                return
+            # An empty Serve left with another HTTP location (an earlier destroy):
+            # Serve fixes its proxies at start, so start it again.
+            serve.shutdown()
         (port,) = free_ports(1)
         serve.start(
             proxy_location=PROXY_LOCATIONS[self.spec.http_location],

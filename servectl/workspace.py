@@ -1,6 +1,7 @@
 """The library entry points the CLI (and tests) call: one config directory, its state, its provider."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
@@ -17,12 +18,22 @@ from servectl.state.local import LocalStateStore
 from servectl.state.store import StateStore
 
 
+# Where a provider's resources live: a destroy must use the recorded values.
+PROVIDER_PLACE = ("address", "http_host", "http_port", "http_location")
+
+
 @dataclass
 class Planned:
     desired: DesiredState
     state: Optional[StateDocument]
     plan: Plan
     provider: Provider
+
+
+def recorded_provider(desired: DesiredState, state: StateDocument) -> DesiredState:
+    """Destroy where things were applied, even if the config's HTTP settings or address moved since."""
+    moved = {key: state.provider[key] for key in PROVIDER_PLACE if key in state.provider}
+    return dataclasses.replace(desired, provider=dataclasses.replace(desired.provider, **moved))
 
 
 def check_environments(plan: Plan, desired: DesiredState, provider: Provider) -> None:
@@ -56,6 +67,8 @@ class Workspace:
     def plan(self, destroy: bool = False) -> Planned:
         desired = self.load()
         state = self.read_state()
+        if destroy and state is not None and state.resources and state.provider:
+            desired = recorded_provider(desired, state)
         provider = provider_for(desired.provider, self.config_dir)
         view = provider.cluster()
         plan = plan_changes(desired, state, view.nodes, view.source, destroy=destroy)

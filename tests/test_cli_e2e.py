@@ -16,8 +16,9 @@ pytestmark = pytest.mark.ray
 
 def serve_details(cluster: RayCluster) -> dict:
     connect(cluster.address, cluster.token_path)
-    from ray.serve.context import _get_global_client
+    from ray.serve.context import _disconnect, _get_global_client
 
+    _disconnect()  # Serve may have been restarted (another HTTP location) since this process last asked
     return _get_global_client().get_serve_details()
 
 

@@ -1,0 +1,80 @@
+"""HTTP locations on the local cluster: HeadOnly (default, every other test), EveryNode and NoServer.
+
+Multi-node behaviour (a proxy per node behind a load balancer) belongs to the AWS provider's tests.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import requests
+
+from tests.conftest import run_cli, write_config
+from tests.test_cli_e2e import serve_details
+
+pytestmark = pytest.mark.ray
+
+LOCATED = '''
+from servectl import Backend, Endpoint, LocalRay, var
+LocalRay(http_location=var("location", default="NoServer"))
+echo = Backend("located", "models:Echo", ray_actor_options={"num_cpus": 0.1})
+Endpoint("located", route="/located", backend=echo)
+'''
+MODELS = '''
+class Echo:
+    async def __call__(self, request):
+        body = await request.body() if hasattr(request, "body") else b""
+        return {"path": request.url.path if hasattr(request, "url") else None, "body": body.decode()}
+'''
+CLIENT = '''
+import json, sys
+import servectl
+servectl.connect(sys.argv[1])
+print(json.dumps(servectl.get_handle("located").remote("through a handle").result(timeout_s=60)))
+'''
+
+
+def call_through_handle(config) -> dict:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(CLIENT), str(config)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def proxy_location(cluster) -> str:
+    location = serve_details(cluster)["proxy_location"]
+    return str(getattr(location, "value", location))
+
+
+def test_no_server_serves_handles_and_opens_no_http_port(ray_cluster, tmp_path, applied_dirs):
+    config = write_config(tmp_path / "no_server", LOCATED, models=MODELS)
+    applied_dirs.append(config)
+    applied = run_cli(config, "apply", "--auto-approve")
+    assert applied.code == 0, applied.output
+    assert proxy_location(ray_cluster) == "Disabled"
+    assert serve_details(ray_cluster)["proxies"] == {}  # no Serve HTTP proxy anywhere
+    with pytest.raises(requests.ConnectionError):  # and no front proxy on the public port
+        requests.get(ray_cluster.url("/located"), timeout=5)
+    assert call_through_handle(config)["body"] == "through a handle"
+
+    moved = run_cli(config, "plan", "--var", "location=HeadOnly")
+    assert moved.code == 1
+    assert "http_location" in moved.stderr and "destroy" in moved.stderr
+
+
+def test_every_node_runs_a_proxy_per_node_and_serves_http(ray_cluster, tmp_path, applied_dirs):
+    config = write_config(tmp_path / "every_node", LOCATED, models=MODELS)
+    applied_dirs.append(config)
+    applied = run_cli(config, "apply", "--var", "location=EveryNode", "--auto-approve")
+    assert applied.code == 0, applied.output
+    assert proxy_location(ray_cluster) == "EveryNode"
+    assert len(serve_details(ray_cluster)["proxies"]) == 1  # one node here: one proxy
+    response = requests.post(ray_cluster.url("/located/x"), data="over http", timeout=30)
+    assert response.status_code == 200 and response.json()["body"] == "over http"
+    assert call_through_handle(config)["body"] == "through a handle"
+    # Destroy works where things were applied, even when the config's location moved since.
+    destroyed = run_cli(config, "destroy", "--auto-approve")
+    assert destroyed.code == 0, destroyed.output
+    assert run_cli(config, "state", "list").stdout.strip() == ""
