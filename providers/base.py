@@ -20,6 +20,24 @@ class ClusterView:
     source: str
 
 
+@dataclass
+class LiveBackend:
+    """What the cluster runs for one backend right now."""
+
+    status: str  # the provider's health word: HEALTHY, UPDATING, UNHEALTHY, DEPLOY_FAILED, …
+    running: int  # replicas running
+    replicas: int  # replicas in any state
+    message: str = ""
+
+
+@dataclass
+class LiveView:
+    """A read-only look at the live system: its backends and where its metrics are."""
+
+    backends: dict[str, LiveBackend]
+    metrics_urls: list[str]
+
+
 class Provider(ABC):
     @abstractmethod
     def cluster(self) -> ClusterView:
@@ -55,6 +73,14 @@ class Provider(ABC):
         """Why a backend (name -> attributes) could not start on the workers: missing conda, unimportable code.
 
         Asked at plan time for backends whose replicas will start; must not change anything.
+        """
+
+    @abstractmethod
+    def observe(self) -> LiveView:
+        """Read the live system without changing it.
+
+        Raises ProviderError when the cluster cannot be reached: an unreachable
+        cluster is an error, never "nothing is deployed".
         """
 
     @abstractmethod

@@ -93,6 +93,9 @@ def descendants(root: int) -> list[int]:
     return found
 
 
+METRICS_REPORT_INTERVAL_MS = 1000
+
+
 @dataclass
 class ClusterRecord:
     pid: int
@@ -157,7 +160,11 @@ class EmbeddedCluster:
             f"--object-manager-port={object_manager}", f"--runtime-env-agent-port={env_agent}",
             "--disable-usage-stats",
         ]
-        env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token_path, RAY_USAGE_STATS_ENABLED="0")
+        env = dict(
+            os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token_path, RAY_USAGE_STATS_ENABLED="0",
+            # Ray's default (10 s) is too coarse for `servectl status` rates over a few seconds.
+            RAY_metrics_report_interval_ms=str(METRICS_REPORT_INTERVAL_MS),
+        )
         with open(self.log_path, "ab") as log:
             process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True

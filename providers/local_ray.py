@@ -17,7 +17,7 @@ import time
 import urllib.request
 from typing import Any, Optional
 
-from servectl.providers.base import ClusterView, Progress, Provider
+from servectl.providers.base import ClusterView, LiveBackend, LiveView, Progress, Provider
 from servectl.desired import BACKEND, ENDPOINT, ProviderSpec
 from servectl.errors import ProviderError
 from servectl.placement import NodeCapacity
@@ -214,6 +214,43 @@ class LocalRayProvider(Provider):
     def unmanaged_conflicts(self, managed: set[str]) -> list[str]:
         """Called after prepare(): the cluster is connected and Serve is running."""
         return sorted(set(self._details().get("applications", {})) - managed)
+
+    def observe(self) -> LiveView:
+        target = self._target()
+        if target is None:
+            raise ProviderError(
+                "the embedded Ray cluster of this config is not running: nothing is applied here (run `servectl apply`)"
+            )
+        connect(*target)
+        import ray
+        from ray.serve.context import _get_global_client
+
+        try:
+            client = _get_global_client(raise_if_no_controller_running=False)
+            details = client.get_serve_details() if client is not None else {}
+        except Exception as err:  # noqa: BLE001 - a cluster that stops answering mid-read
+            raise ProviderError(f"cannot read Serve's state from {target[0]}: {type(err).__name__}: {err}") from None
+        backends = {}
+        for name, app in (details.get("applications") or {}).items():
+            deployment = (app.get("deployments") or {}).get(name) or {}
+            replicas = deployment.get("replicas") or []
+            states = [str(getattr(r["state"], "value", r["state"])) for r in replicas]
+            app_status = str(getattr(app["status"], "value", app["status"]))
+            status = str(getattr(deployment.get("status"), "value", deployment.get("status") or app_status))
+            if app_status == "DEPLOY_FAILED":
+                status = app_status
+            backends[name] = LiveBackend(
+                status=status,
+                running=states.count("RUNNING"),
+                replicas=len(states),
+                message=str(deployment.get("message") or app.get("message") or ""),
+            )
+        urls = [
+            f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+            for node in ray.nodes()
+            if node.get("Alive") and node.get("MetricsExportPort")
+        ]
+        return LiveView(backends=backends, metrics_urls=urls)
 
     # --- changing it -----------------------------------------------------------
     def _upload(self) -> str:

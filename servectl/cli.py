@@ -14,6 +14,7 @@ from rich.markup import escape
 from servectl.errors import ConfigError, ServectlError
 from servectl.loader import load_config
 from servectl.render import render_plan, render_state
+from servectl.render_status import render_status
 from servectl.workspace import Workspace
 
 app = typer.Typer(
@@ -176,6 +177,22 @@ def show(as_json: bool = typer.Option(False, "--json", help="Print the state as 
         out.print_json(document.to_json() if document else json.dumps(None))
     else:
         render_state(out, document)
+
+
+@app.command()
+@command
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+    window: float = typer.Option(
+        5.0, "--window", min=0, help="Seconds between the two metrics scrapes that rates come from (0: no rates)."
+    ),
+) -> None:
+    """Show what runs now: replicas, health, request and error rates, latency, traffic weights."""
+    report = _workspace().status(window)
+    if as_json:
+        out.print_json(json.dumps(report.to_json()))
+    else:
+        render_status(out, report)
 
 
 @state_app.command("list")

@@ -14,6 +14,8 @@ from servectl.plan import Action, Plan
 from servectl.planner import plan_changes
 from servectl.providers import Provider, provider_for
 from servectl.state.document import StateDocument
+from servectl.status import StatusReport
+from servectl.status import collect as collect_status
 from servectl.state.local import LocalStateStore
 from servectl.state.store import StateStore
 
@@ -75,6 +77,14 @@ class Workspace:
         if not destroy:
             check_environments(plan, desired, provider)
         return Planned(desired=desired, state=state, plan=plan, provider=provider)
+
+    def status(self, window_s: float) -> StatusReport:
+        """What runs now where the state says things were applied (read-only)."""
+        desired = self.load()
+        state = self.read_state()
+        if state is not None and state.resources and state.provider:
+            desired = recorded_provider(desired, state)
+        return collect_status(state, provider_for(desired.provider, self.config_dir), window_s)
 
     def apply(self, planned: Planned, progress: Callable[[str], None], timeout_s: float = 300.0) -> StateDocument:
         """Apply ``planned`` under the state lock; refuse if the state moved since it was planned."""

@@ -20,6 +20,8 @@ import asyncio
 import collections
 import importlib
 import inspect
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from ray import serve
@@ -29,6 +31,8 @@ from servectl.runtime.headers import ENDPOINT_HEADER, ROLE_HEADER, SHADOW_HEADER
 from servectl.runtime.request import HandleRequest
 
 SHADOW_RESPONSES_KEPT = 1024
+QUEUING_BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
+LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000]
 
 
 
@@ -81,6 +85,28 @@ class _Metrics:
             description="Requests whose backend code raised, by endpoint and role (primary or shadow).",
             tag_keys=("endpoint", "backend", "role"),
         )
+        # Ray Serve 2.x has no replica-side queueing series (the seed's
+        # serve_backend_queuing_latency_ms and serve_replica_queued_queries):
+        # time and count from arrival at the replica until the user's code starts,
+        # batch forming and the sync thread pool's queue included.
+        self.queuing_latency = metrics.Histogram(
+            "servectl_queuing_latency_ms",
+            description="Time a request waited in the replica (batch queue, thread pool) before the backend's code ran.",
+            boundaries=QUEUING_BOUNDARIES_MS,
+            tag_keys=("backend",),
+        )
+        self.queued = metrics.Gauge(
+            "servectl_replica_queued_queries",
+            description="Requests in a replica waiting for the backend's code to start (per replica process).",
+            tag_keys=("backend",),
+        )
+        self.latency = metrics.Histogram(
+            "servectl_request_latency_ms",
+            description="Time from a request's arrival at the replica to its answer, by endpoint and role.",
+            boundaries=LATENCY_BOUNDARIES_MS,
+            tag_keys=("endpoint", "backend", "role"),
+        )
+        self.tags = {"backend": backend}
 
     def served(self, endpoint: str, role: str) -> None:
         self.requests.inc(1, tags={"endpoint": endpoint or "-", "backend": self.backend, "role": role})
@@ -90,6 +116,23 @@ class _Metrics:
 
     def failed(self, endpoint: str, role: str) -> None:
         self.errors.inc(1, tags={"endpoint": endpoint or "-", "backend": self.backend, "role": role})
+
+    def answered(self, endpoint: str, role: str, milliseconds: float) -> None:
+        self.latency.observe(milliseconds, tags={"endpoint": endpoint or "-", "backend": self.backend, "role": role})
+
+    def waiting(self, count: int) -> None:
+        self.queued.set(count, tags=self.tags)
+
+    def waited(self, milliseconds: float) -> None:
+        self.queuing_latency.observe(milliseconds, tags=self.tags)
+
+
+@dataclass
+class _Arrival:
+    """A request's arrival at the replica, until the backend's code starts on it."""
+
+    at: float
+    started: bool = False
 
 
 def replica_class(args: dict[str, Any]) -> type:
@@ -112,7 +155,8 @@ def replica_class(args: dict[str, Any]) -> type:
             self.metrics = _Metrics(backend)
             self.shadow_handles: dict[str, Any] = {}
             self.shadow_responses: collections.deque = collections.deque(maxlen=SHADOW_RESPONSES_KEPT)
-            self.batcher = Batcher(self._run, describe=f"backend {backend}") if batched else None
+            self.batcher = Batcher(self._run_batch, describe=f"backend {backend}") if batched else None
+            self.waiting = 0
 
         def reconfigure(self, config: Any) -> None:
             """Serve's user_config carries servectl's live settings and the user's own config."""
@@ -124,24 +168,53 @@ def replica_class(args: dict[str, Any]) -> type:
             if method is not None and user_config is not None:  # as Serve: only when user_config is set
                 method(user_config)
 
-        async def _run(self, payload: Any) -> Any:
+        def _started(self, arrivals: list[_Arrival], at: float) -> None:
+            for arrival in arrivals:
+                if not arrival.started:
+                    arrival.started = True
+                    self.waiting -= 1
+                    self.metrics.waited((at - arrival.at) * 1000)
+            self.metrics.waiting(self.waiting)
+
+        async def _run(self, payload: Any, arrivals: list[_Arrival]) -> Any:
             if self.is_async:
+                self._started(arrivals, time.monotonic())
                 return await self.handler(payload)
             # Serve runs sync methods in a thread pool too; do the same for sync user code.
-            return await asyncio.get_running_loop().run_in_executor(None, self.handler, payload)
+            loop = asyncio.get_running_loop()
+
+            def in_thread() -> Any:
+                loop.call_soon_threadsafe(self._started, arrivals, time.monotonic())
+                return self.handler(payload)
+
+            return await loop.run_in_executor(None, in_thread)
+
+        async def _run_batch(self, items: list[tuple[Any, _Arrival]]) -> Any:
+            return await self._run([request for request, _ in items], [arrived for _, arrived in items])
 
         async def __call__(self, request: Any) -> Any:
             endpoint = (_header_values(request, ENDPOINT_HEADER) or [""])[0]
             role = (_header_values(request, ROLE_HEADER) or ["primary"])[0]
             self.metrics.served(endpoint, role)
+            arrived = _Arrival(time.monotonic())
             shadows = _header_values(request, SHADOW_HEADER) if role != "shadow" else []
             if shadows:
                 await self._mirror(request, endpoint, shadows)
+            self.waiting += 1
+            self.metrics.waiting(self.waiting)
             try:
-                return await (self.batcher.submit(request) if self.batcher is not None else self._run(request))
+                if self.batcher is not None:
+                    return await self.batcher.submit((request, arrived))
+                return await self._run(request, [arrived])
             except Exception:
                 self.metrics.failed(endpoint, role)
                 raise
+            finally:
+                self.metrics.answered(endpoint, role, (time.monotonic() - arrived.at) * 1000)
+                if not arrived.started:  # given up before its turn (client gone): it leaves the queue unmeasured
+                    arrived.started = True
+                    self.waiting -= 1
+                    self.metrics.waiting(self.waiting)
 
         async def _mirror(self, request: Any, endpoint: str, shadows: list[str]) -> None:
             # Fire and forget: the copy is handed to Serve's router and never
