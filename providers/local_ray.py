@@ -31,6 +31,7 @@ from servectl.traffic import allocate
 
 APP_BUILDER = "servectl.runtime.application:build"
 SHADOW_QUEUE_LIMIT = 100
+SHUTDOWN_POLL_S = 0.2
 PROXY_LOCATIONS = {"HeadOnly": "HeadOnly", "EveryNode": "EveryNode", "NoServer": "Disabled"}
 # Never shipped to workers: state may hold secrets, and caches change nothing.
 UPLOAD_EXCLUDES = ["servectl.state.json*", ".servectl.state.*", ".servectl", "__pycache__", "*.pyc", ".git"]
@@ -338,6 +339,10 @@ class LocalRayProvider(Provider):
                             "ray_actor_options": actor_options,
                             # A shadow's queue is bounded: copies beyond it are refused, never piled up.
                             "max_queued_requests": SHADOW_QUEUE_LIMIT if resource.name in shadow_targets else -1,
+                            # A stopping replica takes no new requests and finishes the ones
+                            # it has; Serve polls for "finished" every 2 s by default, which
+                            # made every replace and delete wait seconds for nothing.
+                            "graceful_shutdown_wait_loop_s": SHUTDOWN_POLL_S,
                         }
                     ],
                 }

@@ -64,8 +64,12 @@ def test_seed_metrics_per_backend_custom_metric_and_status(ray_cluster, tmp_path
                  "ray_serve_deployment_queued_queries"):
         assert name in everywhere, name
     # servectl's own: per endpoint/backend, and the replica-side queueing Ray Serve 2.x lacks.
-    own = wait_for(lambda: (lambda t: t if t.get("ray_servectl_queuing_latency_ms_count", 0) >= 20 else None)(
-        totals(ray_cluster, "ray_servectl_", backend="excellent")))
+    def own_series():
+        found = totals(ray_cluster, "ray_servectl_", backend="excellent")
+        ready = found.get("ray_servectl_queuing_latency_ms_count", 0) >= 20 and "ray_servectl_replica_queued_queries" in found
+        return found if ready else None
+    own = wait_for(own_series)
+    assert own, totals(ray_cluster, "ray_servectl_", backend="excellent")
     assert own["ray_servectl_requests_total"] == 20
     assert own["ray_servectl_errors_total"] == 3
     assert own["ray_servectl_request_latency_ms_count"] == 20

@@ -26,8 +26,9 @@ def servectl_counts(cluster, endpoint: str) -> dict[tuple[str, str], float]:
 def wait_for_counts(cluster, endpoint: str, primary_backend: str, expected_primary: int, timeout: float = 120):
     """Wait until the primary count is complete and nothing changed for a whole metrics export cycle.
 
-    Each Ray process exports its metrics on its own cycle (about 10 s), so one
-    unchanged pair of readings is not enough: a late process may still report.
+    Each Ray process exports its metrics on its own cycle (every second on the
+    embedded cluster), so one unchanged pair of readings is not enough: a late
+    process may still report.
     """
     deadline = time.time() + timeout
     last, stable_since = None, time.time()
@@ -35,9 +36,9 @@ def wait_for_counts(cluster, endpoint: str, primary_backend: str, expected_prima
         counts = servectl_counts(cluster, endpoint)
         if counts != last:
             last, stable_since = counts, time.time()
-        elif counts.get((primary_backend, "primary"), 0) >= expected_primary and time.time() - stable_since >= 12:
+        elif counts.get((primary_backend, "primary"), 0) >= expected_primary and time.time() - stable_since >= 3:
             return counts
-        time.sleep(2)
+        time.sleep(0.5)
     raise AssertionError(f"metrics did not settle: {last}")
 
 

@@ -1,0 +1,122 @@
+"""Saved plans: `plan --out FILE` writes one, `apply FILE` carries out exactly that plan.
+
+The file holds the plan, the desired state it was computed from, the config
+dir's files (a bundle: the code that will be deployed), the state's lineage
+and serial, and a fingerprint of the live system. `apply FILE` refuses when
+the state or the live system moved since, rather than applying a plan made
+against a world that no longer exists.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from servectl import __version__
+from servectl.bundle import digest
+from servectl.desired import DesiredState, ProviderSpec, ResourceSpec
+from servectl.errors import ServectlError
+from servectl.plan import Plan
+
+PLAN_FORMAT = "servectl-plan"
+PLAN_FORMAT_VERSION = 1
+
+
+class PlanFileError(ServectlError):
+    """A saved plan that cannot be used: unreadable, from a newer servectl, or stale."""
+
+
+@dataclass
+class SavedPlan:
+    plan: Plan
+    desired: DesiredState
+    bundle: bytes
+    live_fingerprint: Optional[str]
+    created_at: str
+    servectl_version: str
+
+    @property
+    def config_dir(self) -> str:
+        return self.desired.config_dir
+
+
+def desired_to_dict(desired: DesiredState) -> dict[str, Any]:
+    return {
+        "config_dir": desired.config_dir,
+        "provider": dataclasses.asdict(desired.provider),
+        "variables": desired.variables,
+        "resources": {address: dataclasses.asdict(spec) for address, spec in desired.resources.items()},
+    }
+
+
+def desired_from_dict(body: dict[str, Any]) -> DesiredState:
+    return DesiredState(
+        config_dir=body["config_dir"],
+        provider=ProviderSpec(**body["provider"]),
+        resources={address: ResourceSpec(**spec) for address, spec in body["resources"].items()},
+        variables=dict(body.get("variables") or {}),
+    )
+
+
+def write(path: str, plan: Plan, desired: DesiredState, bundle: bytes, live_fingerprint: Optional[str]) -> None:
+    body = {
+        "format": PLAN_FORMAT,
+        "format_version": PLAN_FORMAT_VERSION,
+        "servectl_version": __version__,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "live_fingerprint": live_fingerprint,
+        "plan": plan.to_dict(),
+        "desired": desired_to_dict(desired),
+        "bundle_sha256": digest(bundle),
+        "bundle": base64.b64encode(bundle).decode("ascii"),
+    }
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    fd, temp_path = tempfile.mkstemp(prefix=".servectl-plan.", dir=directory)
+    try:
+        os.fchmod(fd, 0o600)  # the bundle and the plan may hold sensitive values
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(body, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_path, path)
+    except BaseException:
+        if os.path.exists(temp_path):
+            os.unlink(temp_path)
+        raise
+
+
+def read(path: str) -> SavedPlan:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            body = json.load(handle)
+    except FileNotFoundError:
+        raise PlanFileError(f"{path}: no such plan file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise PlanFileError(f"{path}: not a servectl plan file (unreadable or not JSON)") from None
+    if not isinstance(body, dict) or body.get("format") != PLAN_FORMAT:
+        raise PlanFileError(f"{path}: not a servectl plan file")
+    version = body.get("format_version")
+    if not isinstance(version, int) or version > PLAN_FORMAT_VERSION:
+        raise PlanFileError(
+            f"{path}: plan format {version} was written by a newer servectl (this one reads up to "
+            f"{PLAN_FORMAT_VERSION}); plan again with this servectl"
+        )
+    try:
+        bundle = base64.b64decode(body["bundle"], validate=True)
+        if digest(bundle) != body["bundle_sha256"]:
+            raise ValueError("bundle digest mismatch")
+        return SavedPlan(
+            plan=Plan.from_dict(body["plan"]),
+            desired=desired_from_dict(body["desired"]),
+            bundle=bundle,
+            live_fingerprint=body.get("live_fingerprint"),
+            created_at=str(body.get("created_at", "")),
+            servectl_version=str(body.get("servectl_version", "")),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise PlanFileError(f"{path}: plan file is corrupt ({type(err).__name__}: {err}); plan again") from None
