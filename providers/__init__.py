@@ -1,13 +1,16 @@
 """Providers (installed as ``servectl.providers``): one module per provider behind ``Provider``."""
+from typing import Optional
+
 from servectl.desired import ProviderSpec
 from servectl.providers.base import ClusterView, Provider
 
 
-def provider_for(spec: ProviderSpec, config_dir: str) -> Provider:
+def provider_for(spec: ProviderSpec, config_dir: str, code_dir: Optional[str] = None) -> Provider:
+    """``code_dir``: where the code to deploy is, when not the config dir (a saved plan's or history's bundle)."""
     if spec.kind == "local_ray":
         from servectl.providers.local_ray import LocalRayProvider
 
-        return LocalRayProvider(spec, config_dir)
+        return LocalRayProvider(spec, config_dir, code_dir)
     raise ValueError(f"unknown provider kind {spec.kind!r}")
 
 

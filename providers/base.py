@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from servectl.placement import NodeCapacity
 from servectl.plan import ResourceChange
@@ -81,6 +81,13 @@ class Provider(ABC):
 
         Raises ProviderError when the cluster cannot be reached: an unreachable
         cluster is an error, never "nothing is deployed".
+        """
+
+    @abstractmethod
+    def fingerprint(self) -> Optional[str]:
+        """A digest of the live serving objects and cluster shape; None when there is no cluster yet.
+
+        Equal digests mean nothing a plan depends on changed in between (a saved plan checks it).
         """
 
     @abstractmethod

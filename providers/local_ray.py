@@ -8,6 +8,7 @@ application names never change, so a live route is never renamed away.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -113,9 +114,10 @@ def live_nodes() -> list[NodeCapacity]:
 
 
 class LocalRayProvider(Provider):
-    def __init__(self, spec: ProviderSpec, config_dir: str) -> None:
+    def __init__(self, spec: ProviderSpec, config_dir: str, code_dir: Optional[str] = None) -> None:
         self.spec = spec
         self.config_dir = config_dir
+        self.code_dir = code_dir or config_dir
         self.embedded = EmbeddedCluster.for_config_dir(config_dir) if spec.address is None else None
         self.front_proxy = FrontProxy(os.path.join(config_dir, RUNTIME_DIR))
         self._package_uri: Optional[str] = None
@@ -253,6 +255,30 @@ class LocalRayProvider(Provider):
         ]
         return LiveView(backends=backends, metrics_urls=urls)
 
+    def fingerprint(self) -> Optional[str]:
+        target = self._target()
+        if target is None:
+            return None
+        connect(*target)
+        import ray
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client(raise_if_no_controller_running=False)
+        details = client.get_serve_details() if client is not None else {}
+        apps = {
+            name: app.get("deployed_app_config")
+            for name, app in sorted((details.get("applications") or {}).items())
+        }
+        nodes = sorted(
+            json.dumps(node.get("Resources") or {}, sort_keys=True) for node in ray.nodes() if node.get("Alive")
+        )
+        proxy = ""
+        if os.path.exists(self.front_proxy.config_path):
+            with open(self.front_proxy.config_path, encoding="utf-8") as handle:
+                proxy = handle.read()
+        body = json.dumps({"apps": apps, "nodes": nodes, "front_proxy": proxy}, sort_keys=True, default=str)
+        return hashlib.sha256(body.encode()).hexdigest()
+
     # --- changing it -----------------------------------------------------------
     def _upload(self) -> str:
         if self._package_uri is None:
@@ -263,13 +289,13 @@ class LocalRayProvider(Provider):
             try:
                 with tempfile.TemporaryDirectory(prefix="servectl-upload-") as scratch:
                     env = upload_working_dir_if_needed(
-                        {"working_dir": self.config_dir, "excludes": UPLOAD_EXCLUDES},
+                        {"working_dir": self.code_dir, "excludes": UPLOAD_EXCLUDES},
                         include_gitignore=False,
                         scratch_dir=scratch,
                         logger=quiet,
                     )
             except Exception as err:  # noqa: BLE001 - Ray wraps OS and size errors alike
-                raise ProviderError(f"cannot upload {self.config_dir} to the cluster: {err}") from None
+                raise ProviderError(f"cannot upload {self.code_dir} to the cluster: {err}") from None
             self._package_uri = env["working_dir"]
         return self._package_uri
 

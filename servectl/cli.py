@@ -103,13 +103,20 @@ def plan(
     var: Optional[List[str]] = VarOption,
     detailed_exitcode: bool = typer.Option(False, "--detailed-exitcode", help="Exit 2 when there are changes."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    out_path: Optional[str] = typer.Option(None, "--out", help="Save the plan to apply later with `apply FILE`."),
 ) -> None:
     """Show what apply would change, and where the replicas would go."""
-    planned = _workspace(var).plan()
+    workspace = _workspace(var)
+    planned = workspace.plan()
     if as_json:
         out.print_json(json.dumps(planned.plan.to_dict()))
     else:
         render_plan(out, planned.plan)
+    if out_path:
+        workspace.save_plan(planned, out_path)
+        if not as_json:
+            out.print(f"\nSaved the plan to {escape(out_path)}. To carry out exactly these changes, run:\n"
+                      f"  servectl -C {escape(workspace.config_dir)} apply {escape(out_path)}")
     if detailed_exitcode and planned.plan.has_changes():
         raise typer.Exit(2)
 
@@ -147,9 +154,26 @@ def _plan_and_apply(var: Optional[List[str]], auto_approve: bool, timeout: float
 
 @app.command()
 @command
-def apply(var: Optional[List[str]] = VarOption, auto_approve: bool = ApproveOption, timeout: float = TimeoutOption) -> None:
-    """Plan, confirm, and carry out the changes; wait until every backend is healthy."""
-    _plan_and_apply(var, auto_approve, timeout, destroy=False)
+def apply(
+    plan_file: Optional[str] = typer.Argument(None, metavar="[PLANFILE]", help="A plan saved by `plan --out`."),
+    var: Optional[List[str]] = VarOption,
+    auto_approve: bool = ApproveOption,
+    timeout: float = TimeoutOption,
+) -> None:
+    """Plan, confirm, and carry out the changes; wait until every backend is healthy.
+
+    With PLANFILE: carry out exactly that saved plan, without planning again or asking.
+    """
+    if plan_file is None:
+        _plan_and_apply(var, auto_approve, timeout, destroy=False)
+        return
+    if var:
+        raise ServectlError("--var cannot be used with a saved plan: its variables were fixed when it was planned")
+    plan, document = _workspace().apply_saved(plan_file, _progress, timeout)
+    if not plan.has_changes():
+        out.print("[green]No changes.[/green] The saved plan had nothing to do.")
+        return
+    out.print(f"\n[green bold]Apply complete![/green bold] {_tally(plan)}; state serial {document.serial}.")
 
 
 @app.command()

@@ -82,6 +82,21 @@ class Plan:
     def replica_delta(self) -> int:
         return self.replicas_after - self.replicas_before
 
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> "Plan":
+        return cls(
+            changes=[ResourceChange.from_dict(c) for c in body["changes"]],
+            placement=dict(body["placement"]),
+            state_lineage=body["state_lineage"],
+            state_serial=int(body["state_serial"]),
+            provider=dict(body["provider"]),
+            cluster_source=str(body["cluster_source"]),
+            replicas_before=int(body["replicas_before"]),
+            replicas_after=int(body["replicas_after"]),
+            placement_before=dict(body.get("placement_before") or {}),
+            destroy=bool(body.get("destroy", False)),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "changes": [c.to_dict() for c in self.changes],

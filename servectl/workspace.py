@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
+from servectl import bundle, planfile
 from servectl.apply import apply_plan
 from servectl.desired import BACKEND, DesiredState, address_of
 from servectl.errors import PlanError, StateError
@@ -30,6 +32,8 @@ class Planned:
     state: Optional[StateDocument]
     plan: Plan
     provider: Provider
+    live_fingerprint: Optional[str] = None  # set for saved plans: apply refuses if the live system moved
+    saved: bool = False
 
 
 def recorded_provider(desired: DesiredState, state: StateDocument) -> DesiredState:
@@ -78,6 +82,30 @@ class Workspace:
             check_environments(plan, desired, provider)
         return Planned(desired=desired, state=state, plan=plan, provider=provider)
 
+    def save_plan(self, planned: Planned, path: str) -> None:
+        """Write ``planned`` to ``path`` with the config's files and a fingerprint of the live system."""
+        try:
+            frozen = bundle.freeze(self.config_dir)
+        except (OSError, ValueError) as err:
+            raise PlanError(f"cannot save the plan: {err}") from None
+        planfile.write(path, planned.plan, planned.desired, frozen, planned.provider.fingerprint())
+
+    def apply_saved(self, path: str, progress: Callable[[str], None], timeout_s: float = 300.0) -> tuple[Plan, StateDocument]:
+        """Carry out exactly the plan saved at ``path``, with the code it was planned with."""
+        saved = planfile.read(path)
+        if os.path.realpath(saved.config_dir) != os.path.realpath(self.config_dir):
+            raise planfile.PlanFileError(
+                f"{path} was planned for {saved.config_dir}, not {self.config_dir}: apply it with -C {saved.config_dir}"
+            )
+        with tempfile.TemporaryDirectory(prefix="servectl-planned-code-") as scratch:
+            code_dir = bundle.thaw(saved.bundle, os.path.join(scratch, "config"))
+            provider = provider_for(saved.desired.provider, self.config_dir, code_dir=code_dir)
+            planned = Planned(
+                desired=saved.desired, state=None, plan=saved.plan, provider=provider,
+                live_fingerprint=saved.live_fingerprint, saved=True,
+            )
+            return saved.plan, self.apply(planned, progress, timeout_s)
+
     def status(self, window_s: float) -> StatusReport:
         """What runs now where the state says things were applied (read-only)."""
         desired = self.load()
@@ -93,11 +121,23 @@ class Workspace:
             current = self.read_state()
             lineage = current.lineage if current else None
             serial = current.serial if current else 0
+            if lineage != planned.plan.state_lineage and planned.plan.state_lineage is not None:
+                raise StateError(
+                    f"the state was replaced since this plan was made (lineage {planned.plan.state_lineage} → "
+                    f"{lineage}); run plan again"
+                )
             if lineage != planned.plan.state_lineage or serial != planned.plan.state_serial:
                 raise StateError(
                     f"the state changed since this plan was made (serial {planned.plan.state_serial} → {serial}); "
                     "run plan again"
                 )
+            if planned.saved:
+                live = planned.provider.fingerprint()
+                if live != planned.live_fingerprint:
+                    raise StateError(
+                        "the live system changed since this plan was made (Serve's applications, the cluster's "
+                        "nodes or the front proxy differ from what the plan saw); run plan again"
+                    )
             if planned.plan.has_changes() or current is None:
                 document = apply_plan(
                     planned.plan, planned.desired, current, self.store, planned.provider, progress, timeout_s

@@ -1,0 +1,109 @@
+"""The Terraform-grade workflow through the real CLI: saved plans (more of issue #5 to come)."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+import requests
+
+from tests.conftest import file_digest, run_cli, write_config
+from tests.test_cli_e2e import serve_details
+
+pytestmark = pytest.mark.ray
+
+MAIN = '''
+from servectl import Backend, Endpoint, LocalRay, var
+LocalRay()
+replicas = var("replicas", default=1)
+hello = Backend("saved", "models:Hello", num_replicas=replicas, ray_actor_options={"num_cpus": 0.1})
+Endpoint("saved", route="/saved", backend=hello)
+'''
+MODELS = '''
+class Hello:
+    def __call__(self, request):
+        return "planned code"
+'''
+
+
+def change_behind_servectls_back(cluster, app: str, **deployment_changes) -> None:
+    """What an operator with Serve's own tools does: redeploy the live config with one deployment changed."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    details = serve_details(cluster)
+    apps = []
+    for name, live in details["applications"].items():
+        config = json.loads(json.dumps(live["deployed_app_config"], default=str))
+        if name == app:
+            config["deployments"][0].update(deployment_changes)
+        apps.append(config)
+    location = details["proxy_location"]
+    _get_global_client().deploy_apps(ServeDeploySchema(
+        proxy_location=str(getattr(location, "value", location)), http_options=details["http_options"], applications=apps,
+    ))
+
+
+def test_saved_plan_applies_exactly_what_was_planned_or_refuses(ray_cluster, tmp_path, applied_dirs):
+    config = write_config(tmp_path / "saved", MAIN, models=MODELS)
+    applied_dirs.append(config)
+    plan_file = tmp_path / "first.plan"
+    planned = run_cli(config, "plan", "--out", str(plan_file))
+    assert planned.code == 0, planned.output
+    assert f"apply {plan_file}" in planned.stdout
+    assert stat.S_IMODE(os.stat(plan_file).st_mode) == 0o600  # it carries the config and its values
+
+    # The code on disk changes after planning: the saved plan still deploys the planned code.
+    (config / "models.py").write_text(MODELS.replace("planned code", "edited later"))
+    applied = run_cli(config, "apply", str(plan_file))  # no prompt, no re-plan
+    assert applied.code == 0, applied.output
+    assert "Apply complete! 2 added" in applied.stdout
+    assert requests.get(ray_cluster.url("/saved"), timeout=10).text == "planned code"
+
+    # Applied once, the same plan is stale: the state's serial moved.
+    again = run_cli(config, "apply", str(plan_file))
+    assert again.code == 1
+    assert again.stderr.strip().startswith("Error: the state changed since this plan was made (serial 0 → ")
+
+    # The live system changes after planning (someone scales by hand): refused, nothing changes.
+    (config / "models.py").write_text(MODELS)
+    scale_plan = tmp_path / "scale.plan"
+    assert run_cli(config, "plan", "--var", "replicas=2", "--out", str(scale_plan)).code == 0
+    change_behind_servectls_back(ray_cluster, "saved", num_replicas=3)
+    state_before = file_digest(config / "servectl.state.json")
+    refused = run_cli(config, "apply", str(scale_plan))
+    assert refused.code == 1
+    assert refused.stderr.strip() == (
+        "Error: the live system changed since this plan was made (Serve's applications, the cluster's nodes or "
+        "the front proxy differ from what the plan saw); run plan again"
+    )
+    assert file_digest(config / "servectl.state.json") == state_before
+
+    # A fresh saved plan applies.
+    assert run_cli(config, "plan", "--var", "replicas=2", "--out", str(scale_plan)).code == 0
+    assert run_cli(config, "apply", str(scale_plan)).code == 0
+    deployment = serve_details(ray_cluster)["applications"]["saved"]["deployments"]["saved"]
+    assert len(deployment["replicas"]) == 2
+
+
+def test_bad_plan_files_are_one_line_errors(ray_cluster, tmp_path):
+    config = write_config(tmp_path / "badplans", MAIN, models=MODELS)
+    garbage = tmp_path / "garbage.plan"
+    garbage.write_text("not a plan")
+    cases = {
+        str(garbage): f"Error: {garbage}: not a servectl plan file (unreadable or not JSON)",
+        str(tmp_path / "missing.plan"): f"Error: {tmp_path / 'missing.plan'}: no such plan file",
+    }
+    newer = tmp_path / "newer.plan"
+    newer.write_text(json.dumps({"format": "servectl-plan", "format_version": 99}))
+    cases[str(newer)] = (f"Error: {newer}: plan format 99 was written by a newer servectl (this one reads up to 1); "
+                         "plan again with this servectl")
+    for path, message in cases.items():
+        result = run_cli(config, "apply", path)
+        assert (result.code, result.stderr.strip()) == (1, message)
+    with_var = run_cli(config, "apply", str(garbage), "--var", "replicas=3")
+    assert with_var.stderr.strip() == (
+        "Error: --var cannot be used with a saved plan: its variables were fixed when it was planned"
+    )
+    assert not (config / "servectl.state.json").exists()
