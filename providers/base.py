@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from servectl.placement import NodeCapacity
@@ -28,6 +28,9 @@ class LiveBackend:
     running: int  # replicas running
     replicas: int  # replicas in any state
     message: str = ""
+    # The live values of the backend's attributes the provider can read back,
+    # named as in the state (num_replicas, user_config, …): drift compares them.
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -36,6 +39,8 @@ class LiveView:
 
     backends: dict[str, LiveBackend]
     metrics_urls: list[str]
+    endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # the live routing policy per endpoint
+    nodes: int = 0
 
 
 class Provider(ABC):

@@ -27,7 +27,7 @@ from servectl.state.document import ResourceState
 
 from servectl.providers.embedded_cluster import RUNTIME_DIR, EmbeddedCluster, free_ports, port_open
 from servectl.providers.front_proxy import FrontProxy, RoutedEndpoint, internal_route, render_config
-from servectl.policy import POLICY_TTL_S, applied_endpoints, write_policies
+from servectl.policy import POLICY_TTL_S, applied_endpoints, read_policies, write_policies
 from servectl.traffic import allocate
 
 APP_BUILDER = "servectl.runtime.application:build"
@@ -85,6 +85,27 @@ def runtime_env(package_uri: str, attrs: dict[str, Any]) -> dict[str, Any]:
     if attrs.get("conda"):
         env["conda"] = attrs["conda"]
     return env
+
+
+def _live_settings(app_config: dict[str, Any]) -> dict[str, Any]:
+    """A backend's attributes as Serve runs them, named as in the state; only what Serve reports back."""
+    deployments = app_config.get("deployments") or [{}]
+    deployment = deployments[0] or {}
+    envelope = deployment.get("user_config") if isinstance(deployment.get("user_config"), dict) else {}
+    settings: dict[str, Any] = {}
+    if "num_replicas" in deployment:
+        settings["num_replicas"] = deployment["num_replicas"]
+    if "max_ongoing_requests" in deployment:
+        settings["max_concurrent_queries"] = deployment["max_ongoing_requests"]
+    if "user" in envelope:
+        settings["user_config"] = envelope["user"]
+    ours = envelope.get("servectl") or {}
+    if "max_batch_size" in ours:
+        settings["max_batch_size"] = ours["max_batch_size"]
+    code = (app_config.get("args") or {}).get("code_sha256")
+    if code:
+        settings["code.sha256"] = code
+    return settings
 
 
 def live_nodes() -> list[NodeCapacity]:
@@ -177,7 +198,10 @@ class LocalRayProvider(Provider):
         assert target is not None
         connect(*target)
         self._start_serve()
-        return {"address": target[0], "embedded": self.embedded is not None, "serve_port": self._serve_port}
+        import ray
+
+        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        return {"address": target[0], "embedded": self.embedded is not None, "serve_port": self._serve_port, "nodes": nodes}
 
     def _client(self) -> Any:
         from ray.serve.context import _get_global_client
@@ -247,13 +271,15 @@ class LocalRayProvider(Provider):
                 running=states.count("RUNNING"),
                 replicas=len(states),
                 message=str(deployment.get("message") or app.get("message") or ""),
+                settings=_live_settings(app.get("deployed_app_config") or {}),
             )
+        alive = [node for node in ray.nodes() if node.get("Alive")]
         urls = [
             f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
-            for node in ray.nodes()
-            if node.get("Alive") and node.get("MetricsExportPort")
+            for node in alive
+            if node.get("MetricsExportPort")
         ]
-        return LiveView(backends=backends, metrics_urls=urls)
+        return LiveView(backends=backends, metrics_urls=urls, endpoints=read_policies(), nodes=len(alive))
 
     def fingerprint(self) -> Optional[str]:
         target = self._target()

@@ -14,6 +14,8 @@ from rich.markup import escape
 from servectl.errors import ConfigError, ServectlError
 from servectl.loader import load_config
 from servectl.render import render_plan, render_state
+from servectl.drift import DriftReport
+from servectl.render import render_drift
 from servectl.render_status import render_status
 from servectl.workspace import Workspace
 
@@ -104,9 +106,21 @@ def plan(
     detailed_exitcode: bool = typer.Option(False, "--detailed-exitcode", help="Exit 2 when there are changes."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     out_path: Optional[str] = typer.Option(None, "--out", help="Save the plan to apply later with `apply FILE`."),
+    refresh_only: bool = typer.Option(False, "--refresh-only", help="Show only drift: how the live system differs from the state."),
 ) -> None:
     """Show what apply would change, and where the replicas would go."""
     workspace = _workspace(var)
+    if refresh_only:
+        if out_path:
+            raise ServectlError("--out cannot be used with --refresh-only")
+        _, items = workspace.detect_drift()
+        if as_json:
+            out.print_json(json.dumps(DriftReport(drift=items).to_json()))
+        else:
+            render_drift(out, items, refreshing=True)
+        if detailed_exitcode and items:
+            raise typer.Exit(2)
+        return
     planned = workspace.plan()
     if as_json:
         out.print_json(json.dumps(planned.plan.to_dict()))
@@ -159,11 +173,28 @@ def apply(
     var: Optional[List[str]] = VarOption,
     auto_approve: bool = ApproveOption,
     timeout: float = TimeoutOption,
+    refresh_only: bool = typer.Option(False, "--refresh-only", help="Accept drift: record the live values in the state."),
 ) -> None:
     """Plan, confirm, and carry out the changes; wait until every backend is healthy.
 
     With PLANFILE: carry out exactly that saved plan, without planning again or asking.
+    With --refresh-only: record the live system's values in the state (accept drift); change nothing live.
     """
+    if refresh_only:
+        if plan_file is not None:
+            raise ServectlError("--refresh-only cannot be used with a saved plan")
+        workspace = _workspace(var)
+        state, items = workspace.detect_drift()
+        render_drift(out, items, refreshing=True)
+        if not items:
+            return
+        if not auto_approve:
+            _approve("record these live values in the state")
+        document, skipped = workspace.accept_drift(state, items)
+        for line in skipped:
+            out.print(f"[yellow]{escape(line)}[/yellow]")
+        out.print(f"\n[green bold]Refresh complete![/green bold] The state records the live values; state serial {document.serial}.")
+        return
     if plan_file is None:
         _plan_and_apply(var, auto_approve, timeout, destroy=False)
         return
@@ -201,6 +232,28 @@ def show(as_json: bool = typer.Option(False, "--json", help="Print the state as 
         out.print_json(document.to_json() if document else json.dumps(None))
     else:
         render_state(out, document)
+
+
+@app.command("drift")
+@command
+def drift_command(
+    var: Optional[List[str]] = VarOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Read-only check for CI: drift (live ≠ state) and pending changes (config ≠ state). Exit 0 clean, 2 either, 1 error."""
+    report = _workspace(var).drift()
+    if as_json:
+        out.print_json(json.dumps(report.to_json()))
+    else:
+        render_drift(out, report.drift, refreshing=False)
+        if report.pending:
+            out.print("[bold]Pending:[/bold] the config differs from the state (run `servectl plan` for the diff):")
+            for change in report.pending:
+                out.print(f"  {escape(change['action'])} {escape(change['address'])}: {escape('; '.join(change['reasons']))}")
+        else:
+            out.print("Nothing pending: the state matches the config.")
+    if not report.clean:
+        raise typer.Exit(2)
 
 
 @app.command()

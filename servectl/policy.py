@@ -35,6 +35,18 @@ def applied_endpoints() -> set[str]:
     return {k.decode().split("/", 1)[1] for k in keys}
 
 
+def read_policies() -> dict[str, dict[str, Any]]:
+    """Every applied endpoint's policy as the cluster holds it."""
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    policies = {}
+    for endpoint in sorted(applied_endpoints()):
+        raw = _internal_kv_get(policy_key(endpoint), namespace=NAMESPACE)
+        if raw is not None:
+            policies[endpoint] = json.loads(raw)
+    return policies
+
+
 class PolicyCache:
     """One endpoint's policy, re-read from the cluster at most every POLICY_TTL_S."""
 

@@ -117,6 +117,21 @@ def render_plan(console: Console, plan: Plan) -> None:
             console.print(f"  {escape(line)}")
 
 
+def render_drift(console: Console, items: list, refreshing: bool) -> None:
+    """Drift items (servectl.drift.DriftItem); ``refreshing``: say what apply --refresh-only would do."""
+    if not items:
+        console.print("[green]No drift.[/green] The live system matches the state.")
+        return
+    console.print("[bold]Drift:[/bold] objects changed outside servectl:")
+    for item in items:
+        console.print(f"  [yellow]~[/yellow] {escape(item.describe())}")
+    if refreshing:
+        console.print(
+            "\n`servectl apply --refresh-only` records these live values in the state (nothing live changes); "
+            "the next plan then shows how the config differs from them."
+        )
+
+
 def render_state(console: Console, document: Optional[StateDocument], address: Optional[str] = None) -> None:
     if document is None or not document.resources:
         console.print("The state is empty: nothing has been applied.")

@@ -7,7 +7,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
-from servectl import bundle, planfile
+from servectl import __version__, bundle, drift, planfile
 from servectl.apply import apply_plan
 from servectl.desired import BACKEND, DesiredState, address_of
 from servectl.errors import PlanError, StateError
@@ -105,6 +105,43 @@ class Workspace:
                 live_fingerprint=saved.live_fingerprint, saved=True,
             )
             return saved.plan, self.apply(planned, progress, timeout_s)
+
+    def _recorded_provider(self) -> tuple[Optional[StateDocument], Provider]:
+        """The state and a provider for where it says things were applied."""
+        desired = self.load()
+        state = self.read_state()
+        if state is not None and state.resources and state.provider:
+            desired = recorded_provider(desired, state)
+        return state, provider_for(desired.provider, self.config_dir)
+
+    def detect_drift(self) -> tuple[Optional[StateDocument], list[drift.DriftItem]]:
+        """Read-only: how the live system differs from the state. An unreachable cluster raises."""
+        state, provider = self._recorded_provider()
+        if state is None or not state.resources:
+            return state, []
+        return state, drift.detect(state, provider.observe())
+
+    def drift(self) -> drift.DriftReport:
+        """Drift (live vs state) and pending changes (config vs state), both read-only."""
+        _, items = self.detect_drift()
+        planned = self.plan()
+        return drift.DriftReport(drift=items, pending=drift.pending_changes(planned.plan))
+
+    def accept_drift(self, state: Optional[StateDocument], items: list[drift.DriftItem]) -> tuple[StateDocument, list[str]]:
+        """`apply --refresh-only`: record the live values of ``items`` in the state, under the lock."""
+        if state is None:
+            raise StateError("nothing is applied here: the state is empty")
+        lock = self.store.lock("refresh")
+        try:
+            current = self.read_state()
+            if current is None or (current.lineage, current.serial) != (state.lineage, state.serial):
+                raise StateError("the state changed while drift was being read; run it again")
+            skipped = drift.accept(current, items)
+            current.stamp(__version__)
+            self.store.write(current)
+            return current, skipped
+        finally:
+            self.store.unlock(lock)
 
     def status(self, window_s: float) -> StatusReport:
         """What runs now where the state says things were applied (read-only)."""

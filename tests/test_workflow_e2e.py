@@ -107,3 +107,69 @@ def test_bad_plan_files_are_one_line_errors(ray_cluster, tmp_path):
         "Error: --var cannot be used with a saved plan: its variables were fixed when it was planned"
     )
     assert not (config / "servectl.state.json").exists()
+
+
+def drift_report(config, *args: str) -> tuple[int, dict]:
+    result = run_cli(config, "drift", "--json", *args)
+    assert result.code in (0, 2), result.output
+    return result.code, json.loads(result.stdout)
+
+
+def test_drift_is_told_apart_from_pending_config_and_refresh_only_accepts_it(ray_cluster, tmp_path, applied_dirs):
+    from ray import serve
+
+    config = write_config(tmp_path / "drifting", MAIN, models=MODELS)
+    applied_dirs.append(config)
+    assert run_cli(config, "apply", "--auto-approve").code == 0
+    assert drift_report(config) == (0, {"format_version": 1, "clean": True, "drift": [], "pending": []})
+
+    # (a) drift: someone scales the deployment by hand.
+    change_behind_servectls_back(ray_cluster, "saved", num_replicas=3)
+    code, report = drift_report(config)
+    assert code == 2 and report["pending"] == []
+    assert report["drift"] == [
+        {"address": "backend.saved", "change": "changed", "path": "num_replicas", "recorded": 1, "live": 3}
+    ]
+    refresh = run_cli(config, "plan", "--refresh-only", "--detailed-exitcode")
+    assert refresh.code == 2
+    assert "backend.saved: num_replicas is 3 live, recorded 1" in refresh.stdout
+    state_before = file_digest(config / "servectl.state.json")
+    assert run_cli(config, "plan", "--refresh-only").code == 0 and file_digest(config / "servectl.state.json") == state_before
+
+    accepted = run_cli(config, "apply", "--refresh-only", "--auto-approve")
+    assert accepted.code == 0, accepted.output
+    assert json.loads((config / "servectl.state.json").read_text())["resources"]["backend.saved"]["attributes"]["num_replicas"] == 3
+
+    # (b) pending: now the config (1 replica) differs from the state (3), and nothing drifts.
+    code, report = drift_report(config)
+    assert code == 2 and report["drift"] == []
+    assert [(c["address"], c["action"]) for c in report["pending"]] == [("backend.saved", "update")]
+    assert report["pending"][0]["diffs"] == [{"path": "num_replicas", "before": 3, "after": 1}]
+    assert run_cli(config, "apply", "--auto-approve").code == 0
+    assert drift_report(config)[0] == 0
+
+    # An application deleted by hand is drift too; accepting it lets the next apply create it again.
+    connect_and_delete = serve_details(ray_cluster)  # connects this process as a driver
+    assert "saved" in connect_and_delete["applications"]
+    serve.delete("saved")
+    code, report = drift_report(config)
+    assert code == 2 and {"address": "backend.saved", "change": "deleted", "path": None, "recorded": None, "live": None} in report["drift"]
+    assert "backend.saved was deleted outside servectl" in run_cli(config, "drift").stdout
+    assert run_cli(config, "apply", "--refresh-only", "--auto-approve").code == 0
+    recreated = run_cli(config, "apply", "--auto-approve")
+    assert recreated.code == 0 and "+ backend \"saved\"" in recreated.stdout
+    assert requests.get(ray_cluster.url("/saved"), timeout=10).text == "planned code"
+    assert drift_report(config)[0] == 0
+
+    # An unreachable cluster is an error, never "everything was deleted".
+    state_path = config / "servectl.state.json"
+    applied_state = state_path.read_text()
+    gone = json.loads(applied_state)
+    gone["provider"]["address"] = "127.0.0.1:9"
+    state_path.write_text(json.dumps(gone))
+    try:
+        result = run_cli(config, "drift", "--json")
+        assert (result.code, result.stdout) == (1, "")
+        assert "cannot reach the Ray cluster at 127.0.0.1:9" in result.stderr
+    finally:
+        state_path.write_text(applied_state)
