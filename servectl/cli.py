@@ -10,6 +10,7 @@ from typing import Any, Callable, List, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from servectl.errors import ConfigError, ServectlError
 from servectl.loader import load_config
@@ -270,6 +271,48 @@ def status(
         out.print_json(json.dumps(report.to_json()))
     else:
         render_status(out, report)
+
+
+@state_app.command("history")
+@command
+def state_history(as_json: bool = typer.Option(False, "--json", help="Print the history as JSON.")) -> None:
+    """List the applied versions: serial, time, who, what."""
+    entries = _workspace().store.history()
+    rows = [
+        {"serial": e.serial, "time": e.time, "who": e.who, "operation": e.operation, "summary": e.summary}
+        for e in entries
+    ]
+    if as_json:
+        out.print_json(json.dumps({"format_version": 1, "history": rows}))
+        return
+    if not rows:
+        out.print("No history: nothing has been applied here.")
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("serial", "time", "who", "operation", "summary"):
+        table.add_column(column, justify="right" if column == "serial" else "left")
+    for row in rows:
+        table.add_row(str(row["serial"]), row["time"], row["who"], row["operation"], row["summary"])
+    out.print(table)
+
+
+@app.command()
+@command
+def rollback(
+    to: Optional[int] = typer.Option(None, "--to", help="The serial to return to (`servectl state history`)."),
+    auto_approve: bool = ApproveOption,
+    timeout: float = TimeoutOption,
+) -> None:
+    """Plan and apply a return to the previous applied version (or --to SERIAL), with its own code."""
+    workspace = _workspace()
+    with workspace.rollback(to) as planned:
+        render_plan(out, planned.plan)
+        if not planned.plan.has_changes():
+            return
+        if not auto_approve:
+            _approve(f"{planned.operation.split(' to ')[0]} these changes")
+        document = workspace.apply(planned, _progress, timeout)
+    out.print(f"\n[green bold]Rollback complete![/green bold] {planned.plan.tally()}; state serial {document.serial}.")
 
 
 @state_app.command("list")

@@ -9,6 +9,10 @@ from enum import Enum
 from typing import Any, Optional
 
 
+# The version of `plan --json` (and of the plan inside a saved plan file); see the README's JSON section.
+PLAN_JSON_VERSION = 1
+
+
 class Action(str, Enum):
     NOOP = "no-op"
     CREATE = "create"
@@ -78,6 +82,12 @@ class Plan:
     def count(self, action: Action) -> int:
         return sum(1 for c in self.changes if c.action is action)
 
+    def tally(self) -> str:
+        return (
+            f"{self.count(Action.CREATE)} added, {self.count(Action.UPDATE)} changed, "
+            f"{self.count(Action.REPLACE)} replaced, {self.count(Action.DELETE)} destroyed"
+        )
+
     @property
     def replica_delta(self) -> int:
         return self.replicas_after - self.replicas_before
@@ -99,6 +109,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "format_version": PLAN_JSON_VERSION,
             "changes": [c.to_dict() for c in self.changes],
             "placement": self.placement,
             "placement_before": self.placement_before,

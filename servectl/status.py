@@ -26,6 +26,7 @@ ENDPOINT_REQUESTS = "ray_servectl_requests_total"
 ENDPOINT_ERRORS = "ray_servectl_errors_total"
 ENDPOINT_LATENCY = "ray_servectl_request_latency_ms"
 SHADOW_SENT = "ray_servectl_shadow_sent_total"
+STATUS_JSON_VERSION = 1  # of `status --json`; see the README's JSON section
 
 
 @dataclass
@@ -68,7 +69,7 @@ class StatusReport:
     scrape_errors: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"format_version": STATUS_JSON_VERSION, **asdict(self)}
 
 
 Fetch = Callable[[str], str]

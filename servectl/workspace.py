@@ -1,13 +1,14 @@
 """The library entry points the CLI (and tests) call: one config directory, its state, its provider."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
+from typing import Callable, Iterator, Mapping, Optional
 
-from servectl import __version__, bundle, drift, planfile
+from servectl import __version__, bundle, drift, history, planfile
 from servectl.apply import apply_plan
 from servectl.desired import BACKEND, DesiredState, address_of
 from servectl.errors import PlanError, StateError
@@ -34,6 +35,8 @@ class Planned:
     provider: Provider
     live_fingerprint: Optional[str] = None  # set for saved plans: apply refuses if the live system moved
     saved: bool = False
+    bundle: Optional[bytes] = None  # the code being applied, when not the config dir's files as they are now
+    operation: str = "apply"  # what the history entry will say
 
 
 def recorded_provider(desired: DesiredState, state: StateDocument) -> DesiredState:
@@ -82,13 +85,46 @@ class Workspace:
             check_environments(plan, desired, provider)
         return Planned(desired=desired, state=state, plan=plan, provider=provider)
 
+    def _freeze(self) -> bytes:
+        try:
+            return bundle.freeze(self.config_dir)
+        except (OSError, ValueError) as err:
+            raise PlanError(f"cannot keep a copy of the config dir's files: {err}") from None
+
     def save_plan(self, planned: Planned, path: str) -> None:
         """Write ``planned`` to ``path`` with the config's files and a fingerprint of the live system."""
-        try:
-            frozen = bundle.freeze(self.config_dir)
-        except (OSError, ValueError) as err:
-            raise PlanError(f"cannot save the plan: {err}") from None
-        planfile.write(path, planned.plan, planned.desired, frozen, planned.provider.fingerprint())
+        planfile.write(path, planned.plan, planned.desired, self._freeze(), planned.provider.fingerprint())
+
+    @contextlib.contextmanager
+    def rollback(self, to_serial: Optional[int] = None) -> Iterator[Planned]:
+        """Plan a return to an earlier applied version, from the history alone (no config files needed)."""
+        state = self.read_state()
+        applied = [entry for entry in self.store.history() if entry.desired is not None]
+        if to_serial is None:
+            if len(applied) < 2:
+                raise StateError("there is no earlier applied version to roll back to (`servectl state history` lists them)")
+            target = applied[-2]
+        else:
+            matches = [entry for entry in applied if entry.serial == to_serial]
+            if not matches:
+                kept = ", ".join(str(entry.serial) for entry in applied) or "none"
+                raise StateError(f"no applied version with serial {to_serial} in the history (applied serials: {kept})")
+            target = matches[0]
+        if state is not None and target.lineage != state.lineage:
+            raise StateError(
+                f"serial {target.serial} belongs to another state (lineage {target.lineage}); it cannot be rolled back to"
+            )
+        desired = target.desired_state(self.config_dir)
+        with tempfile.TemporaryDirectory(prefix="servectl-rollback-code-") as scratch:
+            code_dir = bundle.thaw(target.bundle, os.path.join(scratch, "config"))
+            provider = provider_for(desired.provider, self.config_dir, code_dir=code_dir)
+            view = provider.cluster()
+            plan = plan_changes(desired, state, view.nodes, view.source)
+            check_environments(plan, desired, provider)
+            yield Planned(
+                desired=desired, state=state, plan=plan, provider=provider, bundle=target.bundle,
+                operation=f"rollback to {target.serial}",
+            )
 
     def apply_saved(self, path: str, progress: Callable[[str], None], timeout_s: float = 300.0) -> tuple[Plan, StateDocument]:
         """Carry out exactly the plan saved at ``path``, with the code it was planned with."""
@@ -104,6 +140,7 @@ class Workspace:
                 desired=saved.desired, state=None, plan=saved.plan, provider=provider,
                 live_fingerprint=saved.live_fingerprint, saved=True,
             )
+            planned.bundle = saved.bundle
             return saved.plan, self.apply(planned, progress, timeout_s)
 
     def _recorded_provider(self) -> tuple[Optional[StateDocument], Provider]:
@@ -175,12 +212,21 @@ class Workspace:
                         "the live system changed since this plan was made (Serve's applications, the cluster's "
                         "nodes or the front proxy differ from what the plan saw); run plan again"
                     )
+            frozen = b""
+            if planned.plan.has_changes() and not planned.plan.destroy:
+                frozen = planned.bundle if planned.bundle is not None else self._freeze()
             if planned.plan.has_changes() or current is None:
                 document = apply_plan(
                     planned.plan, planned.desired, current, self.store, planned.provider, progress, timeout_s
                 )
             else:
                 document = current
+            if planned.plan.has_changes():
+                operation = "destroy" if planned.plan.destroy else planned.operation
+                self.store.append_history(history.entry_for(
+                    document.serial, document.lineage, operation, planned.plan.tally(),
+                    None if planned.plan.destroy else planned.desired, frozen,
+                ))
             if planned.plan.destroy:  # also when nothing was left to delete: the cluster may still run
                 planned.provider.teardown(progress)
             return document

@@ -6,11 +6,14 @@ import fcntl
 import json
 import os
 import tempfile
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from servectl.errors import LockError, StateError
 from servectl.state.document import StateDocument
 from servectl.state.store import LockInfo, StateStore
+
+if TYPE_CHECKING:
+    from servectl.history import HistoryEntry
 
 STATE_FILE = "servectl.state.json"
 
@@ -28,6 +31,7 @@ class LocalStateStore(StateStore):
         self.path = os.path.abspath(path)
         self.lock_path = self.path + ".lock"
         self.lock_info_path = self.path + ".lock.info"
+        self.history_dir = self.path + ".history"
         self._lock_fd: Optional[int] = None
 
     @classmethod
@@ -48,27 +52,29 @@ class LocalStateStore(StateStore):
         return StateDocument.from_json(text, self.path)
 
     def write(self, document: StateDocument) -> None:
-        directory = os.path.dirname(self.path)
-        text = document.to_json()
-        fd, temp_path = tempfile.mkstemp(prefix=".servectl.state.", dir=directory)
+        _write_private(self.path, document.to_json())
+
+    def append_history(self, entry: "HistoryEntry") -> None:
+        os.makedirs(self.history_dir, mode=0o700, exist_ok=True)
+        _write_private(os.path.join(self.history_dir, f"{entry.serial:010d}.json"), json.dumps(entry.to_dict()))
+
+    def history(self) -> list["HistoryEntry"]:
+        from servectl.history import HistoryEntry
+
         try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp_path, self.path)
-        except BaseException:
+            names = sorted(n for n in os.listdir(self.history_dir) if n.endswith(".json"))
+        except FileNotFoundError:
+            return []
+        entries = []
+        for name in names:
+            path = os.path.join(self.history_dir, name)
             try:
-                os.unlink(temp_path)
-            except FileNotFoundError:
-                pass
-            raise
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
+                with open(path, encoding="utf-8") as handle:
+                    body = json.load(handle)
+            except (OSError, ValueError):
+                raise StateError(f"{path}: history entry is unreadable") from None
+            entries.append(HistoryEntry.from_dict(body, path))
+        return entries
 
     def _read_lock_info(self) -> Optional[LockInfo]:
         try:
@@ -136,3 +142,27 @@ class LocalStateStore(StateStore):
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
         return current
+
+
+def _write_private(path: str, text: str) -> None:
+    """Replace ``path`` atomically with ``text``, readable by the owner only (temp file, fsync, rename)."""
+    directory = os.path.dirname(path)
+    fd, temp_path = tempfile.mkstemp(prefix=".servectl.state.", dir=directory)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_path, path)
+    except BaseException:
+        try:
+            os.unlink(temp_path)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)

@@ -8,9 +8,12 @@ import uuid
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from servectl.state.document import StateDocument
+
+if TYPE_CHECKING:
+    from servectl.history import HistoryEntry
 
 
 @dataclass
@@ -66,3 +69,11 @@ class StateStore(ABC):
     @abstractmethod
     def force_unlock(self, lock_id: str) -> LockInfo:
         """Release a stale lock, only when ``lock_id`` matches the holder's ID."""
+
+    @abstractmethod
+    def append_history(self, entry: "HistoryEntry") -> None:
+        """Keep one applied version (written atomically, private)."""
+
+    @abstractmethod
+    def history(self) -> list["HistoryEntry"]:
+        """Every kept version, oldest first."""

@@ -173,3 +173,41 @@ def test_drift_is_told_apart_from_pending_config_and_refresh_only_accepts_it(ray
         assert "cannot reach the Ray cluster at 127.0.0.1:9" in result.stderr
     finally:
         state_path.write_text(applied_state)
+
+
+def test_history_and_rollback_need_no_old_files(ray_cluster, tmp_path, applied_dirs):
+    config = write_config(tmp_path / "versions", MAIN, models=MODELS.replace("planned code", "version one"))
+    applied_dirs.append(config)
+    assert run_cli(config, "apply", "--auto-approve").code == 0
+    (config / "models.py").write_text(MODELS.replace("planned code", "version two"))
+    assert run_cli(config, "apply", "--var", "replicas=2", "--auto-approve").code == 0
+    assert requests.get(ray_cluster.url("/saved"), timeout=10).text == "version two"
+
+    listed = json.loads(run_cli(config, "state", "history", "--json").stdout)["history"]
+    assert [(e["operation"], e["summary"]) for e in listed] == [
+        ("apply", "2 added, 0 changed, 0 replaced, 0 destroyed"),
+        ("apply", "0 added, 0 changed, 1 replaced, 0 destroyed"),
+    ]
+    first, second = listed[0]["serial"], listed[1]["serial"]
+    table = run_cli(config, "state", "history")
+    assert "serial" in table.stdout and "version" not in table.stdout and str(second) in table.stdout
+    history_dir = config / "servectl.state.json.history"
+    assert stat.S_IMODE(os.stat(history_dir).st_mode) == 0o700
+    assert all(stat.S_IMODE(os.stat(p).st_mode) == 0o600 for p in history_dir.iterdir())
+
+    # The code on disk is gone: rollback brings back version one, code and replica count, from the history.
+    (config / "models.py").unlink()
+    rolled = run_cli(config, "rollback", "--auto-approve")
+    assert rolled.code == 0, rolled.output
+    assert "-/+ backend \"saved\"" in rolled.stdout and "num_replicas = 2 → 1" in rolled.stdout
+    assert "Rollback complete!" in rolled.stdout
+    assert requests.get(ray_cluster.url("/saved"), timeout=10).text == "version one"
+    assert len(serve_details(ray_cluster)["applications"]["saved"]["deployments"]["saved"]["replicas"]) == 1
+    after = json.loads(run_cli(config, "state", "history", "--json").stdout)["history"]
+    assert after[-1]["operation"] == f"rollback to {first}"
+
+    # Any applied version, by serial; an unknown serial is one error line.
+    assert run_cli(config, "rollback", "--to", str(second), "--auto-approve").code == 0
+    assert requests.get(ray_cluster.url("/saved"), timeout=10).text == "version two"
+    unknown = run_cli(config, "rollback", "--to", "999")
+    assert unknown.code == 1 and unknown.stderr.strip().startswith("Error: no applied version with serial 999 in the history")

@@ -22,7 +22,7 @@ import importlib
 import inspect
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from ray import serve
 
@@ -32,6 +32,7 @@ from servectl.runtime.request import HandleRequest
 
 SHADOW_RESPONSES_KEPT = 1024
 QUEUING_BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
+QUEUE_REPORT_S = 1.0
 LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000]
 
 
@@ -157,6 +158,7 @@ def replica_class(args: dict[str, Any]) -> type:
             self.shadow_responses: collections.deque = collections.deque(maxlen=SHADOW_RESPONSES_KEPT)
             self.batcher = Batcher(self._run_batch, describe=f"backend {backend}") if batched else None
             self.waiting = 0
+            self._queue_reporter: Optional[asyncio.Task] = None
 
         def reconfigure(self, config: Any) -> None:
             """Serve's user_config carries servectl's live settings and the user's own config."""
@@ -192,7 +194,16 @@ def replica_class(args: dict[str, Any]) -> type:
         async def _run_batch(self, items: list[tuple[Any, _Arrival]]) -> Any:
             return await self._run([request for request, _ in items], [arrived for _, arrived in items])
 
+        async def _report_queue(self) -> None:
+            # Ray's exporter showed the gauge only while it was being set: in a
+            # quiet spell the series left the scrape. Re-set it every second.
+            while True:
+                self.metrics.waiting(self.waiting)
+                await asyncio.sleep(QUEUE_REPORT_S)
+
         async def __call__(self, request: Any) -> Any:
+            if self._queue_reporter is None:
+                self._queue_reporter = asyncio.get_running_loop().create_task(self._report_queue())
             endpoint = (_header_values(request, ENDPOINT_HEADER) or [""])[0]
             role = (_header_values(request, ROLE_HEADER) or ["primary"])[0]
             self.metrics.served(endpoint, role)
