@@ -16,7 +16,7 @@ from servectl.desired import DesiredState
 from servectl.errors import ApplyError, ServectlError
 from servectl.plan import Action, Plan, ResourceChange
 from servectl.providers.base import Provider
-from servectl.state.document import APPLIED, FAILED, ResourceState, StateDocument
+from servectl.state.document import APPLIED, APPLYING, FAILED, ResourceState, StateDocument
 from servectl.state.store import StateStore
 
 Progress = Callable[[str], None]
@@ -40,8 +40,8 @@ def _after_change(resources: dict[str, ResourceState], change: ResourceChange) -
 
 
 def _deployable(resources: dict[str, ResourceState]) -> dict[str, ResourceState]:
-    """Resources that should be live: a failed create never came up and is left out."""
-    return {a: r for a, r in resources.items() if not (r.status == FAILED and not r.live)}
+    """Resources that should be live: a failed or unfinished create never came up and is left out."""
+    return {a: r for a, r in resources.items() if not (r.status in (FAILED, APPLYING) and not r.live)}
 
 
 def apply_plan(
@@ -69,6 +69,8 @@ def apply_plan(
     for index, change in enumerate(changes, start=1):
         progress(f"{change.address}: {VERBS[change.action]} … ({index}/{len(changes)})")
         started = time.monotonic()
+        _mark_applying(document, change)
+        store.write(document)
         working = _after_change(document.resources, change)
         try:
             live = provider.converge(_deployable(working), change, timeout_s, progress)
@@ -98,6 +100,22 @@ def apply_plan(
     document.stamp(__version__)
     store.write(document)
     return document
+
+
+def _mark_applying(document: StateDocument, change: ResourceChange) -> None:
+    """Record that ``change`` is under way, so a crash mid-change leaves a state that says so.
+
+    The next plan then retries the change, and the resource counts as managed
+    (an application a crashed create left in Serve is not a stranger).
+    """
+    resource = document.resources.get(change.address)
+    if resource is None:
+        document.resources[change.address] = ResourceState(
+            kind=change.kind, name=change.name, attributes=change.after or {}, live={}, status=APPLYING
+        )
+    else:
+        resource.status = APPLYING
+    document.stamp(__version__)
 
 
 def _record_failure(

@@ -16,7 +16,7 @@ from typing import Any, Optional
 from servectl.desired import BACKEND, ENDPOINT, address_of
 from servectl.plan import Plan
 from servectl.providers.base import LiveView
-from servectl.state.document import FAILED, StateDocument
+from servectl.state.document import APPLYING, FAILED, StateDocument
 
 DRIFT_FORMAT_VERSION = 1
 PROVIDER_ADDRESS = "provider"
@@ -83,7 +83,7 @@ def detect(state: Optional[StateDocument], live: LiveView) -> list[DriftItem]:
     items: list[DriftItem] = []
     resources = state.resources if state else {}
     for address, resource in sorted(resources.items()):
-        if resource.status == FAILED and not resource.live:
+        if resource.status in (FAILED, APPLYING) and not resource.live:
             continue  # a create that never came up: nothing live to compare
         if resource.kind == BACKEND:
             seen = live.backends.get(resource.name)

@@ -20,7 +20,7 @@ from servectl.desired import (
 from servectl.errors import PlanError
 from servectl.placement import NodeCapacity, ReplicaDemand, describe_cluster, pack
 from servectl.plan import Action, AttributeDiff, Plan, ResourceChange
-from servectl.state.document import FAILED, ResourceState, StateDocument
+from servectl.state.document import APPLYING, FAILED, ResourceState, StateDocument
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -89,12 +89,14 @@ def _change_for(spec: ResourceSpec, recorded: Optional[ResourceState]) -> Resour
     if recorded is None:
         return ResourceChange(action=Action.CREATE, before=None, reasons=["not in state"], **base)
     diffs = attribute_diffs(spec.kind, recorded.attributes, spec.attributes)
-    if recorded.status == FAILED:
+    if recorded.status in (FAILED, APPLYING):
+        why = (f"last apply failed: {recorded.error}" if recorded.status == FAILED
+               else "the last apply stopped before this change finished")
         return ResourceChange(
             action=Action.REPLACE,
             before=recorded.attributes,
             diffs=diffs,
-            reasons=[f"last apply failed: {recorded.error}"] + reasons_for(diffs),
+            reasons=[why] + reasons_for(diffs),
             **base,
         )
     if not diffs:

@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from servectl.plan import Action, Plan, ResourceChange
 from servectl.planner import flatten
-from servectl.state.document import FAILED, StateDocument
+from servectl.state.document import APPLYING, FAILED, StateDocument
 
 SYMBOLS = {
     Action.CREATE: ("+", "green"),
@@ -140,6 +140,8 @@ def render_state(console: Console, document: Optional[StateDocument], address: O
         if address is not None and addr != address:
             continue
         status = f"  [red](failed: {escape(resource.error or '')})[/red]" if resource.status == FAILED else ""
+        if resource.status == APPLYING:
+            status = "  [red](interrupted: the last apply stopped during this change)[/red]"
         console.print(f"[bold]# {addr}[/bold]{status}")
         console.print(f"{resource.kind} {value(resource.name)} {{")
         for path, v in flatten(resource.attributes).items():

@@ -20,6 +20,9 @@ FORMAT_VERSION = 1
 
 APPLIED = "applied"
 FAILED = "failed"
+# Written before a change starts and replaced when it ends: a state that still
+# says "applying" was left by an apply that died mid-change (kill -9, power cut).
+APPLYING = "applying"
 
 
 @dataclass

@@ -211,3 +211,85 @@ def test_history_and_rollback_need_no_old_files(ray_cluster, tmp_path, applied_d
     assert requests.get(ray_cluster.url("/saved"), timeout=10).text == "version two"
     unknown = run_cli(config, "rollback", "--to", "999")
     assert unknown.code == 1 and unknown.stderr.strip().startswith("Error: no applied version with serial 999 in the history")
+
+
+THREE = '''
+from servectl import Backend, Endpoint, LocalRay
+LocalRay()
+small = {"num_cpus": 0.1}
+for name, code in (("a_first", "models:Good"), ("b_second", "models:Good"), ("c_third", "models:Third")):
+    Endpoint(name, route="/" + name, backend=Backend(name, code, ray_actor_options=small))
+'''
+THREE_MODELS = '''
+import time
+
+class Good:
+    def __call__(self, request):
+        return "good"
+
+class Third:
+    def __init__(self):
+        {third_init}
+
+    def __call__(self, request):
+        return "third"
+'''
+
+
+def test_change_k_of_n_fails_state_records_the_rest_and_plan_shows_what_is_left(ray_cluster, tmp_path, applied_dirs):
+    config = write_config(tmp_path / "partial", THREE,
+                          models=THREE_MODELS.replace("{third_init}", "raise RuntimeError('third cannot start')"))
+    applied_dirs.append(config)
+    result = run_cli(config, "apply", "--auto-approve", "--timeout", "120")
+    assert result.code == 1
+    assert "2 of 6 changes applied and recorded" in result.stderr  # backends a, b; then c (3rd) failed
+    state = json.loads((config / "servectl.state.json").read_text())["resources"]
+    assert {a: r["status"] for a, r in state.items()} == {
+        "backend.a_first": "applied", "backend.b_second": "applied", "backend.c_third": "failed"}
+    assert "third cannot start" in state["backend.c_third"]["error"]
+    planned = run_cli(config, "plan", "--json")
+    left = {(c["address"], c["action"]) for c in json.loads(planned.stdout)["changes"] if c["action"] != "no-op"}
+    assert left == {("backend.c_third", "replace"), ("endpoint.a_first", "create"), ("endpoint.b_second", "create"),
+                    ("endpoint.c_third", "create")}
+
+
+def test_kill_9_mid_apply_leaves_a_lock_to_force_unlock_and_a_true_state(ray_cluster, tmp_path, applied_dirs):
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import SERVECTL
+
+    config = write_config(tmp_path / "killed", THREE, models=THREE_MODELS.replace("{third_init}", "time.sleep(30)"))
+    applied_dirs.append(config)
+    process = subprocess.Popen([SERVECTL, "-C", str(config), "apply", "--auto-approve"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "NO_COLOR": "1"})
+    state_path = config / "servectl.state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until the slow third backend is being created
+        if state_path.exists() and json.loads(state_path.read_text())["resources"].get("backend.c_third", {}).get("status") == "applying":
+            break
+        time.sleep(0.2)
+    else:
+        process.kill()
+        raise AssertionError(f"apply never reached the third backend: {process.communicate()[0]}")
+    time.sleep(1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    state = json.loads(state_path.read_text())  # valid JSON, true to what was done
+    assert {a: r["status"] for a, r in state["resources"].items()} == {
+        "backend.a_first": "applied", "backend.b_second": "applied", "backend.c_third": "applying"}
+    blocked = run_cli(config, "apply", "--auto-approve")
+    assert blocked.code == 1
+    message = blocked.stderr.strip()
+    assert "which is no longer running" in message and "servectl force-unlock" in message, message
+    lock_id = message.rsplit("force-unlock ", 1)[1].split("`")[0]
+    assert run_cli(config, "force-unlock", "wrong-id").code == 1
+    assert run_cli(config, "force-unlock", lock_id).code == 0
+    planned = run_cli(config, "plan")
+    assert "the last apply stopped before this change finished" in planned.stdout
+    (config / "models.py").write_text(THREE_MODELS.replace("{third_init}", "pass"))
+    finished = run_cli(config, "apply", "--auto-approve")
+    assert finished.code == 0, finished.output  # the app the crash left in Serve is no stranger
+    assert requests.get(ray_cluster.url("/c_third"), timeout=10).text == "third"
