@@ -22,6 +22,7 @@ from servectl.providers.base import ClusterView, LiveBackend, LiveView, Progress
 from servectl.desired import BACKEND, ENDPOINT, ProviderSpec
 from servectl.errors import ProviderError
 from servectl.placement import NodeCapacity
+from servectl.sensitive import reveal
 from servectl.plan import Action, ResourceChange
 from servectl.state.document import ResourceState
 
@@ -402,7 +403,8 @@ class LocalRayProvider(Provider):
         config = {
             "proxy_location": PROXY_LOCATIONS[self.spec.http_location],
             "http_options": {"host": "127.0.0.1", "port": self._serve_port},
-            "applications": applications,
+            # The one place sensitive values are revealed: what the cluster must run with.
+            "applications": reveal(applications),
         }
         return config, packages
 

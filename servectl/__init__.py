@@ -9,9 +9,10 @@ __version__ = "0.1.0"
 from servectl.config import Backend, Endpoint, LocalRay, RayActorOptions, var  # noqa: E402
 from servectl.errors import ServectlError  # noqa: E402
 from servectl.handles import connect, get_handle  # noqa: E402
+from servectl.sensitive import sensitive  # noqa: E402
 from servectl.runtime.context import get_current_backend_tag, get_current_replica_tag  # noqa: E402
 
 __all__ = [
     "Backend", "Endpoint", "LocalRay", "RayActorOptions", "var", "get_handle", "connect", "ServectlError", "__version__",
-    "get_current_backend_tag", "get_current_replica_tag",
+    "get_current_backend_tag", "get_current_replica_tag", "sensitive",
 ]

@@ -16,6 +16,7 @@ from servectl.errors import ConfigError, ServectlError
 from servectl.loader import load_config
 from servectl.render import render_plan, render_state
 from servectl.drift import DriftReport
+from servectl.sensitive import redact
 from servectl.render import render_drift
 from servectl.render_status import render_status
 from servectl.workspace import Workspace
@@ -124,7 +125,7 @@ def plan(
         return
     planned = workspace.plan()
     if as_json:
-        out.print_json(json.dumps(planned.plan.to_dict()))
+        out.print_json(json.dumps(redact(planned.plan.to_dict())))
     else:
         render_plan(out, planned.plan)
     if out_path:
@@ -230,7 +231,7 @@ def show(as_json: bool = typer.Option(False, "--json", help="Print the state as 
     """Show what the state records."""
     document = _workspace().read_state()
     if as_json:
-        out.print_json(document.to_json() if document else json.dumps(None))
+        out.print_json(json.dumps(redact(json.loads(document.to_json()))) if document else json.dumps(None))
     else:
         render_state(out, document)
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from servectl.sensitive import Sensitive
 from servectl.errors import ConfigError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
@@ -138,7 +139,9 @@ class Backend(_Resource):
     omp_num_threads: Optional[int] = Field(
         None, ge=1, description="OMP/MKL/OpenBLAS threads per replica, set before user code imports numpy/torch"
     )
-    env_vars: dict[str, str] = Field(default_factory=dict, description="environment variables of the replica processes")
+    env_vars: dict[str, Union[str, Sensitive]] = Field(
+        default_factory=dict, description="environment variables of the replica processes (values may be sensitive(...))"
+    )
     pip: list[str] = Field(
         default_factory=list, description="pip requirements installed for this backend only (Ray runtime_env pip)"
     )
@@ -283,17 +286,21 @@ class Variable:
 _MISSING = object()
 
 
-def var(name: str, default: Any = _MISSING, description: str = "", type: Optional[type] = None) -> Any:
+def var(
+    name: str, default: Any = _MISSING, description: str = "", type: Optional[type] = None, sensitive: bool = False
+) -> Any:
     """Declare an input variable and return its value (``--var name=value`` or the default).
 
     The value given on the command line is converted to ``type`` (or the
     default's type), so ``var("replicas", default=2)`` with ``--var replicas=4`` is ``4``.
+    ``sensitive=True`` returns it as ``sensitive(value)``: never printed, kept only in the 0600 state.
     """
     site = declaration_site()
     registry = active_registry()
     target_type = type or (default.__class__ if default not in (_MISSING, None) else str)
     if registry is None:  # imported outside a load (a worker importing main.py): defaults only
-        return None if default is _MISSING else default
+        value = None if default is _MISSING else default
+        return Sensitive(value) if sensitive else value
     if name in registry.variables:
         raise ConfigError(f"{site}: variable {name!r} is declared twice (first at {registry.variables[name].declared_at})")
     variable = Variable(name=name, default=None if default is _MISSING else default, description=description, declared_at=site)
@@ -303,6 +310,8 @@ def var(name: str, default: Any = _MISSING, description: str = "", type: Optiona
         raise ConfigError(f"{site}: variable {name!r} has no default: pass --var {name}=VALUE")
     else:
         variable.value = default
+    if sensitive:
+        variable.value = Sensitive(variable.value)
     registry.variables[name] = variable
     return variable.value
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from servectl.config import Backend, Endpoint, LocalRay
+from servectl.sensitive import to_plain
 from servectl.errors import ConfigError
 
 BACKEND = "backend"
@@ -258,7 +259,7 @@ def _local_module_file(module_name: str, config_dir: str) -> Optional[str]:
 
 def _json_value(value: Any, where: str) -> Any:
     try:
-        return json.loads(json.dumps(value))
+        return json.loads(json.dumps(to_plain(value)))
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: value {value!r} must be JSON-serialisable (str, number, bool, list, dict)") from None
 
@@ -290,7 +291,7 @@ def backend_attributes(backend: Backend, config_dir: str) -> dict[str, Any]:
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def replica_env(backend: Backend) -> dict[str, str]:
+def replica_env(backend: Backend) -> dict[str, Any]:
     """The replica processes' environment: ``omp_num_threads`` fans out to every BLAS library's variable.
 
     Without it Ray's own default holds (OMP_NUM_THREADS = the replica's whole CPUs, at least 1).
@@ -299,7 +300,7 @@ def replica_env(backend: Backend) -> dict[str, str]:
     env: dict[str, str] = {}
     if backend.omp_num_threads is not None:
         env.update({name: str(backend.omp_num_threads) for name in THREAD_VARIABLES})
-    env.update(backend.env_vars)
+    env.update(to_plain(backend.env_vars))
     return dict(sorted(env.items()))
 
 

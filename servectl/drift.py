@@ -16,6 +16,7 @@ from typing import Any, Optional
 from servectl.desired import BACKEND, ENDPOINT, address_of
 from servectl.plan import Plan
 from servectl.providers.base import LiveView
+from servectl.sensitive import REDACTED, holds_sensitive, redact, reveal
 from servectl.state.document import APPLYING, FAILED, StateDocument
 
 DRIFT_FORMAT_VERSION = 1
@@ -92,8 +93,11 @@ def detect(state: Optional[StateDocument], live: LiveView) -> list[DriftItem]:
                 continue
             for path, live_value in sorted(seen.settings.items()):
                 recorded = _get(resource.attributes, path)
-                if recorded != live_value:
-                    items.append(DriftItem(address, CHANGED, path, recorded, live_value))
+                if reveal(recorded) != live_value:
+                    if holds_sensitive(recorded):  # say that it drifted, never what to
+                        items.append(DriftItem(address, CHANGED, path, redact(recorded), REDACTED))
+                    else:
+                        items.append(DriftItem(address, CHANGED, path, recorded, live_value))
         elif resource.kind == ENDPOINT:
             policy = live.endpoints.get(resource.name)
             if policy is None:
@@ -132,6 +136,10 @@ def accept(state: StateDocument, items: list[DriftItem]) -> list[str]:
     for item in items:
         if item.change == UNMANAGED:
             skipped.append(f"{item.address}: not adopted (servectl only records what it created)")
+            continue
+        if item.live == REDACTED:
+            skipped.append(f"{item.address}: {item.path} holds a sensitive value: its live value is not copied "
+                           "into the state; apply to set it back")
             continue
         if item.address == PROVIDER_ADDRESS:
             state.provider.setdefault("live", {})[item.path or "nodes"] = item.live

@@ -24,6 +24,7 @@ from servectl.desired import (
     endpoint_attributes,
     provider_spec,
 )
+from servectl.sensitive import to_plain
 from servectl.errors import ConfigError, ServectlError
 
 ROOT_MODULE = "main.py"
@@ -127,5 +128,5 @@ def load_config(config_dir: str, variables: Optional[Mapping[str, str]] = None) 
             depends_on=[address_of(BACKEND, name) for name in {**attributes["traffic"], **attributes["shadow"]}],
             declared_at=endpoint.declared_at,
         )
-    variables = {name: v.value for name, v in registry.variables.items()}
+    variables = {name: to_plain(v.value) for name, v in registry.variables.items()}
     return DesiredState(config_dir=registry.config_dir, provider=provider, resources=resources, variables=variables)

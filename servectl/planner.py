@@ -20,12 +20,13 @@ from servectl.desired import (
 from servectl.errors import PlanError
 from servectl.placement import NodeCapacity, ReplicaDemand, describe_cluster, pack
 from servectl.plan import Action, AttributeDiff, Plan, ResourceChange
+from servectl.sensitive import is_marked
 from servectl.state.document import APPLYING, FAILED, ResourceState, StateDocument
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists and scalars are leaves."""
-    if isinstance(value, dict) and value:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists, scalars and sensitive values are leaves."""
+    if isinstance(value, dict) and value and not is_marked(value):
         out: dict[str, Any] = {}
         for key, inner in value.items():
             out.update(flatten(inner, f"{prefix}.{key}" if prefix else str(key)))

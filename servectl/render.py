@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from servectl.plan import Action, Plan, ResourceChange
 from servectl.planner import flatten
+from servectl.sensitive import REDACTED, redact
 from servectl.state.document import APPLYING, FAILED, StateDocument
 
 SYMBOLS = {
@@ -27,6 +28,9 @@ HEADLINES = {
 
 
 def value(v: Any) -> str:
+    v = redact(v)
+    if v == REDACTED:
+        return REDACTED
     if isinstance(v, str):
         return json.dumps(v)
     if v is None:

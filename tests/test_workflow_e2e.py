@@ -293,3 +293,57 @@ def test_kill_9_mid_apply_leaves_a_lock_to_force_unlock_and_a_true_state(ray_clu
     finished = run_cli(config, "apply", "--auto-approve")
     assert finished.code == 0, finished.output  # the app the crash left in Serve is no stranger
     assert requests.get(ray_cluster.url("/c_third"), timeout=10).text == "third"
+
+
+SECRET_MAIN = '''
+from servectl import Backend, Endpoint, LocalRay, sensitive, var
+LocalRay()
+key = var("api_key", default="s3cret-one", sensitive=True)
+b = Backend("secretive", "models:Keyed", user_config={"api_key": key, "threshold": 0.5},
+            env_vars={"API_TOKEN": sensitive("t0ken-value")}, ray_actor_options={"num_cpus": 0.1})
+Endpoint("secretive", route="/secretive", backend=b)
+'''
+SECRET_MODELS = '''
+import hashlib, os
+
+class Keyed:
+    def reconfigure(self, config):
+        self.key = config["api_key"]
+
+    def __call__(self, request):
+        digest = lambda text: hashlib.sha256(text.encode()).hexdigest()
+        return {"key": digest(self.key), "token": digest(os.environ["API_TOKEN"])}
+'''
+
+
+def test_sensitive_values_reach_the_backend_and_are_never_printed(ray_cluster, tmp_path, applied_dirs):
+    import hashlib
+
+    config = write_config(tmp_path / "secrets", SECRET_MAIN, models=SECRET_MODELS)
+    applied_dirs.append(config)
+    secrets = ("s3cret-one", "s3cret-two", "t0ken-value")
+    outputs = []
+    planned = run_cli(config, "plan")
+    outputs += [planned.output, run_cli(config, "plan", "--json").output]
+    assert "user_config.api_key = (sensitive)" in planned.stdout and "env_vars.API_TOKEN = (sensitive)" in planned.stdout
+    applied = run_cli(config, "apply", "--auto-approve")
+    assert applied.code == 0, applied.output
+    outputs.append(applied.output)
+    digest = lambda text: hashlib.sha256(text.encode()).hexdigest()
+    assert requests.get(ray_cluster.url("/secretive"), timeout=10).json() == {"key": digest("s3cret-one"), "token": digest("t0ken-value")}
+
+    for args in (("show",), ("show", "--json"), ("state", "show", "backend.secretive"), ("drift",), ("drift", "--json")):
+        result = run_cli(config, *args)
+        assert result.code == 0, result.output
+        outputs.append(result.output)
+    changed = run_cli(config, "plan", "--var", "api_key=s3cret-two")
+    assert "user_config changed" in changed.stdout and "1 to change" in changed.stdout
+    outputs.append(changed.output)
+    assert run_cli(config, "apply", "--var", "api_key=s3cret-two", "--auto-approve").code == 0
+    assert requests.get(ray_cluster.url("/secretive"), timeout=10).json()["key"] == digest("s3cret-two")
+    for output in outputs:
+        assert not any(secret in output for secret in secrets), output
+
+    state_path = config / "servectl.state.json"
+    assert "s3cret-two" in state_path.read_text()  # kept to apply it, readable by the owner only
+    assert stat.S_IMODE(os.stat(state_path).st_mode) == 0o600
