@@ -90,6 +90,19 @@ def _workspace(var: Optional[List[str]] = None) -> Workspace:
 
 
 VarOption = typer.Option(None, "--var", help="Set a variable: NAME=VALUE (repeatable).")
+TargetOption = typer.Option(
+    None, "--target", help="Plan only this resource (and what it needs), e.g. backend.NAME (repeatable; exceptional use)."
+)
+
+
+def _warn_targeting(targets: Optional[List[str]]) -> None:
+    if targets:
+        err.print(
+            "[yellow bold]Warning:[/yellow bold] resource targeting is in effect: the plan covers only "
+            f"{escape(', '.join(targets))} and what they need, so it may not show every change the config "
+            "makes. Use --target for exceptional cases (recovering from a mistake, working around a limit), "
+            "not routine use; plan without it afterwards."
+        )
 
 
 @app.command()
@@ -109,6 +122,7 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     out_path: Optional[str] = typer.Option(None, "--out", help="Save the plan to apply later with `apply FILE`."),
     refresh_only: bool = typer.Option(False, "--refresh-only", help="Show only drift: how the live system differs from the state."),
+    target: Optional[List[str]] = TargetOption,
 ) -> None:
     """Show what apply would change, and where the replicas would go."""
     workspace = _workspace(var)
@@ -123,7 +137,8 @@ def plan(
         if detailed_exitcode and items:
             raise typer.Exit(2)
         return
-    planned = workspace.plan()
+    _warn_targeting(target)
+    planned = workspace.plan(targets=target)
     if as_json:
         out.print_json(json.dumps(redact(planned.plan.to_dict())))
     else:
@@ -155,9 +170,12 @@ ApproveOption = typer.Option(False, "--auto-approve", help="Skip the confirmatio
 TimeoutOption = typer.Option(300.0, "--timeout", help="Seconds to wait for each change to become healthy.")
 
 
-def _plan_and_apply(var: Optional[List[str]], auto_approve: bool, timeout: float, destroy: bool) -> None:
+def _plan_and_apply(
+    var: Optional[List[str]], auto_approve: bool, timeout: float, destroy: bool, targets: Optional[List[str]] = None
+) -> None:
     workspace = _workspace(var)
-    planned = workspace.plan(destroy=destroy)
+    _warn_targeting(targets)
+    planned = workspace.plan(destroy=destroy, targets=targets)
     render_plan(out, planned.plan)
     if planned.plan.has_changes() and not auto_approve:
         _approve("destroy all these resources" if destroy else "apply these changes")
@@ -176,6 +194,7 @@ def apply(
     auto_approve: bool = ApproveOption,
     timeout: float = TimeoutOption,
     refresh_only: bool = typer.Option(False, "--refresh-only", help="Accept drift: record the live values in the state."),
+    target: Optional[List[str]] = TargetOption,
 ) -> None:
     """Plan, confirm, and carry out the changes; wait until every backend is healthy.
 
@@ -198,7 +217,7 @@ def apply(
         out.print(f"\n[green bold]Refresh complete![/green bold] The state records the live values; state serial {document.serial}.")
         return
     if plan_file is None:
-        _plan_and_apply(var, auto_approve, timeout, destroy=False)
+        _plan_and_apply(var, auto_approve, timeout, destroy=False, targets=target)
         return
     if var:
         raise ServectlError("--var cannot be used with a saved plan: its variables were fixed when it was planned")

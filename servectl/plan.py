@@ -71,6 +71,7 @@ class Plan:
     replicas_after: int
     placement_before: dict[str, Any] = field(default_factory=dict)
     destroy: bool = False
+    targets: list[str] = field(default_factory=list)  # --target: only these (and what they need) are planned
 
     @property
     def actionable(self) -> list[ResourceChange]:
@@ -105,6 +106,7 @@ class Plan:
             replicas_after=int(body["replicas_after"]),
             placement_before=dict(body.get("placement_before") or {}),
             destroy=bool(body.get("destroy", False)),
+            targets=list(body.get("targets") or []),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,6 +122,7 @@ class Plan:
             "replicas_before": self.replicas_before,
             "replicas_after": self.replicas_after,
             "destroy": self.destroy,
+            "targets": self.targets,
             "summary": {
                 "add": self.count(Action.CREATE),
                 "change": self.count(Action.UPDATE),

@@ -133,8 +133,13 @@ def plan_changes(
     nodes: list[NodeCapacity],
     cluster_source: str = "live",
     destroy: bool = False,
+    targets: Optional[list[str]] = None,
 ) -> Plan:
-    """Build the plan that takes ``state`` to ``desired`` (or to nothing, with ``destroy``)."""
+    """Build the plan that takes ``state`` to ``desired`` (or to nothing, with ``destroy``).
+
+    With ``targets`` only those resources change, with what they cannot change
+    without (Terraform's -target): the rest keep their recorded values.
+    """
     recorded = dict(state.resources) if state else {}
     wanted = {} if destroy else desired.resources
     _check_provider_unchanged(desired, state)
@@ -154,7 +159,13 @@ def plan_changes(
                 )
             )
 
-    placement = pack(_demands(wanted.values()), nodes)
+    result: list[Any] = list(wanted.values())
+    if targets:
+        selected = _targeted(targets, wanted, recorded)
+        changes = [c for c in changes if c.address in selected]
+        result = [wanted[a] if a in selected else recorded[a] for a in sorted(set(wanted) | set(recorded))
+                  if (a in wanted if a in selected else a in recorded)]
+    placement = pack(_demands(result), nodes)
     placement_before = pack(_demands(recorded.values()), nodes)
     if placement.unplaced:
         demand, missing = placement.unplaced[0]
@@ -169,7 +180,7 @@ def plan_changes(
     replicas_before = sum(
         r.attributes.get("num_replicas", 0) for r in recorded.values() if r.kind == BACKEND
     )
-    replicas_after = sum(s.attributes["num_replicas"] for s in wanted.values() if s.kind == BACKEND)
+    replicas_after = sum(s.attributes["num_replicas"] for s in result if s.kind == BACKEND)
     return Plan(
         changes=_order(changes, recorded),
         placement=placement.summary(),
@@ -178,6 +189,7 @@ def plan_changes(
         provider=desired.provider.attributes(),
         cluster_source=cluster_source,
         replicas_before=replicas_before,
+        targets=sorted(targets or []),
         replicas_after=replicas_after,
         placement_before=placement_before.summary(),
         destroy=destroy,
@@ -190,6 +202,29 @@ def _demands(resources: Any) -> list[tuple[ReplicaDemand, int]]:
         for r in resources
         if r.kind == BACKEND and r.attributes.get("num_replicas", 0) > 0
     ]
+
+
+def _targeted(targets: list[str], wanted: dict[str, Any], recorded: dict[str, ResourceState]) -> set[str]:
+    """The targeted addresses plus what they cannot change without."""
+    known = set(wanted) | set(recorded)
+    for target in targets:
+        if target not in known:
+            listed = ", ".join(sorted(known)) or "none"
+            raise PlanError(f"--target {target}: no such resource in the config or the state (known: {listed})")
+    selected = set(targets)
+    for target in list(selected):  # an endpoint needs the backends it routes and shadows to
+        if target in wanted:
+            selected |= set(wanted[target].depends_on)
+    for target in list(selected):  # a backend's removal needs the endpoints that still use it to move first
+        if target.startswith(f"{BACKEND}.") and target not in wanted:
+            name = target.split(".", 1)[1]
+            for address, resource in recorded.items():
+                uses = set(resource.attributes.get("traffic", {})) | set(resource.attributes.get("shadow", {}))
+                if resource.kind == ENDPOINT and name in uses:
+                    selected.add(address)
+                    if address in wanted:
+                        selected |= set(wanted[address].depends_on)
+    return selected
 
 
 def _check_provider_unchanged(desired: DesiredState, state: Optional[StateDocument]) -> None:

@@ -8,7 +8,7 @@ sends to the cluster, and plan, show, drift and their JSON print
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 MARK = "__servectl_sensitive__"
 REDACTED = "(sensitive)"
@@ -46,26 +46,24 @@ def to_plain(value: Any) -> Any:
     return value
 
 
+def _replace_marked(value: Any, replace: Callable[[Any], Any]) -> Any:
+    if is_marked(value):
+        return replace(value)
+    if isinstance(value, dict):
+        return {key: _replace_marked(inner, replace) for key, inner in value.items()}
+    if isinstance(value, list):
+        return [_replace_marked(inner, replace) for inner in value]
+    return value
+
+
 def reveal(value: Any) -> Any:
     """The real values, for what is sent to the cluster only."""
-    if is_marked(value):
-        return reveal(value[MARK])
-    if isinstance(value, dict):
-        return {key: reveal(inner) for key, inner in value.items()}
-    if isinstance(value, list):
-        return [reveal(inner) for inner in value]
-    return value
+    return _replace_marked(value, lambda marked: reveal(marked[MARK]))
 
 
 def redact(value: Any) -> Any:
     """What may be printed: every sensitive value replaced by ``(sensitive)``."""
-    if is_marked(value):
-        return REDACTED
-    if isinstance(value, dict):
-        return {key: redact(inner) for key, inner in value.items()}
-    if isinstance(value, list):
-        return [redact(inner) for inner in value]
-    return value
+    return _replace_marked(value, lambda marked: REDACTED)
 
 
 def holds_sensitive(value: Any) -> bool:

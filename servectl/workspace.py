@@ -73,14 +73,14 @@ class Workspace:
     def read_state(self) -> Optional[StateDocument]:
         return self.store.read()
 
-    def plan(self, destroy: bool = False) -> Planned:
+    def plan(self, destroy: bool = False, targets: Optional[list[str]] = None) -> Planned:
         desired = self.load()
         state = self.read_state()
         if destroy and state is not None and state.resources and state.provider:
             desired = recorded_provider(desired, state)
         provider = provider_for(desired.provider, self.config_dir)
         view = provider.cluster()
-        plan = plan_changes(desired, state, view.nodes, view.source, destroy=destroy)
+        plan = plan_changes(desired, state, view.nodes, view.source, destroy=destroy, targets=targets)
         if not destroy:
             check_environments(plan, desired, provider)
         return Planned(desired=desired, state=state, plan=plan, provider=provider)

@@ -260,7 +260,7 @@ def test_kill_9_mid_apply_leaves_a_lock_to_force_unlock_and_a_true_state(ray_clu
 
     from tests.conftest import SERVECTL
 
-    config = write_config(tmp_path / "killed", THREE, models=THREE_MODELS.replace("{third_init}", "time.sleep(30)"))
+    config = write_config(tmp_path / "killed", THREE, models=THREE_MODELS.replace("{third_init}", "time.sleep(8)"))
     applied_dirs.append(config)
     process = subprocess.Popen([SERVECTL, "-C", str(config), "apply", "--auto-approve"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "NO_COLOR": "1"})
@@ -347,3 +347,32 @@ def test_sensitive_values_reach_the_backend_and_are_never_printed(ray_cluster, t
     state_path = config / "servectl.state.json"
     assert "s3cret-two" in state_path.read_text()  # kept to apply it, readable by the owner only
     assert stat.S_IMODE(os.stat(state_path).st_mode) == 0o600
+
+
+TWO = '''
+from servectl import Backend, Endpoint, LocalRay, var
+LocalRay()
+n = var("replicas", default=1)
+small = {"num_cpus": 0.1}
+Endpoint("one", route="/one", backend=Backend("one", "models:Good", num_replicas=n, ray_actor_options=small))
+Endpoint("two", route="/two", backend=Backend("two", "models:Good", num_replicas=n, ray_actor_options=small))
+'''
+
+
+def test_target_plans_only_the_named_resource_and_what_it_needs_with_a_warning(ray_cluster, tmp_path, applied_dirs):
+    config = write_config(tmp_path / "targeted", TWO, models=THREE_MODELS.replace("{third_init}", "pass"))
+    applied_dirs.append(config)
+    first = run_cli(config, "apply", "--target", "endpoint.one", "--auto-approve")
+    assert first.code == 0, first.output
+    assert "Warning: resource targeting is in effect" in first.stderr
+    assert "Plan: 2 to add" in first.stdout  # the endpoint and the backend it routes to
+    assert sorted(json.loads((config / "servectl.state.json").read_text())["resources"]) == ["backend.one", "endpoint.one"]
+    assert requests.get(ray_cluster.url("/one"), timeout=10).text == "good"
+
+    scoped = json.loads(run_cli(config, "plan", "--var", "replicas=2", "--target", "backend.two", "--json").stdout)
+    assert {c["address"] for c in scoped["changes"] if c["action"] != "no-op"} == {"backend.two"}
+    assert scoped["targets"] == ["backend.two"]
+    unknown = run_cli(config, "plan", "--target", "backend.nope")
+    assert unknown.code == 1 and "--target backend.nope: no such resource in the config or the state" in unknown.stderr
+    everything = run_cli(config, "plan", "--json")
+    assert {c["address"] for c in json.loads(everything.stdout)["changes"] if c["action"] != "no-op"} == {"backend.two", "endpoint.two"}
