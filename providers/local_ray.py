@@ -18,6 +18,7 @@ import time
 import urllib.request
 from typing import Any, Optional
 
+from servectl.bundle import EXCLUDED
 from servectl.providers.base import ClusterView, LiveBackend, LiveView, Progress, Provider
 from servectl.desired import BACKEND, ENDPOINT, ProviderSpec
 from servectl.errors import ProviderError
@@ -35,8 +36,8 @@ APP_BUILDER = "servectl.runtime.application:build"
 SHADOW_QUEUE_LIMIT = 100
 SHUTDOWN_POLL_S = 0.2
 PROXY_LOCATIONS = {"HeadOnly": "HeadOnly", "EveryNode": "EveryNode", "NoServer": "Disabled"}
-# Never shipped to workers: state may hold secrets, and caches change nothing.
-UPLOAD_EXCLUDES = ["servectl.state.json*", ".servectl.state.*", ".servectl", "__pycache__", "*.pyc", ".git"]
+# Never shipped to workers: the same files a bundle leaves out (state may hold secrets).
+UPLOAD_EXCLUDES = list(EXCLUDED)
 _connected: dict[str, Optional[str]] = {"address": None}
 
 
@@ -243,21 +244,26 @@ class LocalRayProvider(Provider):
         """Called after prepare(): the cluster is connected and Serve is running."""
         return sorted(set(self._details().get("applications", {})) - managed)
 
+    def _live_details(self, target: tuple[str, Optional[str]]) -> dict[str, Any]:
+        """Serve's details on ``target`` without starting anything; {} when Serve is not running there."""
+        connect(*target)
+        from ray.serve.context import _get_global_client
+
+        try:
+            client = _get_global_client(raise_if_no_controller_running=False)
+            return client.get_serve_details() if client is not None else {}
+        except Exception as err:  # noqa: BLE001 - a cluster that stops answering mid-read
+            raise ProviderError(f"cannot read Serve's state from {target[0]}: {type(err).__name__}: {err}") from None
+
     def observe(self) -> LiveView:
         target = self._target()
         if target is None:
             raise ProviderError(
                 "the embedded Ray cluster of this config is not running: nothing is applied here (run `servectl apply`)"
             )
-        connect(*target)
+        details = self._live_details(target)
         import ray
-        from ray.serve.context import _get_global_client
 
-        try:
-            client = _get_global_client(raise_if_no_controller_running=False)
-            details = client.get_serve_details() if client is not None else {}
-        except Exception as err:  # noqa: BLE001 - a cluster that stops answering mid-read
-            raise ProviderError(f"cannot read Serve's state from {target[0]}: {type(err).__name__}: {err}") from None
         backends = {}
         for name, app in (details.get("applications") or {}).items():
             deployment = (app.get("deployments") or {}).get(name) or {}
@@ -286,12 +292,9 @@ class LocalRayProvider(Provider):
         target = self._target()
         if target is None:
             return None
-        connect(*target)
+        details = self._live_details(target)
         import ray
-        from ray.serve.context import _get_global_client
 
-        client = _get_global_client(raise_if_no_controller_running=False)
-        details = client.get_serve_details() if client is not None else {}
         apps = {
             name: app.get("deployed_app_config")
             for name, app in sorted((details.get("applications") or {}).items())

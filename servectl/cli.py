@@ -183,7 +183,7 @@ def _plan_and_apply(
         return
     document = workspace.apply(planned, _progress, timeout)
     verb = "Destroy" if destroy else "Apply"
-    out.print(f"\n[green bold]{verb} complete![/green bold] {_tally(planned.plan)}; state serial {document.serial}.")
+    out.print(f"\n[green bold]{verb} complete![/green bold] {planned.plan.tally()}; state serial {document.serial}.")
 
 
 @app.command()
@@ -225,7 +225,7 @@ def apply(
     if not plan.has_changes():
         out.print("[green]No changes.[/green] The saved plan had nothing to do.")
         return
-    out.print(f"\n[green bold]Apply complete![/green bold] {_tally(plan)}; state serial {document.serial}.")
+    out.print(f"\n[green bold]Apply complete![/green bold] {plan.tally()}; state serial {document.serial}.")
 
 
 @app.command()
@@ -233,15 +233,6 @@ def apply(
 def destroy(var: Optional[List[str]] = VarOption, auto_approve: bool = ApproveOption, timeout: float = TimeoutOption) -> None:
     """Remove every resource the config created; stop the embedded Ray cluster."""
     _plan_and_apply(var, auto_approve, timeout, destroy=True)
-
-
-def _tally(plan: Any) -> str:
-    from servectl.plan import Action
-
-    return (
-        f"{plan.count(Action.CREATE)} added, {plan.count(Action.UPDATE)} changed, "
-        f"{plan.count(Action.REPLACE)} replaced, {plan.count(Action.DELETE)} destroyed"
-    )
 
 
 @app.command()

@@ -138,9 +138,8 @@ class Workspace:
             provider = provider_for(saved.desired.provider, self.config_dir, code_dir=code_dir)
             planned = Planned(
                 desired=saved.desired, state=None, plan=saved.plan, provider=provider,
-                live_fingerprint=saved.live_fingerprint, saved=True,
+                live_fingerprint=saved.live_fingerprint, saved=True, bundle=saved.bundle,
             )
-            planned.bundle = saved.bundle
             return saved.plan, self.apply(planned, progress, timeout_s)
 
     def _recorded_provider(self) -> tuple[Optional[StateDocument], Provider]:
@@ -182,11 +181,8 @@ class Workspace:
 
     def status(self, window_s: float) -> StatusReport:
         """What runs now where the state says things were applied (read-only)."""
-        desired = self.load()
-        state = self.read_state()
-        if state is not None and state.resources and state.provider:
-            desired = recorded_provider(desired, state)
-        return collect_status(state, provider_for(desired.provider, self.config_dir), window_s)
+        state, provider = self._recorded_provider()
+        return collect_status(state, provider, window_s)
 
     def apply(self, planned: Planned, progress: Callable[[str], None], timeout_s: float = 300.0) -> StateDocument:
         """Apply ``planned`` under the state lock; refuse if the state moved since it was planned."""

@@ -176,7 +176,6 @@ def replica_class(args: dict[str, Any]) -> type:
                     arrival.started = True
                     self.waiting -= 1
                     self.metrics.waited((at - arrival.at) * 1000)
-            self.metrics.waiting(self.waiting)
 
         async def _run(self, payload: Any, arrivals: list[_Arrival]) -> Any:
             if self.is_async:
@@ -195,8 +194,9 @@ def replica_class(args: dict[str, Any]) -> type:
             return await self._run([request for request, _ in items], [arrived for _, arrived in items])
 
         async def _report_queue(self) -> None:
-            # Ray's exporter showed the gauge only while it was being set: in a
-            # quiet spell the series left the scrape. Re-set it every second.
+            # The one place the queue gauge is set: Ray's exporter showed a gauge only
+            # while it was being set, so it is re-set every second, and requests
+            # themselves only count.
             while True:
                 self.metrics.waiting(self.waiting)
                 await asyncio.sleep(QUEUE_REPORT_S)
@@ -211,8 +211,7 @@ def replica_class(args: dict[str, Any]) -> type:
             shadows = _header_values(request, SHADOW_HEADER) if role != "shadow" else []
             if shadows:
                 await self._mirror(request, endpoint, shadows)
-            self.waiting += 1
-            self.metrics.waiting(self.waiting)
+            self.waiting += 1  # exported by _report_queue, not per request
             try:
                 if self.batcher is not None:
                     return await self.batcher.submit((request, arrived))
@@ -225,7 +224,6 @@ def replica_class(args: dict[str, Any]) -> type:
                 if not arrived.started:  # given up before its turn (client gone): it leaves the queue unmeasured
                     arrived.started = True
                     self.waiting -= 1
-                    self.metrics.waiting(self.waiting)
 
         async def _mirror(self, request: Any, endpoint: str, shadows: list[str]) -> None:
             # Fire and forget: the copy is handed to Serve's router and never
