@@ -2,17 +2,17 @@
 
 Config modules import their vocabulary from here::
 
-    from servectl import Backend, Endpoint, LocalRay, var
+    from servectl import Backend, Endpoint, LocalRay, S3State, var
 """
 __version__ = "0.1.0"
 
-from servectl.config import Backend, Endpoint, LocalRay, RayActorOptions, var  # noqa: E402
+from servectl.config import Backend, Endpoint, LocalRay, RayActorOptions, S3State, var  # noqa: E402
 from servectl.errors import ServectlError  # noqa: E402
 from servectl.handles import connect, get_handle  # noqa: E402
 from servectl.sensitive import sensitive  # noqa: E402
 from servectl.runtime.context import get_current_backend_tag, get_current_replica_tag  # noqa: E402
 
 __all__ = [
-    "Backend", "Endpoint", "LocalRay", "RayActorOptions", "var", "get_handle", "connect", "ServectlError", "__version__",
+    "Backend", "Endpoint", "LocalRay", "RayActorOptions", "S3State", "var", "get_handle", "connect", "ServectlError", "__version__",
     "get_current_backend_tag", "get_current_replica_tag", "sensitive",
 ]

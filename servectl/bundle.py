@@ -18,7 +18,7 @@ from typing import Iterator
 # Never frozen nor uploaded: state, history and saved plans may hold secrets (and a
 # plan file inside the config would nest in the next one); runtime files and caches
 # change nothing.
-EXCLUDED = ("servectl.state.json*", ".servectl.state.*", ".servectl", "__pycache__", "*.pyc", ".git", "*.plan", "plan.bin")
+EXCLUDED = ("servectl.state.json*", "servectl.backend.json", ".servectl.state.*", ".servectl", "__pycache__", "*.pyc", ".git", "*.plan", "plan.bin")
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 

@@ -27,7 +27,7 @@ app = typer.Typer(
     help="Terraform-style plan/apply for model serving on Ray Serve.",
     pretty_exceptions_enable=False,
 )
-state_app = typer.Typer(no_args_is_help=True, help="Read the recorded state.")
+state_app = typer.Typer(no_args_is_help=True, help="Read the recorded state; move it to S3.")
 app.add_typer(state_app, name="state")
 
 out = Console(highlight=False, soft_wrap=True)
@@ -344,6 +344,18 @@ def state_show(address: str = typer.Argument(..., help="e.g. backend.hello")) ->
         known = ", ".join(sorted(document.resources)) if document and document.resources else "none"
         raise ServectlError(f"no resource {address!r} in the state (recorded: {known})")
     render_state(out, document, address)
+
+
+@state_app.command("migrate")
+@command
+def state_migrate() -> None:
+    """Move the local state and its history into the S3State the config declares."""
+    workspace = _workspace()
+    document = workspace.migrate_state()
+    out.print(
+        f"[green]State moved[/green] to {escape(workspace.store.describe())} (lineage {document.lineage}, serial "
+        f"{document.serial}); the local copy is kept as servectl.state.json.migrated."
+    )
 
 
 @app.command("force-unlock")

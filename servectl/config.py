@@ -1,4 +1,4 @@
-"""The config vocabulary users write in ``main.py``: Backend, Endpoint, LocalRay, var.
+"""The config vocabulary users write in ``main.py``: Backend, Endpoint, LocalRay, S3State, var.
 
 Constructing a resource registers it with the config being loaded (as Pulumi
 resources do), so the module reads as a plain list of declarations. Passing a
@@ -34,6 +34,7 @@ class Registry:
     backends: list["Backend"] = field(default_factory=list)
     endpoints: list["Endpoint"] = field(default_factory=list)
     providers: list["LocalRay"] = field(default_factory=list)
+    state_backends: list["S3State"] = field(default_factory=list)
     variables: dict[str, "Variable"] = field(default_factory=dict)
 
 
@@ -73,10 +74,12 @@ def declaration_site() -> str:
 
 def _first_error(err: ValidationError) -> str:
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "value"
-    message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown setting (check the spelling)"
+    if not first["loc"]:  # a check across settings: the input is the whole block, too long to echo
+        return message
+    where = ".".join(str(p) for p in first["loc"])
     return f"{where}: {message} (got {first.get('input')!r})"
 
 
@@ -274,6 +277,55 @@ class LocalRay(_Resource):
         return self
 
 
+BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+class S3State(_Resource):
+    """Keep the state in S3 instead of ``servectl.state.json``, as Terraform's S3 backend with ``use_lockfile``.
+
+    The bucket must exist and have versioning on (every state write is then a
+    kept version). The lock is the object ``KEY.lock``, created only if absent.
+    """
+
+    bucket: str = Field(..., description="an existing bucket with versioning enabled")
+    key: str = Field(..., min_length=1, max_length=1000, description="object key of the state, e.g. serving/prod.json")
+    region: str = Field(..., min_length=1)
+    encrypt: bool = Field(False, description="server-side encryption (SSE-S3, or SSE-KMS with kms_key_id)")
+    kms_key_id: Optional[str] = None
+    endpoint_url: Optional[str] = Field(None, description="an S3-compatible endpoint; AWS_ENDPOINT_URL also works")
+    declared_at: str = ""
+
+    def __init__(self, **settings: Any) -> None:
+        site = declaration_site()
+        try:
+            super().__init__(declared_at=site, **settings)
+        except ValidationError as err:
+            raise ConfigError(f"{site}: S3State: {_first_error(err)}") from None
+        registry = active_registry()
+        if registry is not None:
+            registry.state_backends.append(self)
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, value: str) -> str:
+        if not BUCKET_PATTERN.match(value) or ".." in value:
+            raise ValueError("not a valid S3 bucket name (3-63 lowercase letters, digits, dots, hyphens)")
+        return value
+
+    @field_validator("key")
+    @classmethod
+    def _plain_key(cls, value: str) -> str:
+        if value.startswith("/") or value.endswith("/"):
+            raise ValueError("the key names an object: no leading or trailing '/'")
+        return value
+
+    @model_validator(mode="after")
+    def _kms_needs_encrypt(self) -> "S3State":
+        if self.kms_key_id is not None and not self.encrypt:
+            raise ValueError("kms_key_id is set but encrypt is False: set encrypt=True")
+        return self
+
+
 @dataclass
 class Variable:
     name: str
@@ -284,12 +336,13 @@ class Variable:
 
 
 _MISSING = object()
+ENV_VARIABLE_PREFIX = "SERVECTL_VAR_"
 
 
 def var(
     name: str, default: Any = _MISSING, description: str = "", type: Optional[type] = None, sensitive: bool = False
 ) -> Any:
-    """Declare an input variable and return its value (``--var name=value`` or the default).
+    """Declare an input variable and return its value (``--var name=value``, env ``SERVECTL_VAR_name``, or the default).
 
     The value given on the command line is converted to ``type`` (or the
     default's type), so ``var("replicas", default=2)`` with ``--var replicas=4`` is ``4``.
@@ -304,10 +357,13 @@ def var(
     if name in registry.variables:
         raise ConfigError(f"{site}: variable {name!r} is declared twice (first at {registry.variables[name].declared_at})")
     variable = Variable(name=name, default=None if default is _MISSING else default, description=description, declared_at=site)
+    from_env = ENV_VARIABLE_PREFIX + name
     if name in registry.variables_given:
         variable.value = _convert(name, registry.variables_given[name], target_type, site)
+    elif from_env in os.environ:  # as Terraform's TF_VAR_name: CI sets it once for every command
+        variable.value = _convert(name, os.environ[from_env], target_type, site, source=from_env)
     elif default is _MISSING:
-        raise ConfigError(f"{site}: variable {name!r} has no default: pass --var {name}=VALUE")
+        raise ConfigError(f"{site}: variable {name!r} has no default: pass --var {name}=VALUE (or set {from_env})")
     else:
         variable.value = default
     if sensitive:
@@ -316,7 +372,7 @@ def var(
     return variable.value
 
 
-def _convert(name: str, raw: str, target: type, site: str) -> Any:
+def _convert(name: str, raw: str, target: type, site: str, source: str = "") -> Any:
     try:
         if target is bool:
             lowered = raw.strip().lower()
@@ -329,4 +385,5 @@ def _convert(name: str, raw: str, target: type, site: str) -> Any:
 
         return json.loads(raw)
     except (ValueError, TypeError):
-        raise ConfigError(f"--var {name}={raw!r}: not a valid {target.__name__} (declared at {site})") from None
+        given = f"{source}={raw!r}" if source else f"--var {name}={raw!r}"
+        raise ConfigError(f"{given}: not a valid {target.__name__} (declared at {site})") from None

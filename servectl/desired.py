@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from servectl.config import Backend, Endpoint, LocalRay
+from servectl.config import Backend, Endpoint, LocalRay, S3State
 from servectl.sensitive import to_plain
 from servectl.errors import ConfigError
 
@@ -67,6 +67,29 @@ class ProviderSpec:
         }
 
 
+@dataclass(frozen=True)
+class StateBackendSpec:
+    """Where the state lives when not in the local file: an S3 object (see ``S3State``)."""
+
+    bucket: str
+    key: str
+    region: str
+    encrypt: bool = False
+    kms_key_id: Optional[str] = None
+    endpoint_url: Optional[str] = None
+    kind: str = "s3"
+
+    @classmethod
+    def from_block(cls, block: S3State) -> "StateBackendSpec":
+        return cls(
+            bucket=block.bucket, key=block.key, region=block.region, encrypt=block.encrypt,
+            kms_key_id=block.kms_key_id, endpoint_url=block.endpoint_url,
+        )
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
 @dataclass
 class ResourceSpec:
     """One declared resource: its address, plain attributes, dependencies and where it was declared."""
@@ -88,6 +111,7 @@ class DesiredState:
     provider: ProviderSpec
     resources: dict[str, ResourceSpec]
     variables: dict[str, Any]
+    state_backend: Optional[StateBackendSpec] = None  # None: the local servectl.state.json
 
     def backends(self) -> list[ResourceSpec]:
         return [r for r in self.resources.values() if r.kind == BACKEND]

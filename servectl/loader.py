@@ -19,6 +19,7 @@ from servectl.desired import (
     ENDPOINT,
     DesiredState,
     ResourceSpec,
+    StateBackendSpec,
     address_of,
     backend_attributes,
     endpoint_attributes,
@@ -88,6 +89,9 @@ def load_config(config_dir: str, variables: Optional[Mapping[str, str]] = None) 
     if len(registry.providers) > 1:
         raise ConfigError(f"{registry.providers[1].declared_at}: a second provider block; declare LocalRay(...) once")
     provider = provider_spec(registry.providers[0] if registry.providers else None)
+    if len(registry.state_backends) > 1:
+        raise ConfigError(f"{registry.state_backends[1].declared_at}: a second state backend; declare S3State(...) once")
+    state_backend = StateBackendSpec.from_block(registry.state_backends[0]) if registry.state_backends else None
 
     resources: dict[str, ResourceSpec] = {}
     seen: dict[str, str] = {}
@@ -129,4 +133,7 @@ def load_config(config_dir: str, variables: Optional[Mapping[str, str]] = None) 
             declared_at=endpoint.declared_at,
         )
     variables = {name: to_plain(v.value) for name, v in registry.variables.items()}
-    return DesiredState(config_dir=registry.config_dir, provider=provider, resources=resources, variables=variables)
+    return DesiredState(
+        config_dir=registry.config_dir, provider=provider, resources=resources, variables=variables,
+        state_backend=state_backend,
+    )

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from servectl import __version__
 from servectl.bundle import digest
-from servectl.desired import DesiredState, ProviderSpec, ResourceSpec
+from servectl.desired import DesiredState, ProviderSpec, ResourceSpec, StateBackendSpec
 from servectl.errors import ServectlError
 from servectl.plan import Plan
 
@@ -51,6 +51,7 @@ def desired_to_dict(desired: DesiredState) -> dict[str, Any]:
         "provider": dataclasses.asdict(desired.provider),
         "variables": desired.variables,
         "resources": {address: dataclasses.asdict(spec) for address, spec in desired.resources.items()},
+        "state_backend": dataclasses.asdict(desired.state_backend) if desired.state_backend else None,
     }
 
 
@@ -60,6 +61,7 @@ def desired_from_dict(body: dict[str, Any]) -> DesiredState:
         provider=ProviderSpec(**body["provider"]),
         resources={address: ResourceSpec(**spec) for address, spec in body["resources"].items()},
         variables=dict(body.get("variables") or {}),
+        state_backend=StateBackendSpec(**body["state_backend"]) if body.get("state_backend") else None,
     )
 
 

@@ -11,7 +11,7 @@ from typing import Callable, Iterator, Mapping, Optional
 from servectl import __version__, bundle, drift, history, planfile
 from servectl.apply import apply_plan
 from servectl.desired import BACKEND, DesiredState, address_of
-from servectl.errors import PlanError, StateError
+from servectl.errors import ConfigError, PlanError, StateError
 from servectl.loader import load_config
 from servectl.plan import Action, Plan
 from servectl.planner import plan_changes
@@ -19,6 +19,7 @@ from servectl.providers import Provider, provider_for
 from servectl.state.document import StateDocument
 from servectl.status import StatusReport
 from servectl.status import collect as collect_status
+from servectl.state import locate
 from servectl.state.local import LocalStateStore
 from servectl.state.store import StateStore
 
@@ -65,13 +66,75 @@ class Workspace:
     def __init__(self, config_dir: str, variables: Optional[Mapping[str, str]] = None) -> None:
         self.config_dir = os.path.abspath(config_dir)
         self.variables = dict(variables or {})
-        self.store: StateStore = LocalStateStore.in_dir(self.config_dir)
+        self._store: Optional[StateStore] = None
+        self._backend: Optional[locate.StateBackendSpec] = None
 
     def load(self) -> DesiredState:
-        return load_config(self.config_dir, self.variables)
+        desired = load_config(self.config_dir, self.variables)
+        self._bind_store(desired.state_backend)
+        return desired
+
+    def _bind_store(self, spec: Optional[locate.StateBackendSpec]) -> None:
+        if self._store is None:
+            self._store = locate.store_for(spec, self.config_dir)
+            self._backend = spec
+
+    @property
+    def store(self) -> StateStore:
+        """The config's state store; when the config does not load, the one the last apply here used."""
+        if self._store is None:
+            try:
+                self.load()
+            except ConfigError:
+                pointer = locate.remembered(self.config_dir)
+                if pointer is None and not os.path.exists(LocalStateStore.in_dir(self.config_dir).path):
+                    raise
+                self._bind_store(pointer)
+        assert self._store is not None
+        return self._store
 
     def read_state(self) -> Optional[StateDocument]:
-        return self.store.read()
+        document = self.store.read()
+        if document is None and self._backend is not None:
+            left = LocalStateStore.in_dir(self.config_dir)
+            if os.path.exists(left.path):
+                raise StateError(
+                    f"the config keeps the state in {self.store.describe()}, which is empty, but {left.path} holds "
+                    "one: run `servectl state migrate` to move it (and its history) there"
+                )
+        return document
+
+    def migrate_state(self) -> StateDocument:
+        """Move the local state and its history into the config's S3 state (Terraform's `init -migrate-state`)."""
+        remote = self.store
+        if self._backend is None:
+            raise StateError("the config declares no S3State(...): the state is already in the local file")
+        local = LocalStateStore.in_dir(self.config_dir)
+        document = local.read()
+        if document is None:
+            raise StateError(f"there is no local state to migrate ({local.path} does not exist)")
+        local_lock = local.lock("migrate")
+        try:
+            remote_lock = remote.lock("migrate")
+            try:
+                existing = remote.read()
+                if existing is not None:
+                    raise StateError(
+                        f"{remote.describe()} already holds a state (lineage {existing.lineage}, serial "
+                        f"{existing.serial}); servectl will not overwrite it"
+                    )
+                for entry in local.history():
+                    remote.append_history(entry)
+                remote.write(document)  # last: a migration cut short leaves the local state in charge
+                locate.remember(self._backend, self.config_dir)
+                os.replace(local.path, local.path + ".migrated")
+                if os.path.isdir(local.history_dir):
+                    os.replace(local.history_dir, local.history_dir + ".migrated")
+                return document
+            finally:
+                remote.unlock(remote_lock)
+        finally:
+            local.unlock(local_lock)
 
     def plan(self, destroy: bool = False, targets: Optional[list[str]] = None) -> Planned:
         desired = self.load()
@@ -133,6 +196,7 @@ class Workspace:
             raise planfile.PlanFileError(
                 f"{path} was planned for {saved.config_dir}, not {self.config_dir}: apply it with -C {saved.config_dir}"
             )
+        self._bind_store(saved.desired.state_backend)  # the state the plan was made against
         with tempfile.TemporaryDirectory(prefix="servectl-planned-code-") as scratch:
             code_dir = bundle.thaw(saved.bundle, os.path.join(scratch, "config"))
             provider = provider_for(saved.desired.provider, self.config_dir, code_dir=code_dir)
@@ -188,6 +252,7 @@ class Workspace:
         """Apply ``planned`` under the state lock; refuse if the state moved since it was planned."""
         lock = self.store.lock("apply" if not planned.plan.destroy else "destroy")
         try:
+            locate.remember(self._backend, self.config_dir)
             current = self.read_state()
             lineage = current.lineage if current else None
             serial = current.serial if current else 0

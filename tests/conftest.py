@@ -80,6 +80,71 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> RayCluster:
 
 
 @dataclass
+class MotoServer:
+    url: str
+    pid: int
+
+    def client(self, service: str):
+        import boto3
+
+        return boto3.session.Session().client(service, region_name="us-east-1", endpoint_url=self.url)
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> MotoServer:
+    """moto_server on 127.0.0.1 as the only AWS endpoint this session can reach, stopped by PID.
+
+    The environment points boto3 (here and in every CLI subprocess) at it with
+    dummy credentials, so no test can reach real AWS even by mistake.
+    """
+    (port,) = free_ports(1)
+    log = open(tmp_path_factory.mktemp("moto") / "moto_server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_PROFILE": None,
+        "AWS_SESSION_TOKEN": None,
+    }
+    saved = {key: os.environ.get(key) for key in env}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(f"{url}/moto-api/", timeout=1)
+                break
+            except requests.RequestException:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"moto_server did not start on {url} (see {log.name})")
+                time.sleep(0.2)
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        yield MotoServer(url=url, pid=proc.pid)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@dataclass
 class CliResult:
     code: int
     stdout: str
@@ -158,6 +223,6 @@ def applied_dirs(ray_cluster: RayCluster):
     dirs: list[Path] = []
     yield dirs
     for directory in dirs:
-        if (directory / "servectl.state.json").exists():
+        if (directory / "servectl.state.json").exists() or (directory / "servectl.backend.json").exists():
             result = run_cli(directory, "destroy", "--auto-approve")
             assert result.code == 0, result.output

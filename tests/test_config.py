@@ -95,10 +95,19 @@ def test_loading_twice_does_not_leak_modules_between_dirs(tmp_path):
          {}, "main.py:2: backend 'a': give pip=[...] or conda=..., not both"),
         ("from servectl import Backend\nBackend('a', 'models:A', pip=['-r requirements.txt'])\n",
          {}, "main.py:2: backend 'a': pip requirement '-r requirements.txt' must be a requirement like 'pkg==1.2'"),
+        ("from servectl import S3State\nS3State(bucket='Bad_Bucket', key='s.json', region='us-east-1')\n",
+         {}, "main.py:2: S3State: bucket: not a valid S3 bucket name"),
+        ("from servectl import S3State\nS3State(bucket='b-1', key='s.json', region='eu-west-1', kms_key_id='k')\n",
+         {}, "main.py:2: S3State: kms_key_id is set but encrypt is False: set encrypt=True"),
+        ("from servectl import S3State\nS3State(bucket='b-1', key='s.json')\n",
+         {}, "main.py:2: S3State: region: Field required"),
+        ("from servectl import S3State\nS3State(bucket='b-1', key='a.json', region='r')\nS3State(bucket='b-2', key='a.json', region='r')\n",
+         {}, "main.py:3: a second state backend; declare S3State(...) once"),
     ],
     ids=["syntax", "name-typo", "unknown-backend", "duplicate-route", "negative-replicas", "misspelt-setting",
          "weights-sum", "negative-weight", "duplicate-backend", "gpu-split", "bad-var-type", "undeclared-var",
-         "missing-var", "import-error", "pip-and-conda", "pip-option"],
+         "missing-var", "import-error", "pip-and-conda", "pip-option", "s3-bucket-name", "s3-kms-without-encrypt",
+         "s3-no-region", "s3-twice"],
 )
 def test_config_mistakes_are_one_line_naming_the_place(tmp_path, main, variables, message):
     config = write_config(tmp_path, main, models=MODELS)
@@ -130,3 +139,19 @@ def test_code_hash_covers_local_helpers_the_module_imports(tmp_path):
     after = hashes()
     assert after["a"] != before["a"]  # models.py imports helpers.py
     assert after["b"] == before["b"]  # standalone.py does not
+
+
+def test_environment_gives_variables_as_tf_var_does(tmp_path, monkeypatch):
+    config = str(write_config(tmp_path, BASIC, models=MODELS))
+    monkeypatch.setenv("SERVECTL_VAR_replicas", "5")
+    assert load_config(config).resources["backend.a"].attributes["num_replicas"] == 5
+    assert load_config(config, {"replicas": "3"}).resources["backend.a"].attributes["num_replicas"] == 3  # --var wins
+    monkeypatch.setenv("SERVECTL_VAR_replicas", "many")
+    with pytest.raises(ConfigError, match=r"^SERVECTL_VAR_replicas='many': not a valid int \(declared at main.py:4\)$"):
+        load_config(config)
+
+
+def test_remote_state_example_declares_its_bucket(monkeypatch):
+    monkeypatch.setenv("SERVECTL_VAR_state_bucket", "ci-bucket")
+    spec = load_config(str(EXAMPLES / "remote_state")).state_backend
+    assert (spec.bucket, spec.key, spec.region, spec.encrypt) == ("ci-bucket", "prod/serving.json", "eu-west-1", True)

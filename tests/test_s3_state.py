@@ -1,0 +1,143 @@
+"""The S3 state store against a real moto_server: conditional writes, the lock race, versions, encryption."""
+from __future__ import annotations
+
+import itertools
+import threading
+
+import pytest
+
+from servectl.desired import StateBackendSpec
+from servectl.errors import LockError, StateError
+from servectl.history import HistoryEntry
+from servectl.state.document import StateDocument
+from servectl.state.s3 import S3StateStore
+
+_buckets = itertools.count()
+
+
+def new_bucket(moto_server, versioned: bool = True) -> str:
+    name = f"state-{next(_buckets)}-{id(moto_server) % 10000}"
+    s3 = moto_server.client("s3")
+    s3.create_bucket(Bucket=name)
+    if versioned:
+        s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    return name
+
+
+def store(bucket: str, key: str = "serving/prod.json", **settings) -> S3StateStore:
+    return S3StateStore(StateBackendSpec(bucket=bucket, key=key, region="us-east-1", **settings))
+
+
+def test_state_round_trips_as_encrypted_versions(moto_server):
+    bucket = new_bucket(moto_server)
+    first = store(bucket, encrypt=True)
+    assert first.read() is None
+    document = StateDocument.new()
+    document.stamp("test")
+    first.write(document)
+    document.stamp("test")
+    first.write(document)
+
+    again = store(bucket).read()
+    assert (again.lineage, again.serial) == (document.lineage, 2)
+    s3 = moto_server.client("s3")
+    versions = s3.list_object_versions(Bucket=bucket, Prefix="serving/prod.json")["Versions"]
+    assert len([v for v in versions if v["Key"] == "serving/prod.json"]) == 2  # every write is a kept version
+    assert s3.head_object(Bucket=bucket, Key="serving/prod.json")["ServerSideEncryption"] == "AES256"
+
+
+def test_history_entries_are_objects_under_the_key(moto_server):
+    bucket = new_bucket(moto_server)
+    kept = store(bucket)
+    for serial in (3, 1, 2):
+        kept.append_history(HistoryEntry(
+            serial=serial, lineage="L", time="t", who="me", operation="apply", summary=f"#{serial}",
+            desired=None, bundle_b64="",
+        ))
+    assert [entry.serial for entry in store(bucket).history()] == [1, 2, 3]
+    keys = [o["Key"] for o in moto_server.client("s3").list_objects_v2(Bucket=bucket)["Contents"]]
+    assert "serving/prod.json.history/0000000001.json" in keys
+
+
+def test_exactly_one_of_many_racing_processes_gets_the_lock(moto_server):
+    bucket = new_bucket(moto_server)
+    for round_ in range(3):
+        winners: list[str] = []
+        refusals: list[str] = []
+        start = threading.Barrier(6)
+
+        def contend() -> None:
+            mine = store(bucket)  # its own client, as another process would have
+            start.wait()
+            try:
+                winners.append(mine.lock("apply").id)
+            except LockError as err:
+                refusals.append(str(err))
+
+        threads = [threading.Thread(target=contend) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(winners) == 1, (round_, winners, refusals)
+        assert len(refusals) == 5
+        for refusal in refusals:
+            assert refusal.startswith(f"state s3://{bucket}/serving/prod.json is locked by ")
+            assert f"servectl force-unlock {winners[0]}" in refusal
+        store(bucket).force_unlock(winners[0])
+
+
+def test_unlock_and_force_unlock(moto_server):
+    bucket = new_bucket(moto_server)
+    holder = store(bucket)
+    info = holder.lock("apply")
+    with pytest.raises(LockError, match="does not match the lock"):
+        store(bucket).force_unlock("not-the-id")
+    holder.unlock(info)
+    with pytest.raises(LockError, match="is not locked; nothing to unlock"):
+        store(bucket).force_unlock(info.id)
+    again = store(bucket).lock("apply")  # the lock can be taken again after a delete marker
+    released = store(bucket).force_unlock(again.id)
+    assert released.id == again.id
+    # The first holder's late unlock must not delete a lock someone else holds now.
+    third = store(bucket)
+    third_info = third.lock("apply")
+    holder._lock_etag = '"stale"'
+    holder.unlock(info)
+    with pytest.raises(LockError, match=third_info.id):
+        store(bucket).lock("apply")
+
+
+def test_a_writer_that_lost_its_lock_cannot_overwrite_the_state(moto_server):
+    bucket = new_bucket(moto_server)
+    seed = StateDocument.new()
+    store(bucket).write(seed)
+    slow = store(bucket)
+    slow.read()
+    fast = store(bucket)
+    newer = fast.read()
+    newer.stamp("test")
+    fast.write(newer)
+    stale = seed.copy()
+    stale.stamp("test")
+    with pytest.raises(StateError, match="changed by another process while this one held the lock"):
+        slow.write(stale)
+    assert store(bucket).read().serial == newer.serial  # nothing lost
+
+
+def test_bucket_problems_are_one_clear_line(moto_server):
+    unversioned = new_bucket(moto_server, versioned=False)
+    with pytest.raises(StateError) as refused:
+        store(unversioned).lock("apply")
+    assert "does not keep versions" in str(refused.value)
+    assert f"put-bucket-versioning --bucket {unversioned}" in str(refused.value)
+
+    with pytest.raises(StateError, match="bucket 'no-such-bucket' does not exist in us-east-1"):
+        store("no-such-bucket").read()
+
+    from servectl.providers.embedded_cluster import free_ports
+
+    (closed,) = free_ports(1)
+    unreachable = store("any-bucket", endpoint_url=f"http://127.0.0.1:{closed}")
+    with pytest.raises(StateError, match=r"^s3://any-bucket/serving/prod.json: cannot reach S3 to read the state: "):
+        unreachable.read()
