@@ -89,13 +89,29 @@ def runtime_env(package_uri: str, attrs: dict[str, Any]) -> dict[str, Any]:
     return env
 
 
+AUTOSCALING_KEYS = ("min_replicas", "max_replicas", "target_ongoing_requests")
+
+
+def replica_count(attrs: dict[str, Any]) -> dict[str, Any]:
+    """A deployment's replica settings: a fixed count, or Serve's autoscaling_config (never both)."""
+    scaling = attrs.get("autoscaling")
+    if not scaling:
+        return {"num_replicas": attrs["num_replicas"]}
+    return {"autoscaling_config": {key: value for key, value in scaling.items() if value is not None}}
+
+
 def _live_settings(app_config: dict[str, Any]) -> dict[str, Any]:
     """A backend's attributes as Serve runs them, named as in the state; only what Serve reports back."""
     deployments = app_config.get("deployments") or [{}]
     deployment = deployments[0] or {}
     envelope = deployment.get("user_config") if isinstance(deployment.get("user_config"), dict) else {}
     settings: dict[str, Any] = {}
-    if "num_replicas" in deployment:
+    scaling = deployment.get("autoscaling_config")
+    if isinstance(scaling, dict):  # the live count is the autoscaler's to move: compare the range, not the count
+        for key in AUTOSCALING_KEYS:
+            if key in scaling:
+                settings[f"autoscaling.{key}"] = scaling[key]
+    elif "num_replicas" in deployment:
         settings["num_replicas"] = deployment["num_replicas"]
     if "max_ongoing_requests" in deployment:
         settings["max_concurrent_queries"] = deployment["max_ongoing_requests"]
@@ -381,7 +397,7 @@ class LocalRayProvider(Provider):
                     "deployments": [
                         {
                             "name": resource.name,
-                            "num_replicas": attrs["num_replicas"],
+                            **replica_count(attrs),
                             "max_ongoing_requests": attrs["max_concurrent_queries"],
                             # servectl's live settings ride with the user's: both reach
                             # running replicas through reconfigure(), without restarts.
@@ -498,11 +514,18 @@ class LocalRayProvider(Provider):
                 return f"application {name} is {status}"
             if deployment is None:
                 return f"deployment {name} not created yet"
-            target = app_config["deployments"][0]["num_replicas"]
             states = [str(getattr(r["state"], "value", r["state"])) for r in deployment.get("replicas", [])]
             running = [r for r in deployment.get("replicas", []) if str(getattr(r["state"], "value", r["state"])) == "RUNNING"]
-            if len(running) != target or len(states) != target:
-                return f"backend {name}: {len(running)}/{target} replicas running"
+            scaling = app_config["deployments"][0].get("autoscaling_config")
+            if scaling is None:
+                target = app_config["deployments"][0]["num_replicas"]
+                if len(running) != target or len(states) != target:
+                    return f"backend {name}: {len(running)}/{target} replicas running"
+            else:  # the autoscaler owns the count: enough running within the range is ready
+                low = scaling.get("initial_replicas")
+                low = scaling["min_replicas"] if low is None else low
+                if len(running) < low or dep_status not in ("HEALTHY", "UPSCALING", "DOWNSCALING"):
+                    return f"backend {name}: {len(running)}/{low}+ replicas running ({dep_status})"
             if name == change.name and old_replicas & {r["replica_id"] for r in running}:
                 return f"backend {name}: old replicas still serving"
             if (app.get("route_prefix") or None) != app_config["route_prefix"]:

@@ -121,6 +121,29 @@ class RayActorOptions(BaseModel):
         return value
 
 
+class Autoscaling(BaseModel):
+    """Ray Serve's replica autoscaling: replicas follow the requests in flight per replica."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(..., ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0, description="requests in flight per replica to aim for")
+    initial_replicas: Optional[int] = Field(None, ge=0)
+    metrics_interval_s: float = Field(10.0, gt=0)
+    look_back_period_s: float = Field(30.0, gt=0)
+    upscale_delay_s: float = Field(30.0, ge=0)
+    downscale_delay_s: float = Field(600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Autoscaling":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"autoscaling max_replicas {self.max_replicas} is below min_replicas {self.min_replicas}")
+        if self.initial_replicas is not None and not self.min_replicas <= self.initial_replicas <= self.max_replicas:
+            raise ValueError("autoscaling initial_replicas must lie between min_replicas and max_replicas")
+        return self
+
+
 BackendCode = Union[str, Callable[..., Any], type]
 
 
@@ -132,6 +155,9 @@ class Backend(_Resource):
     init_args: tuple[Any, ...] = ()
     init_kwargs: dict[str, Any] = Field(default_factory=dict)
     num_replicas: int = Field(1, ge=0, description="replica count; changing it is an in-place update")
+    autoscaling: Optional[Autoscaling] = Field(
+        None, description="replicas between min_replicas and max_replicas, following load (instead of num_replicas)"
+    )
     ray_actor_options: RayActorOptions = Field(default_factory=RayActorOptions)
     max_concurrent_queries: int = Field(100, ge=1, description="in-flight requests per replica")
     user_config: Any = Field(None, description="passed to reconfigure(config) on every replica")
@@ -168,6 +194,11 @@ class Backend(_Resource):
             raise ConfigError(f"{site}: backend {name!r}: code must be an import path 'module:attr' or a class/function")
         if isinstance(code, str) and not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$", code):
             raise ConfigError(f"{site}: backend {name!r}: import path {code!r} must look like 'module:attr'")
+        if self.autoscaling is not None and "num_replicas" in settings:
+            raise ConfigError(
+                f"{site}: backend {name!r}: give num_replicas or autoscaling={{...}}, not both "
+                "(autoscaling's min_replicas and max_replicas bound the count)"
+            )
         if self.pip and self.conda:
             raise ConfigError(
                 f"{site}: backend {name!r}: give pip=[...] or conda=..., not both "

@@ -24,12 +24,30 @@ ENDPOINT = "endpoint"
 
 # Attributes that Ray Serve can change on running replicas; anything else restarts them.
 IN_PLACE_BACKEND_ATTRIBUTES = frozenset(
-    {"num_replicas", "max_concurrent_queries", "user_config", "max_batch_size", "batch_wait_timeout_s"}
+    {"num_replicas", "autoscaling", "max_concurrent_queries", "user_config", "max_batch_size", "batch_wait_timeout_s"}
 )
 IN_PLACE_ENDPOINT_ATTRIBUTES = frozenset({"route", "traffic", "shadow"})
 
 # The module name main.py runs under while loading; workers import the same file as `main`.
 CONFIG_MODULE_RUN_NAME = "__servectl_config__"
+
+
+def replica_range(attributes: dict[str, Any]) -> tuple[int, int]:
+    """(fewest, most) replicas a backend may run: equal unless it autoscales."""
+    scaling = attributes.get("autoscaling")
+    if scaling:
+        return int(scaling["min_replicas"]), int(scaling["max_replicas"])
+    count = int(attributes.get("num_replicas") or 0)
+    return count, count
+
+
+def initial_replicas(attributes: dict[str, Any]) -> int:
+    """How many replicas an apply waits for: num_replicas, or autoscaling's initial (else min) count."""
+    scaling = attributes.get("autoscaling")
+    if scaling:
+        initial = scaling.get("initial_replicas")
+        return int(initial if initial is not None else scaling["min_replicas"])
+    return int(attributes.get("num_replicas") or 0)
 
 
 def address_of(kind: str, name: str) -> str:
@@ -295,7 +313,11 @@ def backend_attributes(backend: Backend, config_dir: str) -> dict[str, Any]:
         "code": code_identity(backend, config_dir),
         "init_args": _json_value(list(backend.init_args), where),
         "init_kwargs": _json_value(backend.init_kwargs, where),
-        "num_replicas": backend.num_replicas,
+        # One or the other, as Serve takes them: a fixed count, or the autoscaler's range.
+        **(
+            {"num_replicas": backend.num_replicas} if backend.autoscaling is None
+            else {"autoscaling": backend.autoscaling.model_dump()}
+        ),
         "ray_actor_options": {
             "num_cpus": float(options.num_cpus),
             "num_gpus": float(options.num_gpus),

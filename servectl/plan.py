@@ -72,6 +72,7 @@ class Plan:
     placement_before: dict[str, Any] = field(default_factory=dict)
     destroy: bool = False
     targets: list[str] = field(default_factory=list)  # --target: only these (and what they need) are planned
+    replicas_max_after: Optional[int] = None  # above replicas_after when backends autoscale
 
     @property
     def actionable(self) -> list[ResourceChange]:
@@ -107,6 +108,7 @@ class Plan:
             placement_before=dict(body.get("placement_before") or {}),
             destroy=bool(body.get("destroy", False)),
             targets=list(body.get("targets") or []),
+            replicas_max_after=body.get("replicas_max_after"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,6 +123,7 @@ class Plan:
             "cluster_source": self.cluster_source,
             "replicas_before": self.replicas_before,
             "replicas_after": self.replicas_after,
+            "replicas_max_after": self.replicas_max_after,
             "destroy": self.destroy,
             "targets": self.targets,
             "summary": {

@@ -16,6 +16,8 @@ from servectl.desired import (
     IN_PLACE_ENDPOINT_ATTRIBUTES,
     DesiredState,
     ResourceSpec,
+    initial_replicas,
+    replica_range,
 )
 from servectl.errors import PlanError
 from servectl.placement import NodeCapacity, ReplicaDemand, describe_cluster, pack
@@ -170,17 +172,18 @@ def plan_changes(
     if placement.unplaced:
         demand, missing = placement.unplaced[0]
         spec = wanted[f"{BACKEND}.{demand.backend}"]
+        wanted_count = initial_replicas(spec.attributes)
         raise PlanError(
-            f"{spec.declared_at}: backend.{demand.backend}: {missing} of {spec.attributes['num_replicas']} "
-            f"replica{'s' if spec.attributes['num_replicas'] != 1 else ''} needing {{{demand.describe()}}} each cannot be placed on the cluster ({describe_cluster(nodes)}"
+            f"{spec.declared_at}: backend.{demand.backend}: {missing} of {wanted_count} "
+            f"replica{'s' if wanted_count != 1 else ''} needing {{{demand.describe()}}} each cannot be placed on the cluster ({describe_cluster(nodes)}"
             f"{', shape projected from LocalRay settings' if cluster_source == 'projected' else ''}); "
-            "lower num_replicas or ray_actor_options, or give the cluster more resources"
+            f"lower {'autoscaling min_replicas' if spec.attributes.get('autoscaling') else 'num_replicas'} or "
+            "ray_actor_options, or give the cluster more resources"
         )
 
-    replicas_before = sum(
-        r.attributes.get("num_replicas", 0) for r in recorded.values() if r.kind == BACKEND
-    )
-    replicas_after = sum(s.attributes["num_replicas"] for s in result if s.kind == BACKEND)
+    replicas_before = sum(initial_replicas(r.attributes) for r in recorded.values() if r.kind == BACKEND)
+    replicas_after = sum(initial_replicas(s.attributes) for s in result if s.kind == BACKEND)
+    replicas_max_after = sum(replica_range(s.attributes)[1] for s in result if s.kind == BACKEND)
     return Plan(
         changes=_order(changes, recorded),
         placement=placement.summary(),
@@ -191,6 +194,7 @@ def plan_changes(
         replicas_before=replicas_before,
         targets=sorted(targets or []),
         replicas_after=replicas_after,
+        replicas_max_after=replicas_max_after,
         placement_before=placement_before.summary(),
         destroy=destroy,
     )
@@ -198,9 +202,9 @@ def plan_changes(
 
 def _demands(resources: Any) -> list[tuple[ReplicaDemand, int]]:
     return [
-        (ReplicaDemand.from_actor_options(r.name, r.attributes["ray_actor_options"]), r.attributes["num_replicas"])
+        (ReplicaDemand.from_actor_options(r.name, r.attributes["ray_actor_options"]), initial_replicas(r.attributes))
         for r in resources
-        if r.kind == BACKEND and r.attributes.get("num_replicas", 0) > 0
+        if r.kind == BACKEND and initial_replicas(r.attributes) > 0
     ]
 
 

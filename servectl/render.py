@@ -68,7 +68,9 @@ def summary_line(plan: Plan) -> str:
     parts = [
         f"Plan: {plan.count(Action.CREATE)} to add, {plan.count(Action.UPDATE)} to change, "
         f"{plan.count(Action.REPLACE)} to replace, {plan.count(Action.DELETE)} to destroy",
-        f"replicas {delta:+d} ({plan.replicas_before} → {plan.replicas_after})",
+        f"replicas {delta:+d} ({plan.replicas_before} → {plan.replicas_after}"
+        + (f", up to {plan.replicas_max_after} by autoscaling" if (plan.replicas_max_after or 0) > plan.replicas_after else "")
+        + ")",
         f"GPU nodes {gpu_delta:+d}",
         f"placement: {p['replicas']} replicas on {p['nodes_used']} of {p['nodes_total']} node"
         f"{'s' if p['nodes_total'] != 1 else ''}, CPU {p['cpus_used']:g}/{p['cpus_total']:g}, "

@@ -43,8 +43,9 @@ def render_status(console: Console, report: StatusReport) -> None:
         backends.add_column(column, justify="left" if column in ("backend", "health") else "right")
     for b in report.backends:
         health = b.health if b.health in HEALTHY else f"[red]{b.health}[/red]"
-        replicas = f"{b.running}/{b.target}"
-        if b.running != b.target:
+        autoscaled = b.target_max is not None and b.target_max != b.target
+        replicas = f"{b.running}/{b.target}–{b.target_max}" if autoscaled else f"{b.running}/{b.target}"
+        if not (b.target <= b.running <= (b.target_max if autoscaled else b.target)):
             replicas = f"[yellow]{replicas}[/yellow]"
         backends.add_row(
             b.name, replicas, health, _number(b.traffic.requests_per_s), _errors(b.traffic),

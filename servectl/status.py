@@ -13,7 +13,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
-from servectl.desired import BACKEND, ENDPOINT
+from servectl.desired import BACKEND, ENDPOINT, initial_replicas, replica_range
 from servectl.errors import ProviderError
 from servectl.prometheus import Scrape, delta, parse, quantile
 from servectl.providers.base import LiveView, Provider
@@ -43,11 +43,12 @@ class Traffic:
 @dataclass
 class BackendStatus:
     name: str
-    target: int
+    target: int  # num_replicas, or autoscaling's min (initial) count
     running: int
     health: str
     traffic: Traffic
     message: str = ""
+    target_max: Optional[int] = None  # above target when the backend autoscales
 
 
 @dataclass
@@ -146,7 +147,8 @@ def collect(
             report.backends.append(
                 BackendStatus(
                     name=resource.name,
-                    target=int(resource.attributes.get("num_replicas", 0)),
+                    target=initial_replicas(resource.attributes),
+                    target_max=replica_range(resource.attributes)[1],
                     running=seen.running if seen else 0,
                     health=(seen.status if seen else "MISSING"),
                     traffic=traffic,

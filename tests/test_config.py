@@ -103,11 +103,17 @@ def test_loading_twice_does_not_leak_modules_between_dirs(tmp_path):
          {}, "main.py:2: S3State: region: Field required"),
         ("from servectl import S3State\nS3State(bucket='b-1', key='a.json', region='r')\nS3State(bucket='b-2', key='a.json', region='r')\n",
          {}, "main.py:3: a second state backend; declare S3State(...) once"),
+        ("from servectl import Backend\nBackend('a', 'models:A', num_replicas=2, autoscaling={'max_replicas': 4})\n",
+         {}, "main.py:2: backend 'a': give num_replicas or autoscaling={...}, not both"),
+        ("from servectl import Backend\nBackend('a', 'models:A', autoscaling={'min_replicas': 5, 'max_replicas': 4})\n",
+         {}, "main.py:2: backend 'a': autoscaling: autoscaling max_replicas 4 is below min_replicas 5"),
+        ("from servectl import Backend\nBackend('a', 'models:A', autoscaling={'max_replicas': 4, 'target': 2})\n",
+         {}, "main.py:2: backend 'a': autoscaling.target: unknown setting (check the spelling)"),
     ],
     ids=["syntax", "name-typo", "unknown-backend", "duplicate-route", "negative-replicas", "misspelt-setting",
          "weights-sum", "negative-weight", "duplicate-backend", "gpu-split", "bad-var-type", "undeclared-var",
          "missing-var", "import-error", "pip-and-conda", "pip-option", "s3-bucket-name", "s3-kms-without-encrypt",
-         "s3-no-region", "s3-twice"],
+         "s3-no-region", "s3-twice", "replicas-and-autoscaling", "autoscaling-range", "autoscaling-typo"],
 )
 def test_config_mistakes_are_one_line_naming_the_place(tmp_path, main, variables, message):
     config = write_config(tmp_path, main, models=MODELS)

@@ -142,3 +142,26 @@ def test_attribute_added_by_a_newer_servectl_at_its_default_is_no_change():
     assert not plan_changes(desired(now), state_of(recorded), NODES).has_changes()
     now.attributes["env_vars"] = {"OMP_NUM_THREADS": "4"}
     assert plan_changes(desired(now), state_of(recorded), NODES).changes[0].action is Action.REPLACE
+
+
+def autoscaled(name: str, low: int, high: int, cpus: float = 1.0) -> ResourceSpec:
+    spec = backend(name, cpus=cpus)
+    del spec.attributes["num_replicas"]
+    spec.attributes["autoscaling"] = {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": 2.0,
+                                      "initial_replicas": None}
+    return spec
+
+
+def test_autoscaled_backends_place_their_minimum_and_switching_to_autoscaling_is_in_place():
+    plan = plan_changes(desired(autoscaled("b", 2, 8)), None, NODES)  # 8 CPUs at max, 4 on the node: still fine
+    assert (plan.replicas_after, plan.replicas_max_after) == (2, 8)
+    assert plan.placement["replicas"] == 2
+    with pytest.raises(PlanError, match=r"1 of 5 replicas needing .*; lower autoscaling min_replicas or"):
+        plan_changes(desired(autoscaled("b", 5, 8)), None, NODES)
+    switched = plan_changes(desired(autoscaled("b", 1, 3)), state_of(backend("b", replicas=2)), NODES)
+    (change,) = switched.actionable
+    assert change.action is Action.UPDATE
+    assert {d.path for d in change.diffs} == {
+        "num_replicas", "autoscaling.min_replicas", "autoscaling.max_replicas", "autoscaling.target_ongoing_requests",
+    }
+    assert not any(d.forces_replacement for d in change.diffs)
