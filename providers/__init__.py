@@ -11,6 +11,10 @@ def provider_for(spec: ProviderSpec, config_dir: str, code_dir: Optional[str] = 
         from servectl.providers.local_ray import LocalRayProvider
 
         return LocalRayProvider(spec, config_dir, code_dir)
+    if spec.kind == "aws_ray":
+        from servectl.providers.aws_ray import AwsRayProvider
+
+        return AwsRayProvider(spec, config_dir, code_dir)
     raise ValueError(f"unknown provider kind {spec.kind!r}")
 
 

@@ -15,12 +15,19 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from servectl.aws_config import AwsRay
 from servectl.config import Backend, Endpoint, LocalRay, S3State
 from servectl.sensitive import to_plain
 from servectl.errors import ConfigError
 
 BACKEND = "backend"
 ENDPOINT = "endpoint"
+# Provider resources (AWS): planned, stated and applied like backends, in this creation order.
+NODE_GROUP = "node_group"
+INFRA_KINDS = (
+    "aws_network", "aws_security_group", "aws_iam_role", "aws_s3_bucket", "aws_s3_object", "aws_launch_template",
+    NODE_GROUP, "aws_lb", "aws_lb_target_group", "aws_lb_listener",
+)
 
 # Attributes that Ray Serve can change on running replicas; anything else restarts them.
 IN_PLACE_BACKEND_ATTRIBUTES = frozenset(
@@ -56,7 +63,7 @@ def address_of(kind: str, name: str) -> str:
 
 def split_address(address: str) -> tuple[str, str]:
     kind, _, name = address.partition(".")
-    if kind not in (BACKEND, ENDPOINT) or not name:
+    if kind not in (BACKEND, ENDPOINT, *INFRA_KINDS) or not name:
         raise ConfigError(f"{address!r} is not a resource address: use backend.NAME or endpoint.NAME")
     return kind, name
 
@@ -74,9 +81,12 @@ class ProviderSpec:
     num_gpus: int
     resources: dict[str, float]
     auth_token_path: Optional[str]
+    aws: Optional[dict[str, Any]] = None  # the AwsRay block, for kind "aws_ray"
 
     def attributes(self) -> dict[str, Any]:
+        extra = {"region": self.aws["region"], "cluster_name": self.aws["cluster_name"]} if self.aws else {}
         return {
+            **extra,
             "kind": self.kind,
             "address": self.address,
             "http_host": self.http_host,
@@ -136,6 +146,15 @@ class DesiredState:
 
     def endpoints(self) -> list[ResourceSpec]:
         return [r for r in self.resources.values() if r.kind == ENDPOINT]
+
+
+def aws_provider_spec(block: AwsRay) -> ProviderSpec:
+    """The AWS provider: Serve runs a proxy on every node behind the load balancer's port."""
+    return ProviderSpec(
+        kind="aws_ray", address=None, http_host="0.0.0.0", http_port=block.load_balancer.port,
+        http_location="EveryNode", num_cpus=None, num_gpus=0, resources={}, auth_token_path=None,
+        aws=block.model_dump(exclude={"declared_at"}),
+    )
 
 
 def provider_spec(declared: Optional[LocalRay]) -> ProviderSpec:

@@ -24,7 +24,10 @@ from servectl.desired import (
     backend_attributes,
     endpoint_attributes,
     provider_spec,
+    aws_provider_spec,
 )
+from servectl.aws_config import AwsRay
+from servectl.aws_infra import infra_resources
 from servectl.sensitive import to_plain
 from servectl.errors import ConfigError, ServectlError
 
@@ -75,6 +78,18 @@ def load_registry(config_dir: str, variables: Optional[Mapping[str, str]] = None
     return registry
 
 
+def _code_digest(config_dir: str) -> str:
+    """sha256 of the config dir's files as servectl ships them (the AWS provider's code object)."""
+    import hashlib
+
+    from servectl import bundle
+
+    try:
+        return hashlib.sha256(bundle.freeze(config_dir)).hexdigest()
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read the config dir's files to ship them: {err}") from None
+
+
 def _user_frame(err: BaseException, config_dir: str) -> str:
     site = ROOT_MODULE
     for frame in traceback.extract_tb(err.__traceback__):
@@ -87,8 +102,11 @@ def load_config(config_dir: str, variables: Optional[Mapping[str, str]] = None) 
     """Load and validate a config directory into the desired state the planner diffs."""
     registry = load_registry(config_dir, variables)
     if len(registry.providers) > 1:
-        raise ConfigError(f"{registry.providers[1].declared_at}: a second provider block; declare LocalRay(...) once")
-    provider = provider_spec(registry.providers[0] if registry.providers else None)
+        raise ConfigError(
+            f"{registry.providers[1].declared_at}: a second provider block; declare LocalRay(...) or AwsRay(...) once"
+        )
+    declared = registry.providers[0] if registry.providers else None
+    provider = aws_provider_spec(declared) if isinstance(declared, AwsRay) else provider_spec(declared)
     if len(registry.state_backends) > 1:
         raise ConfigError(f"{registry.state_backends[1].declared_at}: a second state backend; declare S3State(...) once")
     state_backend = StateBackendSpec.from_block(registry.state_backends[0]) if registry.state_backends else None
@@ -132,6 +150,9 @@ def load_config(config_dir: str, variables: Optional[Mapping[str, str]] = None) 
             depends_on=[address_of(BACKEND, name) for name in {**attributes["traffic"], **attributes["shadow"]}],
             declared_at=endpoint.declared_at,
         )
+    if isinstance(declared, AwsRay):
+        backends = [spec for spec in resources.values() if spec.kind == BACKEND]
+        resources.update(infra_resources(declared, backends, _code_digest(registry.config_dir)))
     variables = {name: to_plain(v.value) for name, v in registry.variables.items()}
     return DesiredState(
         config_dir=registry.config_dir, provider=provider, resources=resources, variables=variables,

@@ -14,11 +14,14 @@ from servectl.desired import (
     ENDPOINT,
     IN_PLACE_BACKEND_ATTRIBUTES,
     IN_PLACE_ENDPOINT_ATTRIBUTES,
+    INFRA_KINDS,
+    NODE_GROUP,
     DesiredState,
     ResourceSpec,
     initial_replicas,
     replica_range,
 )
+from servectl.aws_infra import IN_PLACE_INFRA_ATTRIBUTES, group_cost
 from servectl.errors import PlanError
 from servectl.placement import NodeCapacity, ReplicaDemand, describe_cluster, pack
 from servectl.plan import Action, AttributeDiff, Plan, ResourceChange
@@ -37,7 +40,12 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def attribute_diffs(kind: str, before: dict[str, Any], after: dict[str, Any]) -> list[AttributeDiff]:
-    in_place = IN_PLACE_BACKEND_ATTRIBUTES if kind == BACKEND else IN_PLACE_ENDPOINT_ATTRIBUTES
+    if kind == BACKEND:
+        in_place = IN_PLACE_BACKEND_ATTRIBUTES
+    elif kind == ENDPOINT:
+        in_place = IN_PLACE_ENDPOINT_ATTRIBUTES
+    else:
+        in_place = IN_PLACE_INFRA_ATTRIBUTES.get(kind, frozenset())
     diffs = []
     for top in sorted(set(before) | set(after)):
         old, new = before.get(top), after.get(top)
@@ -105,7 +113,26 @@ def _change_for(spec: ResourceSpec, recorded: Optional[ResourceState]) -> Resour
     if not diffs:
         return ResourceChange(action=Action.NOOP, before=recorded.attributes, **base)
     action = Action.REPLACE if any(d.forces_replacement for d in diffs) else Action.UPDATE
-    return ResourceChange(action=action, before=recorded.attributes, diffs=diffs, reasons=reasons_for(diffs), **base)
+    reasons = reasons_for(diffs)
+    if spec.kind == NODE_GROUP:
+        reasons = node_group_reasons(recorded.attributes, spec.attributes) + reasons
+    return ResourceChange(action=action, before=recorded.attributes, diffs=diffs, reasons=reasons, **base)
+
+
+def node_group_reasons(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """``desired 1 → 3 (+2 g5.xlarge, +$2.01/h)``: what a node group's change means in nodes and money."""
+    old, new = int(before.get("desired_capacity") or 0), int(after.get("desired_capacity") or 0)
+    if old == new:
+        return []
+    text = f"desired {old} → {new} ({new - old:+d} {after.get('instance_type')}"
+    cost_before, cost_after = group_cost(before), group_cost(after)
+    if cost_before is not None and cost_after is not None:
+        text += f", {_money(cost_after - cost_before)}/h"
+    return [text + ")"]
+
+
+def _money(amount: float) -> str:
+    return f"{'+' if amount >= 0 else '-'}${abs(amount):,.2f}"
 
 
 def _order(changes: list[ResourceChange], recorded: dict[str, ResourceState]) -> list[ResourceChange]:
@@ -117,15 +144,18 @@ def _order(changes: list[ResourceChange], recorded: dict[str, ResourceState]) ->
     wanted_routes = {
         c.after.get("route") for c in changes if c.kind == ENDPOINT and c.action is not Action.DELETE and c.after
     }
-    def rank(change: ResourceChange) -> int:
+    def rank(change: ResourceChange) -> tuple[int, int]:
+        if change.kind in INFRA_KINDS:  # nodes exist before replicas land on them, and go after they leave
+            order = INFRA_KINDS.index(change.kind)
+            return (-1, order) if change.action is not Action.DELETE else (5, -order)
         if change.kind == BACKEND and change.action is not Action.DELETE:
-            return 0
+            return 0, 0
         if change.kind == ENDPOINT and change.action is Action.DELETE:
             route = (change.before or {}).get("route")
-            return 1 if route is not None and route in wanted_routes else 3
+            return (1 if route is not None and route in wanted_routes else 3), 0
         if change.kind == ENDPOINT:
-            return 2
-        return 4  # backend deletes: after every route has moved off them
+            return 2, 0
+        return 4, 0  # backend deletes: after every route has moved off them
     return sorted(changes, key=rank)  # stable: declaration order within a rank
 
 
@@ -167,6 +197,10 @@ def plan_changes(
         changes = [c for c in changes if c.address in selected]
         result = [wanted[a] if a in selected else recorded[a] for a in sorted(set(wanted) | set(recorded))
                   if (a in wanted if a in selected else a in recorded)]
+    if desired.provider.kind == "aws_ray" or any(r.kind == NODE_GROUP for r in recorded.values()):
+        # Nodes that do not exist yet: the node groups' sizes come from packing onto the node types.
+        return _plan(changes, recorded, desired, state, cluster_source, destroy, targets, result,
+                     fleet_summary(result), fleet_summary(recorded.values()))
     placement = pack(_demands(result), nodes)
     placement_before = pack(_demands(recorded.values()), nodes)
     if placement.unplaced:
@@ -181,12 +215,21 @@ def plan_changes(
             "ray_actor_options, or give the cluster more resources"
         )
 
+    return _plan(changes, recorded, desired, state, cluster_source, destroy, targets, result,
+                 placement.summary(), placement_before.summary())
+
+
+def _plan(
+    changes: list[ResourceChange], recorded: dict[str, ResourceState], desired: DesiredState,
+    state: Optional[StateDocument], cluster_source: str, destroy: bool, targets: Optional[list[str]],
+    result: list[Any], placement: dict[str, Any], placement_before: dict[str, Any],
+) -> Plan:
     replicas_before = sum(initial_replicas(r.attributes) for r in recorded.values() if r.kind == BACKEND)
     replicas_after = sum(initial_replicas(s.attributes) for s in result if s.kind == BACKEND)
     replicas_max_after = sum(replica_range(s.attributes)[1] for s in result if s.kind == BACKEND)
     return Plan(
         changes=_order(changes, recorded),
-        placement=placement.summary(),
+        placement=placement,
         state_lineage=state.lineage if state else None,
         state_serial=state.serial if state else 0,
         provider=desired.provider.attributes(),
@@ -195,9 +238,32 @@ def plan_changes(
         targets=sorted(targets or []),
         replicas_after=replicas_after,
         replicas_max_after=replicas_max_after,
-        placement_before=placement_before.summary(),
+        placement_before=placement_before,
         destroy=destroy,
     )
+
+
+def fleet_summary(resources: Any) -> dict[str, Any]:
+    """The placement summary for node groups: nodes and GPUs per group at their desired sizes, and the cost."""
+    groups = [r for r in resources if r.kind == NODE_GROUP]
+    nodes = sum(int(g.attributes.get("desired_capacity") or 0) for g in groups)
+    priced = [group_cost(g.attributes) for g in groups]
+    return {
+        "replicas": sum(sum((g.attributes.get("replicas") or {}).values()) for g in groups),
+        "nodes_total": nodes,
+        "nodes_used": sum(int(g.attributes.get("desired_capacity") or 0) for g in groups if g.attributes.get("replicas")),
+        "gpu_nodes_used": sum(
+            int(g.attributes.get("desired_capacity") or 0) for g in groups
+            if (g.attributes.get("node_resources") or {}).get("GPU", 0) > 0
+        ),
+        "cpus_used": 0, "cpus_total": 0, "gpus_used": 0, "gpus_total": 0,
+        "hourly_cost": None if any(cost is None for cost in priced) else round(sum(priced), 4),  # type: ignore[arg-type]
+        "node_groups": {
+            g.name: {key: g.attributes.get(key) for key in ("instance_type", "min_size", "desired_capacity", "max_size")}
+            for g in groups
+        },
+        "nodes": [],
+    }
 
 
 def _demands(resources: Any) -> list[tuple[ReplicaDemand, int]]:
@@ -236,7 +302,10 @@ def _check_provider_unchanged(desired: DesiredState, state: Optional[StateDocume
         return
     before = state.provider
     after = desired.provider.attributes()
-    changed = [key for key in ("address", "http_host", "http_port", "http_location") if before.get(key) != after.get(key)]
+    changed = [
+        key for key in ("kind", "region", "cluster_name", "address", "http_host", "http_port", "http_location")
+        if before.get(key) != after.get(key)
+    ]
     if changed:
         key = changed[0]
         raise PlanError(

@@ -72,15 +72,41 @@ def summary_line(plan: Plan) -> str:
         + (f", up to {plan.replicas_max_after} by autoscaling" if (plan.replicas_max_after or 0) > plan.replicas_after else "")
         + ")",
         f"GPU nodes {gpu_delta:+d}",
-        f"placement: {p['replicas']} replicas on {p['nodes_used']} of {p['nodes_total']} node"
-        f"{'s' if p['nodes_total'] != 1 else ''}, CPU {p['cpus_used']:g}/{p['cpus_total']:g}, "
-        f"GPU {p['gpus_used']:g}/{p['gpus_total']}"
-        + (" (cluster not started yet: shape from LocalRay settings)" if plan.cluster_source == "projected" else ""),
     ]
+    if "node_groups" in p or "node_groups" in before:
+        parts += fleet_parts(p, before)
+    else:
+        parts.append(
+            f"placement: {p['replicas']} replicas on {p['nodes_used']} of {p['nodes_total']} node"
+            f"{'s' if p['nodes_total'] != 1 else ''}, CPU {p['cpus_used']:g}/{p['cpus_total']:g}, "
+            f"GPU {p['gpus_used']:g}/{p['gpus_total']}"
+            + (" (cluster not started yet: shape from LocalRay settings)" if plan.cluster_source == "projected" else "")
+        )
     traffic = traffic_moves(plan)
     if traffic:
         parts.append("traffic: " + ", ".join(traffic))
     return "; ".join(parts)
+
+
+def fleet_parts(after: dict, before: dict) -> list[str]:
+    """``nodes: cpu 1, gpu 1 → 3 (autoscaling 0–8)``, ``cost $3.21/h (+$2.01/h)``: node groups in one breath."""
+    groups_after = after.get("node_groups") or {}
+    groups_before = before.get("node_groups") or {}
+    sizes = []
+    for name in sorted(set(groups_after) | set(groups_before)):
+        old = (groups_before.get(name) or {}).get("desired_capacity", 0)
+        group = groups_after.get(name) or {}
+        new = group.get("desired_capacity", 0)
+        text = f"{name} {old} → {new}" if old != new else f"{name} {new}"
+        if group and (group.get("min_size"), group.get("max_size")) != (new, new):
+            text += f" (autoscaling {group.get('min_size')}–{group.get('max_size')})"
+        sizes.append(text)
+    parts = [f"nodes: {', '.join(sizes)}"] if sizes else []
+    cost_after, cost_before = after.get("hourly_cost"), before.get("hourly_cost") or 0.0
+    if cost_after is not None:
+        delta = cost_after - cost_before
+        parts.append(f"cost ${cost_after:,.2f}/h ({'+' if delta >= 0 else '-'}${abs(delta):,.2f}/h)")
+    return parts
 
 
 def gpu_sharing(plan: Plan) -> list[str]:

@@ -1,0 +1,152 @@
+"""The AWS provider's config vocabulary: ``AwsRay``, ``NodeType``, ``LoadBalancer``.
+
+Switching a config from ``LocalRay()`` to ``AwsRay(...)`` keeps every backend
+and endpoint as it is; the node groups' sizes then follow from packing the
+backends' replicas onto the node types.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from servectl.config import NAME_PATTERN, _first_error, _Resource, active_registry, declaration_site
+from servectl.errors import ConfigError
+
+RESERVED_RESOURCES = ("memory", "object_store_memory")
+
+
+class NodeType(BaseModel):
+    """One kind of node: ``NodeType("gpu", instance_type="g5.xlarge", resources={"CPU": 4, "GPU": 1}, ...)``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    instance_type: str = Field(..., min_length=3, description="EC2 instance type, e.g. m6i.xlarge")
+    resources: dict[str, float] = Field(..., description='what Ray may schedule on one node: {"CPU": 4, "GPU": 1, ...}')
+    min_workers: int = Field(0, ge=0)
+    max_workers: int = Field(10, ge=0)
+    hourly_price: Optional[float] = Field(None, ge=0, description="USD per node-hour, for the plan's cost lines")
+
+    def __init__(self, name: Optional[str] = None, /, **settings: Any) -> None:
+        if name is not None:
+            settings["name"] = name
+        try:
+            super().__init__(**settings)
+        except ValidationError as err:
+            label = settings.get("name", "?")
+            raise ConfigError(f"{declaration_site()}: NodeType {label!r}: {_first_error(err)}") from None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError("use letters, digits, '-' or '_', starting with a letter")
+        return value
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, value: dict[str, float]) -> dict[str, float]:
+        if "CPU" not in value:
+            raise ValueError('give the node\'s CPUs as resources={"CPU": N, ...}')
+        for key, amount in value.items():
+            if key in RESERVED_RESOURCES:
+                raise ValueError(f"{key!r} is measured by Ray on the node; leave it out")
+            if amount < 0:
+                raise ValueError(f"resource {key!r} must be non-negative")
+        if "GPU" in value and not float(value["GPU"]).is_integer():
+            raise ValueError("a node has a whole number of GPUs")
+        return value
+
+    @model_validator(mode="after")
+    def _range(self) -> "NodeType":
+        if self.max_workers < self.min_workers:
+            raise ValueError(f"max_workers {self.max_workers} is below min_workers {self.min_workers}")
+        return self
+
+    @property
+    def cpus(self) -> float:
+        return float(self.resources.get("CPU", 0))
+
+    @property
+    def gpus(self) -> int:
+        return int(self.resources.get("GPU", 0))
+
+    @property
+    def custom(self) -> dict[str, float]:
+        return {k: float(v) for k, v in sorted(self.resources.items()) if k not in ("CPU", "GPU")}
+
+
+class LoadBalancer(BaseModel):
+    """The public entry: an Application Load Balancer listener open only to ``allowed_cidrs``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    port: int = Field(80, ge=1, le=65535)
+    allowed_cidrs: list[str] = Field(..., min_length=1, description="who may reach the listener, e.g. ['203.0.113.0/24']")
+    internal: bool = Field(False, description="an internal load balancer (reachable only inside the VPC)")
+
+    def __init__(self, **settings: Any) -> None:
+        try:
+            super().__init__(**settings)
+        except ValidationError as err:
+            raise ConfigError(f"{declaration_site()}: LoadBalancer: {_first_error(err)}") from None
+
+    @field_validator("allowed_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=True)
+            except ValueError as err:
+                raise ValueError(f"{cidr!r} is not a CIDR block ({err})") from None
+        return value
+
+
+class AwsRay(_Resource):
+    """An autoscaled Ray cluster on EC2: a head, one Auto Scaling group per node type, a load balancer."""
+
+    region: str = Field(..., min_length=1)
+    head: NodeType
+    node_types: list[NodeType] = Field(..., min_length=1)
+    load_balancer: LoadBalancer
+    cluster_name: str = Field("servectl", description="prefix of every AWS resource's Name tag")
+    image_id: Optional[str] = Field(None, description="AMI with Python 3.11; default: the region's Amazon Linux 2023")
+    vpc_id: Optional[str] = Field(None, description="use this VPC (with subnet_ids) instead of creating one")
+    subnet_ids: list[str] = Field(default_factory=list)
+    code_bucket: Optional[str] = Field(None, description="bucket for the code zip; default: one servectl creates")
+    key_name: Optional[str] = Field(None, description="EC2 key pair for SSH (no SSH rule is opened either way)")
+    declared_at: str = ""
+
+    def __init__(self, **settings: Any) -> None:
+        site = declaration_site()
+        try:
+            super().__init__(declared_at=site, **settings)
+        except ValidationError as err:
+            raise ConfigError(f"{site}: AwsRay: {_first_error(err)}") from None
+        registry = active_registry()
+        if registry is not None:
+            registry.providers.append(self)  # type: ignore[arg-type]
+
+    @field_validator("cluster_name")
+    @classmethod
+    def _cluster_name(cls, value: str) -> str:
+        if not re.match(r"^[a-z][a-z0-9-]{0,23}$", value):
+            raise ValueError("lowercase letters, digits and '-', at most 24, starting with a letter (it names AWS resources)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AwsRay":
+        names = [t.name for t in self.node_types]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"node type {duplicates[0]!r} is declared twice")
+        if "head" in names:
+            raise ValueError("'head' names the head node; call the worker type something else")
+        if bool(self.vpc_id) != bool(self.subnet_ids):
+            raise ValueError("give vpc_id and subnet_ids together (or neither, and servectl creates the network)")
+        if self.subnet_ids and len(self.subnet_ids) < 2:
+            raise ValueError("a load balancer needs subnet_ids in at least two availability zones")
+        return self

@@ -1,0 +1,201 @@
+"""What an ``AwsRay`` block asks AWS for, as plain resources the planner diffs like backends.
+
+Node groups are sized here: the backends' replicas are packed onto the node
+types three times — at their initial counts (the groups' desired sizes), at
+their minimums and at their maximums (the groups' min and max sizes) — so the
+plan shows GPU-node changes before anything is created, and a placement no
+node group can hold fails at plan time.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from servectl.aws_config import AwsRay, NodeType
+from servectl.desired import NODE_GROUP, ResourceSpec, initial_replicas, replica_range
+from servectl.errors import PlanError
+from servectl.fleet import FleetPacking, NodeShape, pack_fleet
+from servectl.placement import ReplicaDemand
+
+NETWORK = "aws_network"
+SECURITY_GROUP = "aws_security_group"
+IAM_ROLE = "aws_iam_role"
+LAUNCH_TEMPLATE = "aws_launch_template"
+CODE_BUCKET = "aws_s3_bucket"
+CODE_OBJECT = "aws_s3_object"
+LOAD_BALANCER = "aws_lb"
+TARGET_GROUP = "aws_lb_target_group"
+LISTENER = "aws_lb_listener"
+# What AWS changes without replacing the resource (the rest is a new resource, old one deleted after).
+IN_PLACE_INFRA_ATTRIBUTES = {
+    NODE_GROUP: frozenset({"min_size", "max_size", "desired_capacity", "hourly_price", "launch_template", "replicas"}),
+    SECURITY_GROUP: frozenset({"ingress"}),
+    LISTENER: frozenset(),
+    LAUNCH_TEMPLATE: frozenset(),
+    TARGET_GROUP: frozenset({"health_check"}),
+}
+
+SERVE_PORT = 8000  # the Serve proxy on every node: the target group's port
+HEALTH_PATH = "/-/healthz"
+RAY_VERSION = "2.60.0"
+# Ports only the cluster's own members may reach (Ray's GCS, dashboard, client server, object manager, ...).
+RAY_INTERNAL_PORTS = {"gcs": 6379, "dashboard": 8265, "client": 10001, "object_manager": 8076, "node_manager": 8077,
+                      "metrics": 8080, "workers": "10002-19999"}
+
+
+def shapes(block: AwsRay) -> list[NodeShape]:
+    return [
+        NodeShape(
+            name=t.name, cpus=t.cpus, gpus=t.gpus, resources=t.custom, min_nodes=t.min_workers,
+            max_nodes=t.max_workers, hourly_price=t.hourly_price,
+        )
+        for t in block.node_types
+    ]
+
+
+def _demands(backends: list[ResourceSpec], count: Callable[[dict[str, Any]], int]) -> list[tuple[ReplicaDemand, int]]:
+    return [
+        (ReplicaDemand.from_actor_options(spec.name, spec.attributes["ray_actor_options"]), count(spec.attributes))
+        for spec in backends
+        if count(spec.attributes) > 0
+    ]
+
+
+def _refuse_unplaced(packing: FleetPacking, block: AwsRay, backends: list[ResourceSpec], when: str) -> None:
+    if packing.feasible:
+        return
+    demand, missing = packing.unplaced[0]
+    spec = next(s for s in backends if s.name == demand.backend)
+    holders = [t for t in block.node_types if _fits(t, demand)]
+    if not holders:
+        offered = "; ".join(f"{t.name}: {_describe(t)}" for t in block.node_types)
+        raise PlanError(
+            f"{spec.declared_at}: backend.{demand.backend}: a replica needs {{{demand.describe()}}}, which no node type "
+            f"offers ({offered}); change ray_actor_options or add a node type that has it"
+        )
+    names = ", ".join(f"{t.name} {t.max_workers}" for t in holders)
+    raise PlanError(
+        f"{spec.declared_at}: backend.{demand.backend}: {missing} replica(s) needing {{{demand.describe()}}} do not fit "
+        f"{when} even with the node groups that can hold them at max_workers ({names}); raise max_workers or "
+        "lower the replicas"
+    )
+
+
+def _fits(node_type: NodeType, demand: ReplicaDemand) -> bool:
+    shape = shapes_of([node_type])[0]
+    return pack_fleet([(demand, 1)], [shape]).feasible
+
+
+def shapes_of(types: list[NodeType]) -> list[NodeShape]:
+    return [NodeShape(name=t.name, cpus=t.cpus, gpus=t.gpus, resources=t.custom) for t in types]
+
+
+def _describe(node_type: NodeType) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(node_type.resources.items()))
+
+
+def size_node_groups(block: AwsRay, backends: list[ResourceSpec]) -> dict[str, dict[str, Any]]:
+    """Per node type: min, desired and max nodes, and which backends' replicas land there at the desired size."""
+    fleet = shapes(block)
+    at_initial = pack_fleet(_demands(backends, initial_replicas), fleet)
+    _refuse_unplaced(at_initial, block, backends, "at their initial counts")
+    at_min = pack_fleet(_demands(backends, lambda a: replica_range(a)[0]), fleet)
+    at_max = pack_fleet(_demands(backends, lambda a: replica_range(a)[1]), fleet)
+    _refuse_unplaced(at_max, block, backends, "at autoscaling's max_replicas")
+    sizes = {}
+    for node_type in block.node_types:
+        name = node_type.name
+        sizes[name] = {
+            "min_size": at_min.nodes[name],
+            "desired_capacity": at_initial.nodes[name],
+            "max_size": max(at_max.nodes[name], at_initial.nodes[name]),
+            "replicas": at_initial.replicas[name],
+        }
+    return sizes
+
+
+def infra_resources(block: AwsRay, backends: list[ResourceSpec], code_sha256: str) -> dict[str, ResourceSpec]:
+    """Every AWS resource the block asks for, keyed by address, in creation order."""
+    site = block.declared_at
+    name = block.cluster_name
+    out: dict[str, ResourceSpec] = {}
+
+    def add(kind: str, label: str, attributes: dict[str, Any], depends_on: list[str]) -> str:
+        spec = ResourceSpec(kind=kind, name=label, attributes=attributes, depends_on=depends_on, declared_at=site)
+        out[spec.address] = spec
+        return spec.address
+
+    network = add(NETWORK, "main", {
+        "region": block.region,
+        "vpc_id": block.vpc_id,  # None: servectl creates a VPC with two public subnets
+        "subnet_ids": list(block.subnet_ids),
+        "cidr_block": None if block.vpc_id else "10.42.0.0/16",
+    }, [])
+    lb_sg = add(SECURITY_GROUP, "lb", {
+        "description": f"{name}: the load balancer's listener",
+        "ingress": [{"protocol": "tcp", "port": block.load_balancer.port, "cidrs": sorted(block.load_balancer.allowed_cidrs)}],
+    }, [network])
+    cluster_sg = add(SECURITY_GROUP, "cluster", {
+        "description": f"{name}: Ray nodes; Ray's ports only between members",
+        "ingress": [
+            {"protocol": "all", "port": "all", "from_group": "cluster"},  # GCS, dashboard, client, object manager
+            {"protocol": "tcp", "port": SERVE_PORT, "from_group": "lb"},  # the Serve proxy, from the load balancer only
+        ],
+    }, [network, lb_sg])
+    role = add(IAM_ROLE, "node", {
+        "name": f"{name}-node",
+        "policies": ["s3:GetObject on the code bucket", "ec2:Describe* for Ray's node discovery"],
+    }, [])
+    bucket = block.code_bucket
+    depends_code: list[str] = []
+    if bucket is None:
+        bucket = f"{name}-code-{block.region}"
+        depends_code = [add(CODE_BUCKET, "code", {"bucket": bucket, "versioning": True, "public_access": "blocked"}, [])]
+    # The config dir's files as one zip: Ray's runtime_env fetches it from S3 onto every node.
+    code = add(CODE_OBJECT, "code", {
+        "bucket": bucket, "key": f"{name}/code-{code_sha256[:16]}.zip", "sha256": code_sha256,
+    }, depends_code)
+    sizes = size_node_groups(block, backends)
+    for node_type in [block.head, *block.node_types]:
+        is_head = node_type is block.head
+        label = "head" if is_head else node_type.name
+        template = add(LAUNCH_TEMPLATE, label, {
+            "instance_type": node_type.instance_type,
+            "image_id": block.image_id,
+            "role": "head" if is_head else "worker",
+            # The head schedules no replicas: GCS, the Serve controller and the dashboard have it to themselves.
+            "ray_resources": {"CPU": 0} if is_head else dict(sorted(node_type.resources.items())),
+            "ray_version": RAY_VERSION,
+            "key_name": block.key_name,
+        }, [cluster_sg, role])
+        group: dict[str, Any]
+        if is_head:
+            group = {"min_size": 1, "desired_capacity": 1, "max_size": 1, "replicas": {}}
+        else:
+            group = dict(sizes[node_type.name])
+        add(NODE_GROUP, label, {
+            "instance_type": node_type.instance_type,
+            "node_resources": {} if is_head else dict(sorted(node_type.resources.items())),
+            "min_size": group["min_size"],
+            "desired_capacity": group["desired_capacity"],
+            "max_size": group["max_size"],
+            "hourly_price": node_type.hourly_price,
+            "launch_template": label,
+            "replicas": group["replicas"],
+            "target_group": None if is_head else "serve",
+        }, [template, code])
+    lb = add(LOAD_BALANCER, "main", {
+        "scheme": "internal" if block.load_balancer.internal else "internet-facing",
+        "type": "application",
+    }, [network, lb_sg])
+    target = add(TARGET_GROUP, "serve", {
+        "port": SERVE_PORT,
+        "protocol": "HTTP",
+        "health_check": {"path": HEALTH_PATH, "interval_s": 10, "healthy": 2, "unhealthy": 2},
+    }, [network])
+    add(LISTENER, "http", {"port": block.load_balancer.port, "protocol": "HTTP", "forward_to": "serve"}, [lb, target])
+    return out
+
+
+def group_cost(attributes: dict[str, Any], size_key: str = "desired_capacity") -> Optional[float]:
+    price = attributes.get("hourly_price")
+    return None if price is None else price * int(attributes.get(size_key) or 0)
