@@ -115,7 +115,8 @@ def _change_for(spec: ResourceSpec, recorded: Optional[ResourceState]) -> Resour
     action = Action.REPLACE if any(d.forces_replacement for d in diffs) else Action.UPDATE
     reasons = reasons_for(diffs)
     if spec.kind == NODE_GROUP:
-        reasons = node_group_reasons(recorded.attributes, spec.attributes) + reasons
+        nodes = node_group_reasons(recorded.attributes, spec.attributes)
+        reasons = nodes + [r for r in reasons if not (nodes and r.startswith("desired_capacity "))]
     return ResourceChange(action=action, before=recorded.attributes, diffs=diffs, reasons=reasons, **base)
 
 
