@@ -141,19 +141,24 @@ def infra_resources(block: AwsRay, backends: list[ResourceSpec], code_sha256: st
             {"protocol": "tcp", "port": SERVE_PORT, "from_group": "lb"},  # the Serve proxy, from the load balancer only
         ],
     }, [network, lb_sg])
+    bucket = block.code_bucket or f"{name}-code-{block.region}"
     role = add(IAM_ROLE, "node", {
         "name": f"{name}-node",
-        "policies": ["s3:GetObject on the code bucket", "ec2:Describe* for Ray's node discovery"],
+        "code_bucket": bucket,
+        "policies": ["s3:GetObject on the code bucket", "ec2:DescribeInstances for finding the head"],
     }, [])
-    bucket = block.code_bucket
     depends_code: list[str] = []
-    if bucket is None:
-        bucket = f"{name}-code-{block.region}"
+    if block.code_bucket is None:
         depends_code = [add(CODE_BUCKET, "code", {"bucket": bucket, "versioning": True, "public_access": "blocked"}, [])]
     # The config dir's files as one zip: Ray's runtime_env fetches it from S3 onto every node.
     code = add(CODE_OBJECT, "code", {
         "bucket": bucket, "key": f"{name}/code-{code_sha256[:16]}.zip", "sha256": code_sha256,
     }, depends_code)
+    target = add(TARGET_GROUP, "serve", {
+        "port": SERVE_PORT,
+        "protocol": "HTTP",
+        "health_check": {"path": HEALTH_PATH, "interval_s": 10, "healthy": 2, "unhealthy": 2},
+    }, [network])
     sizes = size_node_groups(block, backends)
     for node_type in [block.head, *block.node_types]:
         is_head = node_type is block.head
@@ -182,16 +187,11 @@ def infra_resources(block: AwsRay, backends: list[ResourceSpec], code_sha256: st
             "launch_template": label,
             "replicas": group["replicas"],
             "target_group": None if is_head else "serve",
-        }, [template, code])
+        }, [template, code, target])
     lb = add(LOAD_BALANCER, "main", {
         "scheme": "internal" if block.load_balancer.internal else "internet-facing",
         "type": "application",
     }, [network, lb_sg])
-    target = add(TARGET_GROUP, "serve", {
-        "port": SERVE_PORT,
-        "protocol": "HTTP",
-        "health_check": {"path": HEALTH_PATH, "interval_s": 10, "healthy": 2, "unhealthy": 2},
-    }, [network])
     add(LISTENER, "http", {"port": block.load_balancer.port, "protocol": "HTTP", "forward_to": "serve"}, [lb, target])
     return out
 

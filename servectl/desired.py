@@ -25,8 +25,8 @@ ENDPOINT = "endpoint"
 # Provider resources (AWS): planned, stated and applied like backends, in this creation order.
 NODE_GROUP = "node_group"
 INFRA_KINDS = (
-    "aws_network", "aws_security_group", "aws_iam_role", "aws_s3_bucket", "aws_s3_object", "aws_launch_template",
-    NODE_GROUP, "aws_lb", "aws_lb_target_group", "aws_lb_listener",
+    "aws_network", "aws_security_group", "aws_iam_role", "aws_s3_bucket", "aws_s3_object", "aws_lb_target_group",
+    "aws_launch_template", NODE_GROUP, "aws_lb", "aws_lb_listener",
 )
 
 # Attributes that Ray Serve can change on running replicas; anything else restarts them.

@@ -36,6 +36,12 @@ class RayCluster:
     token_path: str
     http_port: int
     metrics_port: int
+    dashboard_url: str = ""
+
+    @property
+    def token(self) -> str:
+        with open(self.token_path, encoding="utf-8") as handle:
+            return handle.read().strip()
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.http_port}{path}"
@@ -64,7 +70,8 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> RayCluster:
     os.environ.update(env)
     try:
         yield RayCluster(
-            address=record.gcs_address, token_path=record.token_path, http_port=http_port, metrics_port=record.metrics_port
+            address=record.gcs_address, token_path=record.token_path, http_port=http_port, metrics_port=record.metrics_port,
+            dashboard_url=f"http://127.0.0.1:{record.dashboard_port}",
         )
     finally:
         for key, value in saved.items():

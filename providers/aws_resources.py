@@ -1,0 +1,545 @@
+"""Create, change, read and delete the AWS resources ``servectl.aws_infra`` plans, with boto3.
+
+One function per kind and verb, each taking the resource's planned attributes
+and the live identifiers of what it depends on, returning its own live
+identifiers (ids, ARNs) for the state. Everything carries the tags
+``servectl:cluster`` and ``Name``, so a user can find (and a test can prove
+gone) every resource servectl made. boto3 honours ``AWS_ENDPOINT_URL``: the
+tests point it at moto_server and nothing else.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from servectl.errors import ProviderError
+
+TAG = "servectl:cluster"
+AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+EC2_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+}
+
+Live = dict[str, Any]
+
+
+@dataclass
+class AwsContext:
+    """What every call needs: the region's clients, the cluster's name, and the live ids of resources made so far."""
+
+    region: str
+    cluster: str
+    live: dict[str, Live] = field(default_factory=dict)  # address -> live identifiers
+    _clients: dict[str, Any] = field(default_factory=dict)
+
+    def client(self, service: str) -> Any:
+        if service not in self._clients:
+            import boto3
+            from botocore.config import Config
+
+            self._clients[service] = boto3.session.Session().client(
+                service, region_name=self.region,
+                config=Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"}),
+            )
+        return self._clients[service]
+
+    def name(self, label: str) -> str:
+        return f"{self.cluster}-{label}"
+
+    def tags(self, label: str) -> list[dict[str, str]]:
+        return [{"Key": TAG, "Value": self.cluster}, {"Key": "Name", "Value": self.name(label)}]
+
+    def of(self, address: str, key: str) -> Any:
+        try:
+            return self.live[address][key]
+        except KeyError:
+            raise ProviderError(f"{address} has no live {key} in the state; run apply again to create it") from None
+
+
+def call(what: str, operation: Callable[..., Any], **params: Any) -> Any:
+    """One AWS call; its failure is one ProviderError line naming what was being done."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return operation(**params)
+    except ClientError as err:
+        error = err.response.get("Error", {})
+        raise ProviderError(f"cannot {what}: {error.get('Code')}: {error.get('Message')}") from None
+    except BotoCoreError as err:
+        raise ProviderError(f"cannot {what}: {err}") from None
+
+
+def _gone(operation: Callable[..., Any], missing: tuple[str, ...], **params: Any) -> None:
+    """Delete something, treating "already gone" as done (a retried destroy must converge)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        operation(**params)
+    except ClientError as err:
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        if not any(code.startswith(m) for m in missing):
+            raise ProviderError(f"cannot delete: {code}: {err.response.get('Error', {}).get('Message')}") from None
+
+
+# --- network ------------------------------------------------------------------------------------------------------
+
+def create_network(ctx: AwsContext, attrs: dict[str, Any]) -> Live:
+    if attrs.get("vpc_id"):
+        return {"vpc_id": attrs["vpc_id"], "subnet_ids": list(attrs["subnet_ids"]), "owned": False}
+    ec2 = ctx.client("ec2")
+    vpc = call("create the VPC", ec2.create_vpc, CidrBlock=attrs["cidr_block"],
+               TagSpecifications=[{"ResourceType": "vpc", "Tags": ctx.tags("vpc")}])["Vpc"]["VpcId"]
+    live: Live = {"vpc_id": vpc, "owned": True, "subnet_ids": []}
+    call("enable DNS names", ec2.modify_vpc_attribute, VpcId=vpc, EnableDnsHostnames={"Value": True})
+    igw = call("create the internet gateway", ec2.create_internet_gateway,
+               TagSpecifications=[{"ResourceType": "internet-gateway", "Tags": ctx.tags("igw")}])
+    live["igw_id"] = igw["InternetGateway"]["InternetGatewayId"]
+    call("attach the internet gateway", ec2.attach_internet_gateway, InternetGatewayId=live["igw_id"], VpcId=vpc)
+    table = call("create the route table", ec2.create_route_table, VpcId=vpc,
+                 TagSpecifications=[{"ResourceType": "route-table", "Tags": ctx.tags("routes")}])
+    live["route_table_id"] = table["RouteTable"]["RouteTableId"]
+    call("route to the internet", ec2.create_route, RouteTableId=live["route_table_id"],
+         DestinationCidrBlock="0.0.0.0/0", GatewayId=live["igw_id"])
+    zones = [z["ZoneName"] for z in call("list availability zones", ec2.describe_availability_zones)["AvailabilityZones"]
+             if z.get("State", "available") == "available"][:2]
+    base = attrs["cidr_block"].split(".")
+    for index, zone in enumerate(zones):  # a load balancer needs subnets in two zones
+        subnet = call("create a subnet", ec2.create_subnet, VpcId=vpc, AvailabilityZone=zone,
+                      CidrBlock=f"{base[0]}.{base[1]}.{index}.0/24",
+                      TagSpecifications=[{"ResourceType": "subnet", "Tags": ctx.tags(f"subnet-{zone}")}])
+        subnet_id = subnet["Subnet"]["SubnetId"]
+        call("give the subnet public addresses", ec2.modify_subnet_attribute, SubnetId=subnet_id,
+             MapPublicIpOnLaunch={"Value": True})
+        association = call("route the subnet", ec2.associate_route_table, RouteTableId=live["route_table_id"],
+                           SubnetId=subnet_id)
+        live["subnet_ids"].append(subnet_id)
+        live.setdefault("associations", []).append(association["AssociationId"])
+    return live
+
+
+def delete_network(ctx: AwsContext, live: Live) -> None:
+    if not live.get("owned"):
+        return
+    ec2 = ctx.client("ec2")
+    for association in live.get("associations", []):
+        _gone(ec2.disassociate_route_table, ("InvalidAssociationID.NotFound",), AssociationId=association)
+    for subnet in live.get("subnet_ids", []):
+        _gone(ec2.delete_subnet, ("InvalidSubnetID.NotFound",), SubnetId=subnet)
+    if live.get("route_table_id"):
+        _gone(ec2.delete_route_table, ("InvalidRouteTableID.NotFound",), RouteTableId=live["route_table_id"])
+    if live.get("igw_id"):
+        _gone(ec2.detach_internet_gateway, ("Gateway.NotAttached", "InvalidInternetGatewayID.NotFound"),
+              InternetGatewayId=live["igw_id"], VpcId=live["vpc_id"])
+        _gone(ec2.delete_internet_gateway, ("InvalidInternetGatewayID.NotFound",), InternetGatewayId=live["igw_id"])
+    _gone(ec2.delete_vpc, ("InvalidVpcID.NotFound",), VpcId=live["vpc_id"])
+
+
+# --- security groups ------------------------------------------------------------------------------------------------
+
+def _permissions(ctx: AwsContext, rules: list[dict[str, Any]], own_id: str) -> list[dict[str, Any]]:
+    out = []
+    for rule in rules:
+        permission: dict[str, Any] = {"IpProtocol": "-1" if rule["protocol"] == "all" else rule["protocol"]}
+        if rule["port"] != "all":
+            permission["FromPort"] = permission["ToPort"] = int(rule["port"])
+        if "cidrs" in rule:
+            permission["IpRanges"] = [{"CidrIp": cidr} for cidr in rule["cidrs"]]
+        else:
+            source = own_id if rule["from_group"] == "cluster" and own_id else ctx.of(
+                f"aws_security_group.{rule['from_group']}", "group_id")
+            permission["UserIdGroupPairs"] = [{"GroupId": source}]
+        out.append(permission)
+    return out
+
+
+def create_security_group(ctx: AwsContext, label: str, attrs: dict[str, Any]) -> Live:
+    ec2 = ctx.client("ec2")
+    group = call(f"create security group {label}", ec2.create_security_group, GroupName=ctx.name(label),
+                 Description=attrs["description"], VpcId=ctx.of("aws_network.main", "vpc_id"),
+                 TagSpecifications=[{"ResourceType": "security-group", "Tags": ctx.tags(label)}])["GroupId"]
+    own = group if label == "cluster" else ""
+    call(f"open security group {label}", ec2.authorize_security_group_ingress, GroupId=group,
+         IpPermissions=_permissions(ctx, attrs["ingress"], own))
+    return {"group_id": group}
+
+
+def update_security_group(ctx: AwsContext, label: str, attrs: dict[str, Any], live: Live) -> Live:
+    """Replace the group's ingress with exactly the planned rules."""
+    ec2 = ctx.client("ec2")
+    current = call("read a security group", ec2.describe_security_groups, GroupIds=[live["group_id"]])
+    permissions = current["SecurityGroups"][0].get("IpPermissions", [])
+    if permissions:
+        call("close old rules", ec2.revoke_security_group_ingress, GroupId=live["group_id"], IpPermissions=permissions)
+    own = live["group_id"] if label == "cluster" else ""
+    call(f"open security group {label}", ec2.authorize_security_group_ingress, GroupId=live["group_id"],
+         IpPermissions=_permissions(ctx, attrs["ingress"], own))
+    return live
+
+
+def delete_security_group(ctx: AwsContext, live: Live) -> None:
+    ec2 = ctx.client("ec2")
+    # A group that another still references cannot go: drop its rules first.
+    current = ec2.describe_security_groups(Filters=[{"Name": "group-id", "Values": [live["group_id"]]}])
+    for group in current.get("SecurityGroups", []):
+        if group.get("IpPermissions"):
+            _gone(ec2.revoke_security_group_ingress, ("InvalidGroup.NotFound", "InvalidPermission.NotFound"),
+                  GroupId=live["group_id"], IpPermissions=group["IpPermissions"])
+    _gone(ec2.delete_security_group, ("InvalidGroup.NotFound",), GroupId=live["group_id"])
+
+
+# --- IAM --------------------------------------------------------------------------------------------------------------
+
+def create_iam_role(ctx: AwsContext, attrs: dict[str, Any], bucket: str) -> Live:
+    iam = ctx.client("iam")
+    name = attrs["name"]
+    call("create the nodes' IAM role", iam.create_role, RoleName=name, AssumeRolePolicyDocument=json.dumps(EC2_TRUST),
+         Tags=ctx.tags("node-role"))
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": [f"arn:aws:s3:::{bucket}/*"]},
+            {"Effect": "Allow", "Action": ["ec2:DescribeInstances", "ec2:DescribeTags"], "Resource": "*"},
+        ],
+    }
+    call("give the role its policy", iam.put_role_policy, RoleName=name, PolicyName="servectl-node",
+         PolicyDocument=json.dumps(policy))
+    profile = call("create the instance profile", iam.create_instance_profile, InstanceProfileName=name)
+    call("put the role in the profile", iam.add_role_to_instance_profile, InstanceProfileName=name, RoleName=name)
+    return {"role_name": name, "instance_profile_arn": profile["InstanceProfile"]["Arn"]}
+
+
+def delete_iam_role(ctx: AwsContext, live: Live) -> None:
+    iam = ctx.client("iam")
+    name = live["role_name"]
+    _gone(iam.remove_role_from_instance_profile, ("NoSuchEntity",), InstanceProfileName=name, RoleName=name)
+    _gone(iam.delete_instance_profile, ("NoSuchEntity",), InstanceProfileName=name)
+    _gone(iam.delete_role_policy, ("NoSuchEntity",), RoleName=name, PolicyName="servectl-node")
+    _gone(iam.delete_role, ("NoSuchEntity",), RoleName=name)
+
+
+# --- code --------------------------------------------------------------------------------------------------------------
+
+def create_bucket(ctx: AwsContext, attrs: dict[str, Any]) -> Live:
+    s3 = ctx.client("s3")
+    params: dict[str, Any] = {"Bucket": attrs["bucket"]}
+    if ctx.region != "us-east-1":
+        params["CreateBucketConfiguration"] = {"LocationConstraint": ctx.region}
+    call("create the code bucket", s3.create_bucket, **params)
+    call("keep versions", s3.put_bucket_versioning, Bucket=attrs["bucket"],
+         VersioningConfiguration={"Status": "Enabled"})
+    call("block public access", s3.put_public_access_block, Bucket=attrs["bucket"], PublicAccessBlockConfiguration={
+        "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True,
+    })
+    return {"bucket": attrs["bucket"]}
+
+
+def delete_bucket(ctx: AwsContext, live: Live) -> None:
+    s3 = ctx.client("s3")
+    from botocore.exceptions import ClientError
+
+    try:
+        versions = s3.list_object_versions(Bucket=live["bucket"])
+    except ClientError:
+        return  # already gone
+    doomed = [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in versions.get("Versions", []) + versions.get("DeleteMarkers", [])]
+    if doomed:
+        call("empty the code bucket", s3.delete_objects, Bucket=live["bucket"], Delete={"Objects": doomed})
+    _gone(s3.delete_bucket, ("NoSuchBucket",), Bucket=live["bucket"])
+
+
+def put_code(ctx: AwsContext, attrs: dict[str, Any], zipped: bytes) -> Live:
+    s3 = ctx.client("s3")
+    call("upload the code", s3.put_object, Bucket=attrs["bucket"], Key=attrs["key"], Body=zipped,
+         ServerSideEncryption="AES256")
+    return {"uri": f"s3://{attrs['bucket']}/{attrs['key']}", "bucket": attrs["bucket"], "key": attrs["key"]}
+
+
+def delete_code(ctx: AwsContext, live: Live) -> None:
+    _gone(ctx.client("s3").delete_object, ("NoSuchKey", "NoSuchBucket"), Bucket=live["bucket"], Key=live["key"])
+
+
+# --- nodes -------------------------------------------------------------------------------------------------------------
+
+def image_id(ctx: AwsContext, attrs: dict[str, Any]) -> str:
+    if attrs.get("image_id"):
+        return str(attrs["image_id"])
+    found = call("look up Amazon Linux 2023's AMI", ctx.client("ssm").get_parameter, Name=AMI_PARAMETER)
+    return str(found["Parameter"]["Value"])
+
+
+def user_data(ctx: AwsContext, label: str, attrs: dict[str, Any], token: str) -> str:
+    """The boot script: install Ray, write the cluster's token, start Ray as head or as a worker that finds the head."""
+    resources = json.dumps({k: v for k, v in attrs["ray_resources"].items() if k not in ("CPU", "GPU")})
+    cpus = int(attrs["ray_resources"].get("CPU", 0))
+    gpus = int(attrs["ray_resources"].get("GPU", 0))
+    common = f"""#!/bin/bash
+set -euo pipefail
+dnf install -y python3.11 python3.11-pip awscli
+python3.11 -m pip install 'ray[serve,default]=={attrs["ray_version"]}' boto3
+umask 077
+mkdir -p /etc/ray && printf '%s' '{token}' > /etc/ray/token
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=/etc/ray/token
+"""
+    if attrs["role"] == "head":
+        return common + f"ray start --head --port 6379 --dashboard-host 0.0.0.0 --num-cpus {cpus} --num-gpus {gpus}\n"
+    find_head = (
+        "HEAD=$(aws ec2 describe-instances --region " + ctx.region + " --filters "
+        f"Name=tag:{TAG},Values={ctx.cluster} Name=tag:servectl:role,Values=head Name=instance-state-name,Values=running "
+        "--query 'Reservations[0].Instances[0].PrivateIpAddress' --output text)"
+    )
+    return common + f"""until {find_head} && [ "$HEAD" != None ]; do sleep 5; done
+ray start --address "$HEAD:6379" --num-cpus {cpus} --num-gpus {gpus} --resources '{resources}'
+"""
+
+
+def create_launch_template(ctx: AwsContext, label: str, attrs: dict[str, Any], token: str) -> Live:
+    ec2 = ctx.client("ec2")
+    data = {
+        "ImageId": image_id(ctx, attrs),
+        "InstanceType": attrs["instance_type"],
+        "IamInstanceProfile": {"Arn": ctx.of("aws_iam_role.node", "instance_profile_arn")},
+        "SecurityGroupIds": [ctx.of("aws_security_group.cluster", "group_id")],
+        "UserData": base64.b64encode(user_data(ctx, label, attrs, token).encode()).decode(),
+        "MetadataOptions": {"HttpTokens": "required"},
+        "TagSpecifications": [{"ResourceType": "instance", "Tags": ctx.tags(label) + [
+            {"Key": "servectl:role", "Value": attrs["role"]}]}],
+    }
+    if attrs.get("key_name"):
+        data["KeyName"] = attrs["key_name"]
+    made = call(f"create launch template {label}", ec2.create_launch_template, LaunchTemplateName=ctx.name(label),
+                LaunchTemplateData=data, TagSpecifications=[{"ResourceType": "launch-template", "Tags": ctx.tags(label)}])
+    return {"launch_template_id": made["LaunchTemplate"]["LaunchTemplateId"], "image_id": data["ImageId"]}
+
+
+def delete_launch_template(ctx: AwsContext, live: Live) -> None:
+    _gone(ctx.client("ec2").delete_launch_template, ("InvalidLaunchTemplateId",),
+          LaunchTemplateId=live["launch_template_id"])
+
+
+def create_node_group(ctx: AwsContext, label: str, attrs: dict[str, Any]) -> Live:
+    autoscaling = ctx.client("autoscaling")
+    name = ctx.name(label)
+    params: dict[str, Any] = dict(
+        AutoScalingGroupName=name,
+        LaunchTemplate={"LaunchTemplateId": ctx.of(f"aws_launch_template.{label}", "launch_template_id"),
+                        "Version": "$Latest"},
+        MinSize=attrs["min_size"], MaxSize=attrs["max_size"], DesiredCapacity=attrs["desired_capacity"],
+        VPCZoneIdentifier=",".join(ctx.of("aws_network.main", "subnet_ids")),
+        Tags=[{**tag, "PropagateAtLaunch": True} for tag in ctx.tags(label)],
+        HealthCheckType="EC2",
+    )
+    if attrs.get("target_group"):
+        params["TargetGroupARNs"] = [ctx.of(f"aws_lb_target_group.{attrs['target_group']}", "arn")]
+    call(f"create Auto Scaling group {label}", autoscaling.create_auto_scaling_group, **params)
+    return {"asg_name": name}
+
+
+def update_node_group(ctx: AwsContext, attrs: dict[str, Any], live: Live) -> Live:
+    call("resize an Auto Scaling group", ctx.client("autoscaling").update_auto_scaling_group,
+         AutoScalingGroupName=live["asg_name"], MinSize=attrs["min_size"], MaxSize=attrs["max_size"],
+         DesiredCapacity=attrs["desired_capacity"])
+    return live
+
+
+def read_node_group(ctx: AwsContext, live: Live) -> Optional[dict[str, Any]]:
+    found = call("read an Auto Scaling group", ctx.client("autoscaling").describe_auto_scaling_groups,
+                 AutoScalingGroupNames=[live["asg_name"]])["AutoScalingGroups"]
+    if not found:
+        return None
+    group = found[0]
+    return {"min_size": group["MinSize"], "max_size": group["MaxSize"], "desired_capacity": group["DesiredCapacity"],
+            "instances": sorted(i["InstanceId"] for i in group.get("Instances", []))}
+
+
+def delete_node_group(ctx: AwsContext, live: Live, timeout_s: float = 300.0) -> None:
+    autoscaling = ctx.client("autoscaling")
+    _gone(autoscaling.delete_auto_scaling_group, ("ValidationError",), AutoScalingGroupName=live["asg_name"],
+          ForceDelete=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:  # its instances terminate first; the launch template waits for that
+        left = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[live["asg_name"]])["AutoScalingGroups"]
+        if not left:
+            return
+        time.sleep(2)
+    raise ProviderError(f"Auto Scaling group {live['asg_name']} still exists after {timeout_s:.0f}s")
+
+
+# --- load balancer ---------------------------------------------------------------------------------------------------
+
+def create_target_group(ctx: AwsContext, attrs: dict[str, Any]) -> Live:
+    check = attrs["health_check"]
+    made = call("create the target group", ctx.client("elbv2").create_target_group,
+                Name=ctx.name("serve")[:32], Protocol=attrs["protocol"], Port=attrs["port"],
+                VpcId=ctx.of("aws_network.main", "vpc_id"), TargetType="instance",
+                HealthCheckPath=check["path"], HealthCheckIntervalSeconds=check["interval_s"],
+                HealthyThresholdCount=check["healthy"], UnhealthyThresholdCount=check["unhealthy"],
+                Tags=ctx.tags("serve"))
+    return {"arn": made["TargetGroups"][0]["TargetGroupArn"]}
+
+
+def registered_targets(ctx: AwsContext, live: Live) -> list[str]:
+    health = call("read the target group", ctx.client("elbv2").describe_target_health, TargetGroupArn=live["arn"])
+    return sorted(t["Target"]["Id"] for t in health["TargetHealthDescriptions"])
+
+
+def delete_target_group(ctx: AwsContext, live: Live) -> None:
+    _gone(ctx.client("elbv2").delete_target_group, ("TargetGroupNotFound",), TargetGroupArn=live["arn"])
+
+
+def create_load_balancer(ctx: AwsContext, attrs: dict[str, Any]) -> Live:
+    made = call("create the load balancer", ctx.client("elbv2").create_load_balancer,
+                Name=ctx.name("lb")[:32], Subnets=ctx.of("aws_network.main", "subnet_ids"),
+                SecurityGroups=[ctx.of("aws_security_group.lb", "group_id")], Scheme=attrs["scheme"],
+                Type=attrs["type"], Tags=ctx.tags("lb"))["LoadBalancers"][0]
+    return {"arn": made["LoadBalancerArn"], "dns_name": made["DNSName"]}
+
+
+def delete_load_balancer(ctx: AwsContext, live: Live) -> None:
+    _gone(ctx.client("elbv2").delete_load_balancer, ("LoadBalancerNotFound",), LoadBalancerArn=live["arn"])
+
+
+def create_listener(ctx: AwsContext, attrs: dict[str, Any]) -> Live:
+    made = call("create the listener", ctx.client("elbv2").create_listener,
+                LoadBalancerArn=ctx.of("aws_lb.main", "arn"), Protocol=attrs["protocol"], Port=attrs["port"],
+                DefaultActions=[{"Type": "forward",
+                                 "TargetGroupArn": ctx.of(f"aws_lb_target_group.{attrs['forward_to']}", "arn")}])
+    return {"arn": made["Listeners"][0]["ListenerArn"]}
+
+
+def delete_listener(ctx: AwsContext, live: Live) -> None:
+    _gone(ctx.client("elbv2").delete_listener, ("ListenerNotFound",), ListenerArn=live["arn"])
+
+
+def tagged_leftovers(ctx: AwsContext) -> dict[str, list[str]]:
+    """Everything tagged for this cluster that still exists: empty after a destroy."""
+    ec2, autoscaling, elbv2 = ctx.client("ec2"), ctx.client("autoscaling"), ctx.client("elbv2")
+    owned = [{"Name": f"tag:{TAG}", "Values": [ctx.cluster]}]
+    left: dict[str, list[str]] = {
+        "vpcs": [v["VpcId"] for v in ec2.describe_vpcs(Filters=owned)["Vpcs"]],
+        "subnets": [s["SubnetId"] for s in ec2.describe_subnets(Filters=owned)["Subnets"]],
+        "security_groups": [g["GroupId"] for g in ec2.describe_security_groups(Filters=owned)["SecurityGroups"]],
+        "launch_templates": [t["LaunchTemplateId"] for t in ec2.describe_launch_templates(Filters=owned)["LaunchTemplates"]],
+        "auto_scaling_groups": [
+            g["AutoScalingGroupName"] for g in autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
+            if any(t["Key"] == TAG and t["Value"] == ctx.cluster for t in g.get("Tags", []))
+        ],
+        "load_balancers": [lb["LoadBalancerName"] for lb in elbv2.describe_load_balancers()["LoadBalancers"]
+                           if lb["LoadBalancerName"].startswith(ctx.name(""))],
+        "target_groups": [tg["TargetGroupName"] for tg in elbv2.describe_target_groups()["TargetGroups"]
+                          if tg["TargetGroupName"].startswith(ctx.name(""))],
+        "running_instances": [
+            i["InstanceId"]
+            for r in ec2.describe_instances(Filters=owned + [{"Name": "instance-state-name", "Values": ["pending", "running"]}])["Reservations"]
+            for i in r["Instances"]
+        ],
+    }
+    return {kind: ids for kind, ids in left.items() if ids}
+
+
+# --- one entry per verb ----------------------------------------------------------------------------------------------
+
+def create(ctx: AwsContext, kind: str, label: str, attrs: dict[str, Any], code: bytes, token: str) -> Live:
+    if kind == "aws_network":
+        return create_network(ctx, attrs)
+    if kind == "aws_security_group":
+        return create_security_group(ctx, label, attrs)
+    if kind == "aws_iam_role":
+        return create_iam_role(ctx, attrs, attrs["code_bucket"])
+    if kind == "aws_s3_bucket":
+        return create_bucket(ctx, attrs)
+    if kind == "aws_s3_object":
+        return put_code(ctx, attrs, code)
+    if kind == "aws_lb_target_group":
+        return create_target_group(ctx, attrs)
+    if kind == "aws_launch_template":
+        return create_launch_template(ctx, label, attrs, token)
+    if kind == "node_group":
+        return create_node_group(ctx, label, attrs)
+    if kind == "aws_lb":
+        return create_load_balancer(ctx, attrs)
+    if kind == "aws_lb_listener":
+        return create_listener(ctx, attrs)
+    raise ProviderError(f"{kind}.{label}: servectl does not know how to create a {kind}")
+
+
+def update(ctx: AwsContext, kind: str, label: str, attrs: dict[str, Any], live: Live) -> Live:
+    """The in-place changes the planner allows (IN_PLACE_INFRA_ATTRIBUTES); anything else is a replace."""
+    if kind == "node_group":
+        return update_node_group(ctx, attrs, live)
+    if kind == "aws_security_group":
+        return update_security_group(ctx, label, attrs, live)
+    return live  # target group health check and the like: nothing AWS needs told
+
+
+def delete(ctx: AwsContext, kind: str, live: Live) -> None:
+    if not live:
+        return  # never created (a failed create): nothing to remove
+    deleters: dict[str, Callable[[AwsContext, Live], None]] = {
+        "aws_network": delete_network,
+        "aws_security_group": delete_security_group,
+        "aws_iam_role": delete_iam_role,
+        "aws_s3_bucket": delete_bucket,
+        "aws_s3_object": delete_code,
+        "aws_lb_target_group": delete_target_group,
+        "aws_launch_template": delete_launch_template,
+        "node_group": delete_node_group,
+        "aws_lb": delete_load_balancer,
+        "aws_lb_listener": delete_listener,
+    }
+    deleters[kind](ctx, live)
+
+
+def find_live(ctx: AwsContext, kind: str, label: str, attrs: dict[str, Any]) -> Live:
+    """Find a resource by its name or tags, for a delete whose ids the state lacks (a crash between create and record)."""
+    ec2 = ctx.client("ec2")
+    owned = [{"Name": f"tag:{TAG}", "Values": [ctx.cluster]}]
+    if kind == "aws_network":
+        if attrs.get("vpc_id"):
+            return {"vpc_id": attrs["vpc_id"], "subnet_ids": list(attrs.get("subnet_ids") or []), "owned": False}
+        vpcs = ec2.describe_vpcs(Filters=owned)["Vpcs"]
+        if not vpcs:
+            return {}
+        vpc = vpcs[0]["VpcId"]
+        in_vpc = [{"Name": "vpc-id", "Values": [vpc]}]
+        tables = [t for t in ec2.describe_route_tables(Filters=in_vpc + owned)["RouteTables"]]
+        gateways = ec2.describe_internet_gateways(Filters=[{"Name": "attachment.vpc-id", "Values": [vpc]}])
+        return {
+            "vpc_id": vpc, "owned": True,
+            "subnet_ids": [s["SubnetId"] for s in ec2.describe_subnets(Filters=in_vpc)["Subnets"]],
+            "route_table_id": tables[0]["RouteTableId"] if tables else None,
+            "associations": [a["RouteTableAssociationId"] for t in tables for a in t.get("Associations", [])
+                             if not a.get("Main")],
+            "igw_id": (gateways["InternetGateways"] or [{}])[0].get("InternetGatewayId"),
+        }
+    if kind == "aws_security_group":
+        found = ec2.describe_security_groups(Filters=owned + [{"Name": "group-name", "Values": [ctx.name(label)]}])
+        return {"group_id": found["SecurityGroups"][0]["GroupId"]} if found["SecurityGroups"] else {}
+    if kind == "aws_iam_role":
+        return {"role_name": attrs["name"]}
+    if kind == "aws_s3_bucket":
+        return {"bucket": attrs["bucket"]}
+    if kind == "aws_s3_object":
+        return {"bucket": attrs["bucket"], "key": attrs["key"]}
+    if kind == "aws_launch_template":
+        found = ec2.describe_launch_templates(Filters=owned + [{"Name": "launch-template-name", "Values": [ctx.name(label)]}])
+        return {"launch_template_id": found["LaunchTemplates"][0]["LaunchTemplateId"]} if found["LaunchTemplates"] else {}
+    if kind == "node_group":
+        return {"asg_name": ctx.name(label)}
+    elbv2 = ctx.client("elbv2")
+    if kind == "aws_lb_target_group":
+        groups = [g for g in elbv2.describe_target_groups()["TargetGroups"] if g["TargetGroupName"] == ctx.name(label)[:32]]
+        return {"arn": groups[0]["TargetGroupArn"]} if groups else {}
+    if kind == "aws_lb":
+        balancers = [b for b in elbv2.describe_load_balancers()["LoadBalancers"] if b["LoadBalancerName"] == ctx.name("lb")[:32]]
+        return {"arn": balancers[0]["LoadBalancerArn"]} if balancers else {}
+    if kind == "aws_lb_listener":
+        balancer = find_live(ctx, "aws_lb", "main", {})
+        if not balancer:
+            return {}
+        listeners = elbv2.describe_listeners(LoadBalancerArn=balancer["arn"])["Listeners"]
+        return {"arn": listeners[0]["ListenerArn"]} if listeners else {}
+    return {}

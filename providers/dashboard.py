@@ -1,0 +1,94 @@
+"""Ray's dashboard REST API with the cluster's auth token: Serve's state, Serve deploys, nodes, code packages.
+
+This is how servectl talks to a cluster it is not a driver of (the AWS
+provider's head node): plain HTTP, no Ray import, no GCS connection. The
+dashboard port is never opened to the world; servectl reaches it from inside
+the cluster's network or through a tunnel (``AwsRay(dashboard_url=...)``).
+"""
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, Optional
+
+from servectl.errors import ProviderError
+
+SERVE_APPLICATIONS = "/api/serve/applications/"
+
+
+class RayDashboard:
+    def __init__(self, url: str, token: Optional[str] = None, timeout_s: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout_s = timeout_s
+
+    def _request(self, method: str, path: str, body: Optional[bytes] = None, content_type: str = "application/json",
+                 ok: tuple[int, ...] = (200,)) -> tuple[int, bytes]:
+        request = urllib.request.Request(self.url + path, data=body, method=method)
+        if body is not None:
+            request.add_header("Content-Type", content_type)
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as err:
+            detail = err.read().decode("utf-8", "replace").strip().splitlines()
+            if err.code in ok:
+                return err.code, b""
+            if err.code in (401, 403):
+                raise ProviderError(
+                    f"Ray's dashboard at {self.url} refused servectl's token ({err.code}); check the cluster's auth token"
+                ) from None
+            last = detail[-1][:300] if detail else err.reason
+            raise ProviderError(f"Ray's dashboard at {self.url} answered {err.code} to {method} {path}: {last}") from None
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise ProviderError(f"cannot reach Ray's dashboard at {self.url}: {reason}") from None
+
+    def _json(self, method: str, path: str, payload: Any = None) -> Any:
+        body = None if payload is None else json.dumps(payload).encode()
+        _, raw = self._request(method, path, body)
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            raise ProviderError(f"Ray's dashboard at {self.url} sent something that is not JSON for {path}") from None
+
+    # -- Serve ----------------------------------------------------------------------------------------------------
+
+    def serve_details(self) -> dict[str, Any]:
+        """Serve's state (ServeInstanceDetails as JSON): applications, their deployed configs, replicas."""
+        return self._json("GET", SERVE_APPLICATIONS) or {}
+
+    def deploy(self, config: dict[str, Any]) -> None:
+        """Declare every Serve application at once (ServeDeploySchema), as `serve deploy` does."""
+        self._json("PUT", SERVE_APPLICATIONS, config)
+
+    def shutdown_serve(self) -> None:
+        self._request("DELETE", SERVE_APPLICATIONS)
+
+    # -- nodes ----------------------------------------------------------------------------------------------------
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Alive nodes as Ray's state API lists them: node_ip, resources_total, labels."""
+        answer = self._json("GET", "/api/v0/nodes?limit=10000&detail=1")
+        try:
+            rows = answer["data"]["result"]["result"]
+        except (TypeError, KeyError):
+            raise ProviderError(f"Ray's dashboard at {self.url} listed nodes in an unknown shape") from None
+        return [row for row in rows if row.get("state") == "ALIVE"]
+
+    # -- code packages (runtime_env working_dir in the cluster's GCS) ---------------------------------------------
+
+    def _package_path(self, uri: str) -> str:
+        protocol, _, name = uri.partition("://")
+        return f"/api/packages/{protocol}/{urllib.parse.quote(name)}"
+
+    def package_exists(self, uri: str) -> bool:
+        status, _ = self._request("GET", self._package_path(uri), ok=(200, 404))
+        return status == 200
+
+    def upload_package(self, uri: str, zipped: bytes) -> None:
+        self._request("PUT", self._package_path(uri), zipped, content_type="application/octet-stream")
