@@ -27,6 +27,7 @@ from servectl.sensitive import reveal
 from servectl.plan import Action, ResourceChange
 from servectl.state.document import ResourceState
 
+from servectl.providers.dashboard import RayDashboard
 from servectl.providers.embedded_cluster import RUNTIME_DIR, EmbeddedCluster, free_ports, port_open
 from servectl.providers.front_proxy import FrontProxy, RoutedEndpoint, internal_route, render_config
 from servectl.policy import POLICY_TTL_S, applied_endpoints, read_policies, write_policies
@@ -163,6 +164,7 @@ class LocalRayProvider(Provider):
         self._packages_present: dict[str, bool] = {}
         self._serve_port: Optional[int] = None
         self._policy_written_at = 0.0
+        self._rest: Optional[RayDashboard] = None
 
     # --- where the cluster is -------------------------------------------------
     def _target(self) -> Optional[tuple[str, Optional[str]]]:
@@ -221,55 +223,68 @@ class LocalRayProvider(Provider):
         nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
         return {"address": target[0], "embedded": self.embedded is not None, "serve_port": self._serve_port, "nodes": nodes}
 
-    def _client(self) -> Any:
-        from ray.serve.context import _get_global_client
+    def _dashboard(self) -> RayDashboard:
+        """Serve is read and deployed through Ray's dashboard REST API: no Serve import in the CLI.
 
-        return _get_global_client()
+        The driver connection stays for what only a member can do (nodes, the
+        policy store, code uploads); the dashboard's address comes from it.
+        """
+        if self._rest is None:
+            target = self._target()
+            assert target is not None
+            connect(*target)
+            from ray._private.services import get_webui_url_from_internal_kv
+
+            url = get_webui_url_from_internal_kv()
+            if not url:
+                raise ProviderError(
+                    f"the Ray cluster at {target[0]} runs no dashboard; servectl deploys Serve through it "
+                    "(start Ray with the dashboard on)"
+                )
+            token = None
+            if target[1]:
+                with open(target[1], encoding="utf-8") as handle:
+                    token = handle.read().strip()
+            self._rest = RayDashboard(url if "://" in url else f"http://{url}", token)
+        return self._rest
 
     def _start_serve(self) -> None:
         """Start Serve on an internal port (or adopt the one it has): the front proxy owns the public one."""
-        from ray import serve
-
-        logging.getLogger("ray.serve").setLevel(logging.WARNING)
-        try:
-            details = self._client().get_serve_details()
-        except Exception:  # noqa: BLE001 - Serve not running on this cluster yet
-            details = None
-        if details is not None:
+        dashboard = self._dashboard()
+        details = dashboard.serve_details()
+        if details.get("controller_info"):
             wanted = PROXY_LOCATIONS[self.spec.http_location]
-            live_location = str(getattr(details.get("proxy_location"), "value", details.get("proxy_location")))
+            live_location = str(details.get("proxy_location"))
             if live_location == wanted or details.get("applications"):
                 # With applications deployed the planner already refuses a location change.
                 self._serve_port = int((details.get("http_options") or {})["port"])
                 return
             # An empty Serve left with another HTTP location (an earlier destroy):
             # Serve fixes its proxies at start, so start it again.
-            serve.shutdown()
+            dashboard.shutdown_serve()
         (port,) = free_ports(1)
-        serve.start(
-            proxy_location=PROXY_LOCATIONS[self.spec.http_location],
-            http_options={"host": "127.0.0.1", "port": port},
-        )
+        dashboard.deploy({
+            "proxy_location": PROXY_LOCATIONS[self.spec.http_location],
+            "http_options": {"host": "127.0.0.1", "port": port},
+            "applications": [],
+        })
         self._serve_port = port
 
     # --- reading the live system ----------------------------------------------
     def _details(self) -> dict[str, Any]:
-        return self._client().get_serve_details()
+        return self._dashboard().serve_details()
 
     def unmanaged_conflicts(self, managed: set[str]) -> list[str]:
         """Called after prepare(): the cluster is connected and Serve is running."""
         return sorted(set(self._details().get("applications", {})) - managed)
 
     def _live_details(self, target: tuple[str, Optional[str]]) -> dict[str, Any]:
-        """Serve's details on ``target`` without starting anything; {} when Serve is not running there."""
+        """Serve's details on ``target`` without starting anything (no applications when Serve is not running)."""
         connect(*target)
-        from ray.serve.context import _get_global_client
-
         try:
-            client = _get_global_client(raise_if_no_controller_running=False)
-            return client.get_serve_details() if client is not None else {}
-        except Exception as err:  # noqa: BLE001 - a cluster that stops answering mid-read
-            raise ProviderError(f"cannot read Serve's state from {target[0]}: {type(err).__name__}: {err}") from None
+            return self._dashboard().serve_details()
+        except ProviderError as err:
+            raise ProviderError(f"cannot read Serve's state from {target[0]}: {err}") from None
 
     def observe(self) -> LiveView:
         target = self._target()
@@ -435,8 +450,6 @@ class LocalRayProvider(Provider):
         progress: Progress,
     ) -> dict[str, dict[str, Any]]:
         """Backends first (Serve, healthy, internal routes served), then the front proxy's rules."""
-        from ray.serve.schema import ServeDeploySchema
-
         if change.kind == BACKEND and change.action is Action.DELETE:
             # Handles re-read policies every POLICY_TTL_S: let the last move of
             # traffic off this backend reach them before it goes.
@@ -444,10 +457,9 @@ class LocalRayProvider(Provider):
         before = self._details().get("applications", {})
         config, packages = self.serve_config(resources, change)
         try:
-            schema = ServeDeploySchema(**config)
-        except Exception as err:  # noqa: BLE001 - pydantic error from Serve's schema
+            self._dashboard().deploy(config)
+        except ProviderError as err:
             raise ProviderError(f"{change.address}: Serve rejected the configuration: {err}") from None
-        self._client().deploy_apps(schema)
         self._wait(change, before, config, timeout_s)
 
         live: dict[str, dict[str, Any]] = {}

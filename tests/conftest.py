@@ -47,38 +47,42 @@ class RayCluster:
         return f"http://127.0.0.1:{self.http_port}{path}"
 
 
+def set_environment(values: dict[str, Optional[str]]) -> dict[str, Optional[str]]:
+    """Set (or, for None, unset) environment variables; return what they were, for ``set_environment`` to put back."""
+    saved = {key: os.environ.get(key) for key in values}
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    return saved
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> RayCluster:
     runtime = tmp_path_factory.mktemp("ray-cluster")
     cluster = EmbeddedCluster(str(runtime))
-    saved_path = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(WORKER_SITE), saved_path]))
+    saved_path = set_environment(
+        {"PYTHONPATH": os.pathsep.join(filter(None, [str(WORKER_SITE), os.environ.get("PYTHONPATH")]))}
+    )
     try:
         record = cluster.start(num_cpus=4, num_gpus=2, resources={})
     finally:  # the workers keep it; this process and the CLI must not have it
-        if saved_path is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved_path
+        set_environment(saved_path)
     (http_port,) = free_ports(1)
     env = {
         "SERVECTL_RAY_ADDRESS": record.gcs_address,
         "SERVECTL_RAY_AUTH_TOKEN_PATH": record.token_path,
         "SERVECTL_HTTP_PORT": str(http_port),
     }
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
+    saved = set_environment(env)
     try:
         yield RayCluster(
             address=record.gcs_address, token_path=record.token_path, http_port=http_port, metrics_port=record.metrics_port,
             dashboard_url=f"http://127.0.0.1:{record.dashboard_port}",
         )
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        set_environment(saved)
         import ray
 
         if ray.is_initialized():  # tests that read Serve's state connected this process as a driver
@@ -119,7 +123,7 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> MotoServer:
         "AWS_PROFILE": None,
         "AWS_SESSION_TOKEN": None,
     }
-    saved = {key: os.environ.get(key) for key in env}
+    saved: dict[str, Optional[str]] = {}
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -130,18 +134,10 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> MotoServer:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError(f"moto_server did not start on {url} (see {log.name})")
                 time.sleep(0.2)
-        for key, value in env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        saved = set_environment(env)
         yield MotoServer(url=url, pid=proc.pid)
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        set_environment(saved)
         proc.terminate()
         try:
             proc.wait(timeout=10)
