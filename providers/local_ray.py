@@ -27,16 +27,14 @@ from servectl.sensitive import reveal
 from servectl.plan import Action, ResourceChange
 from servectl.state.document import ResourceState
 
+from servectl.providers import serve_apps
 from servectl.providers.dashboard import RayDashboard
+from servectl.providers.serve_apps import PROXY_LOCATIONS
 from servectl.providers.embedded_cluster import RUNTIME_DIR, EmbeddedCluster, free_ports, port_open
 from servectl.providers.front_proxy import FrontProxy, RoutedEndpoint, internal_route, render_config
 from servectl.policy import POLICY_TTL_S, applied_endpoints, read_policies, write_policies
 from servectl.traffic import allocate
 
-APP_BUILDER = "servectl.runtime.application:build"
-SHADOW_QUEUE_LIMIT = 100
-SHUTDOWN_POLL_S = 0.2
-PROXY_LOCATIONS = {"HeadOnly": "HeadOnly", "EveryNode": "EveryNode", "NoServer": "Disabled"}
 # Never shipped to workers: the same files a bundle leaves out (state may hold secrets).
 UPLOAD_EXCLUDES = list(EXCLUDED)
 _connected: dict[str, Optional[str]] = {"address": None}
@@ -76,55 +74,6 @@ def _use_token(token_path: str) -> None:
     os.environ["RAY_AUTH_TOKEN_PATH"] = token_path
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
-
-
-def runtime_env(package_uri: str, attrs: dict[str, Any]) -> dict[str, Any]:
-    """A backend's Ray runtime_env: its code package, environment and private dependencies."""
-    env: dict[str, Any] = {"working_dir": package_uri}
-    if attrs.get("env_vars"):
-        env["env_vars"] = attrs["env_vars"]
-    if attrs.get("pip"):
-        env["pip"] = {"packages": list(attrs["pip"]), "pip_check": False}
-    if attrs.get("conda"):
-        env["conda"] = attrs["conda"]
-    return env
-
-
-AUTOSCALING_KEYS = ("min_replicas", "max_replicas", "target_ongoing_requests")
-
-
-def replica_count(attrs: dict[str, Any]) -> dict[str, Any]:
-    """A deployment's replica settings: a fixed count, or Serve's autoscaling_config (never both)."""
-    scaling = attrs.get("autoscaling")
-    if not scaling:
-        return {"num_replicas": attrs["num_replicas"]}
-    return {"autoscaling_config": {key: value for key, value in scaling.items() if value is not None}}
-
-
-def _live_settings(app_config: dict[str, Any]) -> dict[str, Any]:
-    """A backend's attributes as Serve runs them, named as in the state; only what Serve reports back."""
-    deployments = app_config.get("deployments") or [{}]
-    deployment = deployments[0] or {}
-    envelope = deployment.get("user_config") if isinstance(deployment.get("user_config"), dict) else {}
-    settings: dict[str, Any] = {}
-    scaling = deployment.get("autoscaling_config")
-    if isinstance(scaling, dict):  # the live count is the autoscaler's to move: compare the range, not the count
-        for key in AUTOSCALING_KEYS:
-            if key in scaling:
-                settings[f"autoscaling.{key}"] = scaling[key]
-    elif "num_replicas" in deployment:
-        settings["num_replicas"] = deployment["num_replicas"]
-    if "max_ongoing_requests" in deployment:
-        settings["max_concurrent_queries"] = deployment["max_ongoing_requests"]
-    if "user" in envelope:
-        settings["user_config"] = envelope["user"]
-    ours = envelope.get("servectl") or {}
-    if "max_batch_size" in ours:
-        settings["max_batch_size"] = ours["max_batch_size"]
-    code = (app_config.get("args") or {}).get("code_sha256")
-    if code:
-        settings["code.sha256"] = code
-    return settings
 
 
 def live_nodes() -> list[NodeCapacity]:
@@ -309,7 +258,7 @@ class LocalRayProvider(Provider):
                 running=states.count("RUNNING"),
                 replicas=len(states),
                 message=str(deployment.get("message") or app.get("message") or ""),
-                settings=_live_settings(app.get("deployed_app_config") or {}),
+                settings=serve_apps.live_settings(app.get("deployed_app_config") or {}),
             )
         alive = [node for node in ray.nodes() if node.get("Alive")]
         urls = [
@@ -378,62 +327,7 @@ class LocalRayProvider(Provider):
         return self._upload()
 
     def serve_config(self, resources: dict[str, ResourceState], change: ResourceChange) -> tuple[dict[str, Any], dict[str, str]]:
-        shadow_targets = {
-            name for r in resources.values() if r.kind == ENDPOINT for name in r.attributes.get("shadow", {})
-        }
-        applications, packages = [], {}
-        for resource in resources.values():
-            if resource.kind != BACKEND:
-                continue
-            attrs = resource.attributes
-            uri = self._package_for(resource, change)
-            packages[resource.address] = uri
-            options = attrs["ray_actor_options"]
-            actor_options: dict[str, Any] = {"num_cpus": options["num_cpus"], "num_gpus": options["num_gpus"]}
-            if options.get("memory"):
-                actor_options["memory"] = options["memory"]
-            if options.get("resources"):
-                actor_options["resources"] = options["resources"]
-            applications.append(
-                {
-                    "name": resource.name,
-                    "route_prefix": internal_route(resource.name),
-                    "import_path": APP_BUILDER,
-                    # Environment variables reach the worker process before any user import.
-                    "runtime_env": runtime_env(uri, attrs),
-                    "args": {
-                        "backend": resource.name,
-                        "import_path": attrs["code"]["import_path"],
-                        "code_sha256": attrs["code"]["sha256"],
-                        "init_args": attrs["init_args"],
-                        "init_kwargs": attrs["init_kwargs"],
-                        "batched": attrs.get("max_batch_size") is not None,
-                    },
-                    "deployments": [
-                        {
-                            "name": resource.name,
-                            **replica_count(attrs),
-                            "max_ongoing_requests": attrs["max_concurrent_queries"],
-                            # servectl's live settings ride with the user's: both reach
-                            # running replicas through reconfigure(), without restarts.
-                            "user_config": {
-                                "servectl": {
-                                    "max_batch_size": attrs.get("max_batch_size"),
-                                    "batch_wait_timeout_s": attrs.get("batch_wait_timeout_s", 0.01),
-                                },
-                                "user": attrs["user_config"],
-                            },
-                            "ray_actor_options": actor_options,
-                            # A shadow's queue is bounded: copies beyond it are refused, never piled up.
-                            "max_queued_requests": SHADOW_QUEUE_LIMIT if resource.name in shadow_targets else -1,
-                            # A stopping replica takes no new requests and finishes the ones
-                            # it has; Serve polls for "finished" every 2 s by default, which
-                            # made every replace and delete wait seconds for nothing.
-                            "graceful_shutdown_wait_loop_s": SHUTDOWN_POLL_S,
-                        }
-                    ],
-                }
-            )
+        applications, packages = serve_apps.applications(resources, lambda resource: self._package_for(resource, change))
         config = {
             "proxy_location": PROXY_LOCATIONS[self.spec.http_location],
             "http_options": {"host": "127.0.0.1", "port": self._serve_port},

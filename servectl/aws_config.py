@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from servectl.config import NAME_PATTERN, _first_error, _Resource, active_registry, declaration_site
+from servectl.config import NAME_PATTERN, _Block, _first_error, declaration_site
 from servectl.errors import ConfigError
 
 RESERVED_RESOURCES = ("memory", "object_store_memory")
@@ -105,7 +105,7 @@ class LoadBalancer(BaseModel):
         return value
 
 
-class AwsRay(_Resource):
+class AwsRay(_Block):
     """An autoscaled Ray cluster on EC2: a head, one Auto Scaling group per node type, a load balancer."""
 
     region: str = Field(..., min_length=1)
@@ -118,17 +118,6 @@ class AwsRay(_Resource):
     subnet_ids: list[str] = Field(default_factory=list)
     code_bucket: Optional[str] = Field(None, description="bucket for the code zip; default: one servectl creates")
     key_name: Optional[str] = Field(None, description="EC2 key pair for SSH (no SSH rule is opened either way)")
-    declared_at: str = ""
-
-    def __init__(self, **settings: Any) -> None:
-        site = declaration_site()
-        try:
-            super().__init__(declared_at=site, **settings)
-        except ValidationError as err:
-            raise ConfigError(f"{site}: AwsRay: {_first_error(err)}") from None
-        registry = active_registry()
-        if registry is not None:
-            registry.providers.append(self)  # type: ignore[arg-type]
 
     @field_validator("cluster_name")
     @classmethod

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Callable, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -273,7 +273,24 @@ class Endpoint(_Resource):
             registry.endpoints.append(self)
 
 
-class LocalRay(_Resource):
+class _Block(_Resource):
+    """A top-level block (a provider, a state backend): one error line naming its place, then registered."""
+
+    registry_field: ClassVar[str] = "providers"
+    declared_at: str = ""
+
+    def __init__(self, **settings: Any) -> None:
+        site = declaration_site()
+        try:
+            super().__init__(declared_at=site, **settings)
+        except ValidationError as err:
+            raise ConfigError(f"{site}: {type(self).__name__}: {_first_error(err)}") from None
+        registry = active_registry()
+        if registry is not None:
+            getattr(registry, self.registry_field).append(self)
+
+
+class LocalRay(_Block):
     """The local Ray provider: an embedded cluster servectl starts itself, or an existing one.
 
     ``address`` (or env ``SERVECTL_RAY_ADDRESS``) names an existing cluster that
@@ -289,17 +306,6 @@ class LocalRay(_Resource):
     num_gpus: int = Field(0, ge=0, description="GPUs of the embedded head (logical GPUs work on CPU machines)")
     resources: dict[str, float] = Field(default_factory=dict)
     auth_token_path: Optional[str] = Field(None, description="token file for an existing cluster with token auth")
-    declared_at: str = ""
-
-    def __init__(self, **settings: Any) -> None:
-        site = declaration_site()
-        try:
-            super().__init__(declared_at=site, **settings)
-        except ValidationError as err:
-            raise ConfigError(f"{site}: LocalRay: {_first_error(err)}") from None
-        registry = active_registry()
-        if registry is not None:
-            registry.providers.append(self)
 
     @model_validator(mode="after")
     def _address_shape(self) -> "LocalRay":
@@ -311,7 +317,7 @@ class LocalRay(_Resource):
 BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
-class S3State(_Resource):
+class S3State(_Block):
     """Keep the state in S3 instead of ``servectl.state.json``, as Terraform's S3 backend with ``use_lockfile``.
 
     The bucket must exist and have versioning on (every state write is then a
@@ -324,17 +330,8 @@ class S3State(_Resource):
     encrypt: bool = Field(False, description="server-side encryption (SSE-S3, or SSE-KMS with kms_key_id)")
     kms_key_id: Optional[str] = None
     endpoint_url: Optional[str] = Field(None, description="an S3-compatible endpoint; AWS_ENDPOINT_URL also works")
-    declared_at: str = ""
 
-    def __init__(self, **settings: Any) -> None:
-        site = declaration_site()
-        try:
-            super().__init__(declared_at=site, **settings)
-        except ValidationError as err:
-            raise ConfigError(f"{site}: S3State: {_first_error(err)}") from None
-        registry = active_registry()
-        if registry is not None:
-            registry.state_backends.append(self)
+    registry_field: ClassVar[str] = "state_backends"
 
     @field_validator("bucket")
     @classmethod
