@@ -1,0 +1,70 @@
+"""The AWS provider applying its planned AWS resources in plan order on moto_server, change by change."""
+from __future__ import annotations
+
+import hashlib
+
+from servectl.loader import load_config
+from servectl.plan import Action
+from servectl.planner import plan_changes
+from servectl.providers import aws_resources as aws
+from servectl.providers import provider_for
+from servectl.state.document import ResourceState
+from tests.conftest import EXAMPLES
+
+
+def converge_infra(provider, plan, resources: dict[str, ResourceState]) -> None:
+    """What apply does, for the AWS resources only: the state after each change, then its live ids."""
+    for change in plan.actionable:
+        if change.kind in ("backend", "endpoint"):
+            continue
+        working = dict(resources)
+        if change.action is Action.DELETE:
+            working.pop(change.address)
+        else:
+            previous = resources.get(change.address)
+            working[change.address] = ResourceState(
+                change.kind, change.name, change.after, live=dict(previous.live) if previous else {})
+        live = provider.converge(working, change, 60, lambda _: None)
+        for address, ids in live.items():
+            working[address].live = ids
+        resources.clear()
+        resources.update(working)
+
+
+def test_the_provider_creates_resizes_and_deletes_its_aws_resources(moto_server, tmp_path):
+    first = load_config(str(EXAMPLES / "aws"))
+    provider = provider_for(first.provider, str(EXAMPLES / "aws"))
+    provider.recall({})
+    resources: dict[str, ResourceState] = {}
+    converge_infra(provider, plan_changes(first, None, [], "projected"), resources)
+    ctx = aws.AwsContext(region="us-east-1", cluster="servectl")
+
+    # The code object holds exactly the config files the plan hashed.
+    code = resources["aws_s3_object.code"]
+    body = ctx.client("s3").get_object(Bucket=code.live["bucket"], Key=code.live["key"])["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == code.attributes["sha256"]
+    token = provider.token()
+    assert len(token) == 64 and provider.recorded["ray_token"] != token  # kept marked sensitive in the state
+
+    # vision 2 → 6 replicas: the GPU group grows 1 → 3 in place, its new instances become targets.
+    from tests.test_aws_plan import applied
+
+    state = applied(first)
+    for address, resource in resources.items():
+        state.resources[address] = resource
+    grown = load_config(str(EXAMPLES / "aws"), {"vision_replicas": "6"})
+    replan = plan_changes(grown, state, [], "projected")
+    assert {c.address: c.action for c in replan.actionable if c.kind == "node_group"} == {
+        "node_group.gpu": Action.UPDATE, "node_group.cpu": Action.UPDATE,
+    }
+    converge_infra(provider, replan, resources)
+    gpu = aws.read_node_group(ctx, resources["node_group.gpu"].live)
+    assert (gpu["desired_capacity"], len(gpu["instances"])) == (3, 3)
+    assert set(gpu["instances"]) <= set(aws.registered_targets(ctx, resources["aws_lb_target_group.serve"].live))
+
+    # Destroy: every AWS resource deleted in reverse order, found by name; nothing tagged is left.
+    state.resources = dict(resources)
+    teardown = plan_changes(grown, state, [], "projected", destroy=True)
+    converge_infra(provider, teardown, resources)
+    assert resources == {}
+    assert aws.tagged_leftovers(ctx) == {}
