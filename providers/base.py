@@ -44,6 +44,13 @@ class LiveView:
 
 
 class Provider(ABC):
+    def recall(self, recorded: dict[str, Any]) -> None:
+        """The identifiers the last apply recorded for the provider (what prepare() returned then).
+
+        Called before prepare(); a provider that must keep something across
+        applies (the AWS cluster's Ray token) reads it here.
+        """
+
     @abstractmethod
     def cluster(self) -> ClusterView:
         """The cluster's nodes for placement. Must not start or change anything."""

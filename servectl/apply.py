@@ -54,6 +54,7 @@ def apply_plan(
     timeout_s: float = 300.0,
 ) -> StateDocument:
     document = state.copy() if state else StateDocument.new()
+    provider.recall(dict((document.provider or {}).get("live") or {}))
     provider_live = provider.prepare(progress)
     document.provider = {**plan.provider, "live": provider_live}
     recorded_apps = {r.name for r in document.resources.values() if r.kind == "backend"}
