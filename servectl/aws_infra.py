@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from servectl.aws_config import AwsRay, NodeType
+from servectl.aws_config import AwsRay
 from servectl.desired import NODE_GROUP, ResourceSpec, initial_replicas, replica_range
 from servectl.errors import PlanError
-from servectl.fleet import FleetPacking, NodeShape, pack_fleet
+from servectl.fleet import FleetPacking, NodeShape, fits_empty, pack_fleet
 from servectl.placement import ReplicaDemand
 
 NETWORK = "aws_network"
@@ -29,17 +29,12 @@ LISTENER = "aws_lb_listener"
 IN_PLACE_INFRA_ATTRIBUTES = {
     NODE_GROUP: frozenset({"min_size", "max_size", "desired_capacity", "hourly_price", "launch_template", "replicas"}),
     SECURITY_GROUP: frozenset({"ingress"}),
-    LISTENER: frozenset(),
-    LAUNCH_TEMPLATE: frozenset(),
     TARGET_GROUP: frozenset({"health_check"}),
 }
 
 SERVE_PORT = 8000  # the Serve proxy on every node: the target group's port
 HEALTH_PATH = "/-/healthz"
 RAY_VERSION = "2.60.0"
-# Ports only the cluster's own members may reach (Ray's GCS, dashboard, client server, object manager, ...).
-RAY_INTERNAL_PORTS = {"gcs": 6379, "dashboard": 8265, "client": 10001, "object_manager": 8076, "node_manager": 8077,
-                      "metrics": 8080, "workers": "10002-19999"}
 
 
 def shapes(block: AwsRay) -> list[NodeShape]:
@@ -65,32 +60,21 @@ def _refuse_unplaced(packing: FleetPacking, block: AwsRay, backends: list[Resour
         return
     demand, missing = packing.unplaced[0]
     spec = next(s for s in backends if s.name == demand.backend)
-    holders = [t for t in block.node_types if _fits(t, demand)]
+    fleet = shapes(block)
+    holders = [shape for shape in fleet if fits_empty(shape, demand)]
     if not holders:
-        offered = "; ".join(f"{t.name}: {_describe(t)}" for t in block.node_types)
+        offered = "; ".join(f"{t.name}: {', '.join(f'{k} {v:g}' for k, v in sorted(t.resources.items()))}"
+                            for t in block.node_types)
         raise PlanError(
             f"{spec.declared_at}: backend.{demand.backend}: a replica needs {{{demand.describe()}}}, which no node type "
             f"offers ({offered}); change ray_actor_options or add a node type that has it"
         )
-    names = ", ".join(f"{t.name} {t.max_workers}" for t in holders)
+    names = ", ".join(f"{shape.name} {shape.max_nodes}" for shape in holders)
     raise PlanError(
         f"{spec.declared_at}: backend.{demand.backend}: {missing} replica(s) needing {{{demand.describe()}}} do not fit "
         f"{when} even with the node groups that can hold them at max_workers ({names}); raise max_workers or "
         "lower the replicas"
     )
-
-
-def _fits(node_type: NodeType, demand: ReplicaDemand) -> bool:
-    shape = shapes_of([node_type])[0]
-    return pack_fleet([(demand, 1)], [shape]).feasible
-
-
-def shapes_of(types: list[NodeType]) -> list[NodeShape]:
-    return [NodeShape(name=t.name, cpus=t.cpus, gpus=t.gpus, resources=t.custom) for t in types]
-
-
-def _describe(node_type: NodeType) -> str:
-    return ", ".join(f"{k} {v:g}" for k, v in sorted(node_type.resources.items()))
 
 
 def size_node_groups(block: AwsRay, backends: list[ResourceSpec]) -> dict[str, dict[str, Any]]:
@@ -196,6 +180,7 @@ def infra_resources(block: AwsRay, backends: list[ResourceSpec], code_sha256: st
     return out
 
 
-def group_cost(attributes: dict[str, Any], size_key: str = "desired_capacity") -> Optional[float]:
+def group_cost(attributes: dict[str, Any]) -> Optional[float]:
+    """A node group's hourly cost at its desired size; None when its type has no price."""
     price = attributes.get("hourly_price")
-    return None if price is None else price * int(attributes.get(size_key) or 0)
+    return None if price is None else price * int(attributes.get("desired_capacity") or 0)

@@ -60,7 +60,8 @@ def _demand_amounts(demand: ReplicaDemand) -> dict[str, float]:
     return {"CPU": demand.cpus, "GPU": demand.gpus, **demand.resources}
 
 
-def _fits_empty(shape: NodeShape, demand: ReplicaDemand) -> bool:
+def fits_empty(shape: NodeShape, demand: ReplicaDemand) -> bool:
+    """Whether one replica fits an empty node of ``shape`` at all."""
     return _NodeRoom.of(shape.capacity(0)).try_take(demand)
 
 
@@ -98,7 +99,7 @@ def pack_fleet(demands: list[tuple[ReplicaDemand, int]], shapes: list[NodeShape]
     for demand, count in order:
         key = (demand.cpus, demand.gpus, demand.memory, tuple(sorted(demand.resources.items())))
         candidates = sorted(
-            (shape for shape in shapes if _fits_empty(shape, demand)), key=lambda s: _opening_cost(s, demand)
+            (shape for shape in shapes if fits_empty(shape, demand)), key=lambda s: _opening_cost(s, demand)
         )
         missing = 0
         for _ in range(count):

@@ -247,16 +247,13 @@ def _plan(
 def fleet_summary(resources: Any) -> dict[str, Any]:
     """The placement summary for node groups: nodes and GPUs per group at their desired sizes, and the cost."""
     groups = [r for r in resources if r.kind == NODE_GROUP]
-    nodes = sum(int(g.attributes.get("desired_capacity") or 0) for g in groups)
+    size = {g.name: int(g.attributes.get("desired_capacity") or 0) for g in groups}
     priced = [group_cost(g.attributes) for g in groups]
     return {
         "replicas": sum(sum((g.attributes.get("replicas") or {}).values()) for g in groups),
-        "nodes_total": nodes,
-        "nodes_used": sum(int(g.attributes.get("desired_capacity") or 0) for g in groups if g.attributes.get("replicas")),
-        "gpu_nodes_used": sum(
-            int(g.attributes.get("desired_capacity") or 0) for g in groups
-            if (g.attributes.get("node_resources") or {}).get("GPU", 0) > 0
-        ),
+        "nodes_total": sum(size.values()),
+        "nodes_used": sum(size[g.name] for g in groups if g.attributes.get("replicas")),
+        "gpu_nodes_used": sum(size[g.name] for g in groups if (g.attributes.get("node_resources") or {}).get("GPU", 0) > 0),
         "cpus_used": 0, "cpus_total": 0, "gpus_used": 0, "gpus_total": 0,
         "hourly_cost": None if any(cost is None for cost in priced) else round(sum(priced), 4),  # type: ignore[arg-type]
         "node_groups": {

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 
+from servectl.apply import _after_change
 from servectl.loader import load_config
 from servectl.plan import Action
 from servectl.planner import plan_changes
@@ -17,13 +18,7 @@ def converge_infra(provider, plan, resources: dict[str, ResourceState]) -> None:
     for change in plan.actionable:
         if change.kind in ("backend", "endpoint"):
             continue
-        working = dict(resources)
-        if change.action is Action.DELETE:
-            working.pop(change.address)
-        else:
-            previous = resources.get(change.address)
-            working[change.address] = ResourceState(
-                change.kind, change.name, change.after, live=dict(previous.live) if previous else {})
+        working = _after_change(resources, change)
         live = provider.converge(working, change, 60, lambda _: None)
         for address, ids in live.items():
             working[address].live = ids
