@@ -1,31 +1,37 @@
-"""The AWS provider: plans the whole cluster; applies its AWS resources; Serve on it comes next.
+"""The AWS provider: the whole cluster planned, its AWS resources and Serve applied, routing on every node.
 
 Planning needs no AWS call: the node groups' sizes come from packing the
 backends onto the declared node types (``servectl.aws_infra``). The AWS
-resources are created, resized and deleted through ``aws_resources`` (tested
-on moto_server). Deploying Serve through the head's dashboard and routing on
-every node are the rest of issue #6: until they exist, ``prepare`` — the
-first step of every apply — refuses in one line, so no apply can stop halfway
-with machines running.
+resources are created, resized and deleted through ``aws_resources``. Serve
+is deployed through the head's dashboard REST API with the cluster's Ray
+token (no Ray import, no GCS connection from the CLI); the code reaches the
+nodes as the zip ``aws_s3_object.code`` in S3, named in each application's
+``runtime_env``. Routing (weights, shard keys, shadows) is a document in the
+code bucket that every node's agent applies to its front proxy
+(``aws_routing``, ``servectl.node_agent``).
 """
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Any, Optional
 
 from servectl import bundle
+from servectl.aws_infra import code_bucket
 from servectl.desired import BACKEND, ENDPOINT, ProviderSpec
 from servectl.errors import ProviderError
 from servectl.plan import Action, ResourceChange
+from servectl.policy import POLICY_TTL_S
 from servectl.providers import aws_resources as aws
+from servectl.providers import serve_apps, serve_health
+from servectl.providers.aws_routing import RoutingStore
 from servectl.providers.base import ClusterView, LiveView, Progress, Provider
+from servectl.providers.dashboard import RayDashboard
 from servectl.sensitive import MARK, reveal
 from servectl.state.document import ResourceState
 
-NOT_YET = (
-    "the AWS provider can plan but not yet apply, observe or destroy (issue #6 is in progress); "
-    "use `servectl plan` to see what it will create"
-)
+DASHBOARD_PORT = 8265
+CODE = "aws_s3_object.code"
 
 
 class AwsRayProvider(Provider):
@@ -37,6 +43,8 @@ class AwsRayProvider(Provider):
         self.ctx = aws.AwsContext(region=spec.aws["region"], cluster=spec.aws["cluster_name"])
         self.recorded: dict[str, Any] = {}
         self._zipped: Optional[bytes] = None
+        self._rest: Optional[RayDashboard] = None
+        self._policy_written_at = 0.0
 
     def recall(self, recorded: dict[str, Any]) -> None:
         """The provider identifiers the last apply recorded (the cluster's Ray token above all)."""
@@ -55,12 +63,69 @@ class AwsRayProvider(Provider):
         return {}  # the nodes do not exist yet: nothing to ask
 
     def prepare(self, progress: Progress) -> dict[str, Any]:
-        raise ProviderError(NOT_YET)
+        """Nothing to start from here: the nodes come with the node groups. Keep the cluster's token."""
+        self.token()
+        return {"ray_token": self.recorded["ray_token"], "region": self.ctx.region, "cluster_name": self.ctx.cluster}
 
     def unmanaged_conflicts(self, managed: set[str]) -> list[str]:
-        raise ProviderError(NOT_YET)
+        """Serve applications on an existing head that the state does not record (none before the head exists)."""
+        rest = self._dashboard(wait_s=0)
+        if rest is None:
+            return []
+        return sorted(set(rest.serve_details().get("applications") or {}) - managed)
 
-    def _code(self) -> bytes:
+    # --- where the head is --------------------------------------------------------------------------------
+    def _dashboard_url(self) -> Optional[str]:
+        configured = self.spec.aws.get("dashboard_url") if self.spec.aws else None
+        if configured:
+            return str(configured).rstrip("/")
+        found = self.ctx.client("ec2").describe_instances(Filters=[
+            {"Name": f"tag:{aws.TAG}", "Values": [self.ctx.cluster]},
+            {"Name": "tag:servectl:role", "Values": ["head"]},
+            {"Name": "instance-state-name", "Values": ["running"]},
+        ])
+        for reservation in found.get("Reservations", []):
+            for instance in reservation.get("Instances", []):
+                if instance.get("PrivateIpAddress"):
+                    return f"http://{instance['PrivateIpAddress']}:{DASHBOARD_PORT}"
+        return None
+
+    def _dashboard(self, wait_s: float) -> Optional[RayDashboard]:
+        """The head's dashboard once it answers, waiting up to ``wait_s`` (a new head installs Ray first)."""
+        if self._rest is not None:
+            return self._rest
+        deadline = time.monotonic() + wait_s
+        last = "no running head instance yet"
+        while True:
+            url = self._dashboard_url()
+            if url:
+                rest = RayDashboard(url, self.token(), timeout_s=5)
+                try:
+                    rest.serve_details()
+                    self._rest = RayDashboard(url, self.token())
+                    return self._rest
+                except ProviderError as err:
+                    last = str(err)
+            if time.monotonic() >= deadline:
+                if wait_s > 0:
+                    raise ProviderError(
+                        f"the head's dashboard did not answer within {wait_s:.0f}s ({last}); check the head instance's "
+                        "console output, or set AwsRay(dashboard_url=…) to a tunnel that reaches it"
+                    )
+                return None
+            time.sleep(2)
+
+    def _head(self) -> RayDashboard:
+        rest = self._dashboard(wait_s=float((self.spec.aws or {}).get("head_timeout_s", 900)))
+        assert rest is not None
+        return rest
+
+    def _routing(self) -> RoutingStore:
+        return RoutingStore(self.ctx.client("s3"), code_bucket(self.spec.aws or {}), self.ctx.cluster)
+
+    def _code(self, label: str) -> bytes:
+        if label == "agent":
+            return bundle.freeze_servectl()
         if self._zipped is None:
             self._zipped = bundle.freeze(self.code_dir)
         return self._zipped
@@ -69,7 +134,7 @@ class AwsRayProvider(Provider):
         self, resources: dict[str, ResourceState], change: ResourceChange, timeout_s: float, progress: Progress
     ) -> dict[str, dict[str, Any]]:
         if change.kind in (BACKEND, ENDPOINT):
-            raise ProviderError(NOT_YET)
+            return self._converge_serve(resources, change, timeout_s, progress)
         if change.action is Action.NOOP:  # a revert after a failed change: AWS keeps what it has
             return {}
         self.ctx.live = {address: resource.live for address, resource in resources.items() if resource.live}
@@ -81,20 +146,97 @@ class AwsRayProvider(Provider):
             return {}
         attributes = change.after or {}
         if change.action is Action.UPDATE:
-            live = aws.update(self.ctx, kind, label, attributes, resources[change.address].live)
+            live = aws.update(self.ctx, kind, label, attributes, resources[change.address].live, self.token())
             return {change.address: live}
-        if change.action is Action.REPLACE:
+        if change.action is Action.REPLACE and kind != "aws_s3_object":
+            # Code zips are content-addressed and kept: backends this apply does not
+            # restart still run from theirs, and nodes that join later fetch it.
             old = resources[change.address].live or aws.find_live(self.ctx, kind, label, change.before or {})
             aws.delete(self.ctx, kind, old)
-        live = aws.create(self.ctx, kind, label, attributes, self._code() if kind == "aws_s3_object" else b"", self.token())
+        code = self._code(label) if kind == "aws_s3_object" else b""
+        live = aws.create(self.ctx, kind, label, attributes, code, self.token())
         self.ctx.live[change.address] = live
         return {change.address: live}
 
+    def _converge_serve(
+        self, resources: dict[str, ResourceState], change: ResourceChange, timeout_s: float, progress: Progress
+    ) -> dict[str, dict[str, Any]]:
+        """Serve's applications through the head's dashboard, then the routing document every node agent applies."""
+        rest = self._head()
+        if change.kind == BACKEND and change.action is Action.DELETE:
+            # Handles re-read policies every POLICY_TTL_S: let the last move of traffic reach them first.
+            time.sleep(max(0.0, self._policy_written_at + POLICY_TTL_S + 0.2 - time.monotonic()))
+        before = rest.serve_details().get("applications") or {}
+        code = resources.get(CODE)
+        if code is None or not code.live.get("uri"):
+            raise ProviderError(f"{change.address}: {CODE} has no uploaded zip in the state; run apply again to create it")
+
+        def package_for(resource: ResourceState) -> str:
+            restarting = change.address == resource.address and change.action in (Action.CREATE, Action.REPLACE)
+            recorded = resource.live.get("package_uri")
+            return str(recorded) if recorded and not restarting else str(code.live["uri"])
+
+        applications, packages = serve_apps.applications(resources, package_for)
+        serve_port = int((self.spec.aws or {}).get("serve_port", 8001))
+        config = {
+            "proxy_location": serve_apps.PROXY_LOCATIONS["EveryNode"],
+            "http_options": {"host": "0.0.0.0", "port": serve_port},
+            "applications": reveal(applications),  # the one place sensitive values are revealed
+        }
+        try:
+            rest.deploy(config)
+        except ProviderError as err:
+            raise ProviderError(f"{change.address}: Serve rejected the configuration: {err}") from None
+        serve_health.wait_until_live(rest.serve_details, change, before, config, timeout_s)
+
+        live, policies = serve_apps.endpoint_policies(resources)
+        for resource in resources.values():
+            if resource.kind == BACKEND:
+                live[resource.address] = {"application": resource.name, "package_uri": packages[resource.address]}
+        routing = self._routing()
+        backends = [r.name for r in resources.values() if r.kind == BACKEND]
+        version = routing.publish(policies, backends, serve_port)
+        nodes = sorted({str(node["node_ip"]) for node in rest.nodes()})
+        progress(f"{change.address}: routing version {version} published; waiting for {len(nodes)} node(s)")
+        routing.wait_for(version, nodes, timeout_s)
+        self._policy_written_at = time.monotonic()
+        return live
+
     def observe(self) -> LiveView:
-        raise ProviderError(NOT_YET)
+        rest = self._dashboard(wait_s=0)
+        if rest is None:
+            raise ProviderError(
+                f"cannot reach the head of AWS cluster {self.ctx.cluster!r} in {self.ctx.region} (no running head, or "
+                "its dashboard does not answer from here: set AwsRay(dashboard_url=…) to a tunnel)"
+            )
+        details = rest.serve_details()
+        document = self._routing().current() or {}
+        return LiveView(
+            backends=serve_health.live_backends(details), metrics_urls=[],
+            endpoints=dict(document.get("endpoints") or {}), nodes=len(rest.nodes()), infra=self._observe_infra(),
+        )
+
+    def _observe_infra(self) -> dict[str, Optional[dict[str, Any]]]:
+        """The node groups' sizes (a hand resize is drift) and whether the target group still exists."""
+        labels = ["head", *[t["name"] for t in (self.spec.aws or {}).get("node_types", [])]]
+        seen: dict[str, Optional[dict[str, Any]]] = {}
+        for label in labels:
+            group = aws.read_node_group(self.ctx, aws.find_live(self.ctx, "node_group", label, {}))
+            seen[f"node_group.{label}"] = (
+                None if group is None else {k: group[k] for k in ("min_size", "max_size", "desired_capacity")}
+            )
+        target = aws.find_live(self.ctx, "aws_lb_target_group", "serve", {})
+        seen["aws_lb_target_group.serve"] = {} if target else None
+        return seen
 
     def fingerprint(self) -> Optional[str]:
         return None
 
     def teardown(self, progress: Progress) -> None:
-        raise ProviderError(NOT_YET)
+        """After a destroy the nodes are gone with their groups; only the routing document and reports may remain."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._routing().clear()
+        except (ClientError, BotoCoreError):
+            pass  # the bucket went with the destroy

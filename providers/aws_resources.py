@@ -202,6 +202,8 @@ def create_iam_role(ctx: AwsContext, attrs: dict[str, Any], bucket: str) -> Live
         "Version": "2012-10-17",
         "Statement": [
             {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": [f"arn:aws:s3:::{bucket}/*"]},
+            # The node agents' reports of the routing version they serve; nothing else is writable.
+            {"Effect": "Allow", "Action": ["s3:PutObject"], "Resource": [f"arn:aws:s3:::{bucket}/{ctx.cluster}/agents/*"]},
             {"Effect": "Allow", "Action": ["ec2:DescribeInstances", "ec2:DescribeTags"], "Resource": "*"},
         ],
     }
@@ -259,7 +261,17 @@ def put_code(ctx: AwsContext, attrs: dict[str, Any], zipped: bytes) -> Live:
 
 
 def delete_code(ctx: AwsContext, live: Live) -> None:
-    _gone(ctx.client("s3").delete_object, ("NoSuchKey", "NoSuchBucket"), Bucket=live["bucket"], Key=live["key"])
+    """Delete the zip and the earlier ones of its kind (a replace keeps them while backends may still run from them)."""
+    s3 = ctx.client("s3")
+    from botocore.exceptions import ClientError
+
+    family = live["key"].rsplit("-", 1)[0] + "-"  # <cluster>/code- or <cluster>/servectl-
+    try:
+        listing = s3.list_objects_v2(Bucket=live["bucket"], Prefix=family)
+    except ClientError:
+        return  # the bucket is gone
+    for item in listing.get("Contents", []):
+        _gone(s3.delete_object, ("NoSuchKey", "NoSuchBucket"), Bucket=live["bucket"], Key=item["Key"])
 
 
 # --- nodes -------------------------------------------------------------------------------------------------------------
@@ -272,33 +284,52 @@ def image_id(ctx: AwsContext, attrs: dict[str, Any]) -> str:
 
 
 def user_data(ctx: AwsContext, label: str, attrs: dict[str, Any], token: str) -> str:
-    """The boot script: install Ray, write the cluster's token, start Ray as head or as a worker that finds the head."""
+    """The boot script: install Ray and servectl, write the cluster's token, start Ray and the node agent.
+
+    A worker finds the head by tag; every node runs the node agent, which
+    keeps its front proxy (the target group's port) on the routing policy.
+    """
     resources = json.dumps({k: v for k, v in attrs["ray_resources"].items() if k not in ("CPU", "GPU")})
     cpus = int(attrs["ray_resources"].get("CPU", 0))
     gpus = int(attrs["ray_resources"].get("GPU", 0))
+    bucket = ctx.of("aws_s3_object.agent", "bucket")
+    is_head = attrs["role"] == "head"
     common = f"""#!/bin/bash
 set -euo pipefail
 dnf install -y python3.11 python3.11-pip awscli
-python3.11 -m pip install 'ray[serve,default]=={attrs["ray_version"]}' boto3
+python3.11 -m pip install 'ray[serve,default]=={attrs["ray_version"]}' 'smart_open[s3]' boto3
 umask 077
-mkdir -p /etc/ray && printf '%s' '{token}' > /etc/ray/token
-export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=/etc/ray/token
+mkdir -p /etc/ray /opt/servectl /var/lib/servectl && printf '%s' '{token}' > /etc/ray/token
+aws s3 cp --region {ctx.region} s3://{bucket}/{attrs["agent_key"]} /opt/servectl/servectl.zip
+IMDS=$(curl -s -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' http://169.254.169.254/latest/api/token)
+NODE_IP=$(curl -s -H "X-aws-ec2-metadata-token: $IMDS" http://169.254.169.254/latest/meta-data/local-ipv4)
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=/etc/ray/token PYTHONPATH=/opt/servectl/servectl.zip
 """
-    if attrs["role"] == "head":
-        return common + f"ray start --head --port 6379 --dashboard-host 0.0.0.0 --num-cpus {cpus} --num-gpus {gpus}\n"
+    agent = (
+        "systemd-run --unit servectl-agent --property Restart=always "
+        "--setenv RAY_AUTH_MODE=token --setenv RAY_AUTH_TOKEN_PATH=/etc/ray/token "
+        "--setenv PYTHONPATH=/opt/servectl/servectl.zip "
+        f"python3.11 -m servectl.node_agent --region {ctx.region} --bucket {bucket} --cluster {ctx.cluster} "
+        f'--node-ip "$NODE_IP" --listen 0.0.0.0:{attrs["proxy_port"]}'
+        + (' --ray-address "$NODE_IP:6379"' if is_head else "") + "\n"
+    )
+    if is_head:
+        return common + (
+            f'ray start --head --node-ip-address "$NODE_IP" --port 6379 --dashboard-host 0.0.0.0 '
+            f"--num-cpus {cpus} --num-gpus {gpus}\n" + agent
+        )
     find_head = (
         "HEAD=$(aws ec2 describe-instances --region " + ctx.region + " --filters "
         f"Name=tag:{TAG},Values={ctx.cluster} Name=tag:servectl:role,Values=head Name=instance-state-name,Values=running "
         "--query 'Reservations[0].Instances[0].PrivateIpAddress' --output text)"
     )
     return common + f"""until {find_head} && [ "$HEAD" != None ]; do sleep 5; done
-ray start --address "$HEAD:6379" --num-cpus {cpus} --num-gpus {gpus} --resources '{resources}'
-"""
+ray start --address "$HEAD:6379" --node-ip-address "$NODE_IP" --num-cpus {cpus} --num-gpus {gpus} --resources '{resources}'
+""" + agent
 
 
-def create_launch_template(ctx: AwsContext, label: str, attrs: dict[str, Any], token: str) -> Live:
-    ec2 = ctx.client("ec2")
-    data = {
+def _template_data(ctx: AwsContext, label: str, attrs: dict[str, Any], token: str) -> dict[str, Any]:
+    data: dict[str, Any] = {
         "ImageId": image_id(ctx, attrs),
         "InstanceType": attrs["instance_type"],
         "IamInstanceProfile": {"Arn": ctx.of("aws_iam_role.node", "instance_profile_arn")},
@@ -310,9 +341,27 @@ def create_launch_template(ctx: AwsContext, label: str, attrs: dict[str, Any], t
     }
     if attrs.get("key_name"):
         data["KeyName"] = attrs["key_name"]
+    return data
+
+
+def create_launch_template(ctx: AwsContext, label: str, attrs: dict[str, Any], token: str) -> Live:
+    ec2 = ctx.client("ec2")
+    data = _template_data(ctx, label, attrs, token)
     made = call(f"create launch template {label}", ec2.create_launch_template, LaunchTemplateName=ctx.name(label),
                 LaunchTemplateData=data, TagSpecifications=[{"ResourceType": "launch-template", "Tags": ctx.tags(label)}])
     return {"launch_template_id": made["LaunchTemplate"]["LaunchTemplateId"], "image_id": data["ImageId"]}
+
+
+def update_launch_template(ctx: AwsContext, label: str, attrs: dict[str, Any], live: Live, token: str) -> Live:
+    """A new version, made the default: the node group launches ``$Latest``, so every node from now on boots with it."""
+    ec2 = ctx.client("ec2")
+    data = _template_data(ctx, label, attrs, token)
+    made = call(f"add a version to launch template {label}", ec2.create_launch_template_version,
+                LaunchTemplateId=live["launch_template_id"], LaunchTemplateData=data)
+    version = made["LaunchTemplateVersion"]["VersionNumber"]
+    call(f"make version {version} of launch template {label} the default", ec2.modify_launch_template,
+         LaunchTemplateId=live["launch_template_id"], DefaultVersion=str(version))
+    return {**live, "image_id": data["ImageId"], "version": version}
 
 
 def delete_launch_template(ctx: AwsContext, live: Live) -> None:
@@ -466,8 +515,10 @@ def create(ctx: AwsContext, kind: str, label: str, attrs: dict[str, Any], code: 
     raise ProviderError(f"{kind}.{label}: servectl does not know how to create a {kind}")
 
 
-def update(ctx: AwsContext, kind: str, label: str, attrs: dict[str, Any], live: Live) -> Live:
+def update(ctx: AwsContext, kind: str, label: str, attrs: dict[str, Any], live: Live, token: str) -> Live:
     """The in-place changes the planner allows (IN_PLACE_INFRA_ATTRIBUTES); anything else is a replace."""
+    if kind == "aws_launch_template":
+        return update_launch_template(ctx, label, attrs, live, token)
     if kind == "node_group":
         return update_node_group(ctx, attrs, live)
     if kind == "aws_security_group":

@@ -41,6 +41,9 @@ class LiveView:
     metrics_urls: list[str]
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # the live routing policy per endpoint
     nodes: int = 0
+    # Provider resources read back (the AWS provider's node groups, target group), by address:
+    # the values drift compares, or None where the resource is gone.
+    infra: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)
 
 
 class Provider(ABC):

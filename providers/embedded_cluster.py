@@ -136,7 +136,10 @@ class EmbeddedCluster:
             return record
         return None
 
-    def start(self, num_cpus: float, num_gpus: int, resources: dict[str, float], timeout_s: float = 90) -> ClusterRecord:
+    def start(
+        self, num_cpus: float, num_gpus: int, resources: dict[str, float], timeout_s: float = 90,
+        dashboard_port: Optional[int] = None,
+    ) -> ClusterRecord:
         existing = self.record()
         if existing:
             return existing
@@ -148,6 +151,7 @@ class EmbeddedCluster:
             with os.fdopen(fd, "w") as handle:
                 handle.write(secrets.token_hex(32))
         gcs, dashboard, client, agent, metrics, node_manager, object_manager, env_agent = free_ports(8)
+        dashboard = dashboard_port or dashboard
         ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
         command = [
             ray_cli if os.path.exists(ray_cli) else "ray", "start", "--head", "--block",

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from servectl.errors import ProviderError
 from servectl.providers.embedded_cluster import descendants, pid_alive, port_open
@@ -48,6 +48,15 @@ class RoutedEndpoint:
     route: str
     segments: Segments
     shadow: dict[str, float] = field(default_factory=dict)
+
+
+def routed_endpoints(policies: dict[str, dict[str, Any]]) -> list[RoutedEndpoint]:
+    """The endpoints with a route, from their routing policies (as the policy store and the node agents hold them)."""
+    return [
+        RoutedEndpoint(name, policy["route"], policy["segments"], policy.get("shadow") or {})
+        for name, policy in sorted(policies.items())
+        if policy.get("route") is not None
+    ]
 
 
 def render_config(bind_host: str, bind_port: int, serve_port: int, endpoints: list[RoutedEndpoint], pidfile: str) -> str:

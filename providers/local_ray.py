@@ -12,28 +12,25 @@ import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
 import time
-import urllib.request
 from typing import Any, Optional
 
 from servectl.bundle import EXCLUDED
-from servectl.providers.base import ClusterView, LiveBackend, LiveView, Progress, Provider
-from servectl.desired import BACKEND, ENDPOINT, ProviderSpec
+from servectl.providers.base import ClusterView, LiveView, Progress, Provider
+from servectl.desired import BACKEND, ProviderSpec
 from servectl.errors import ProviderError
 from servectl.placement import NodeCapacity
 from servectl.sensitive import reveal
 from servectl.plan import Action, ResourceChange
 from servectl.state.document import ResourceState
 
-from servectl.providers import serve_apps
+from servectl.providers import serve_apps, serve_health
 from servectl.providers.dashboard import RayDashboard
 from servectl.providers.serve_apps import PROXY_LOCATIONS
 from servectl.providers.embedded_cluster import RUNTIME_DIR, EmbeddedCluster, free_ports, port_open
-from servectl.providers.front_proxy import FrontProxy, RoutedEndpoint, internal_route, render_config
+from servectl.providers.front_proxy import FrontProxy, render_config, routed_endpoints
 from servectl.policy import POLICY_TTL_S, applied_endpoints, read_policies, write_policies
-from servectl.traffic import allocate
 
 # Never shipped to workers: the same files a bundle leaves out (state may hold secrets).
 UPLOAD_EXCLUDES = list(EXCLUDED)
@@ -244,22 +241,7 @@ class LocalRayProvider(Provider):
         details = self._live_details(target)
         import ray
 
-        backends = {}
-        for name, app in (details.get("applications") or {}).items():
-            deployment = (app.get("deployments") or {}).get(name) or {}
-            replicas = deployment.get("replicas") or []
-            states = [str(getattr(r["state"], "value", r["state"])) for r in replicas]
-            app_status = str(getattr(app["status"], "value", app["status"]))
-            status = str(getattr(deployment.get("status"), "value", deployment.get("status") or app_status))
-            if app_status == "DEPLOY_FAILED":
-                status = app_status
-            backends[name] = LiveBackend(
-                status=status,
-                running=states.count("RUNNING"),
-                replicas=len(states),
-                message=str(deployment.get("message") or app.get("message") or ""),
-                settings=serve_apps.live_settings(app.get("deployed_app_config") or {}),
-            )
+        backends = serve_health.live_backends(details)
         alive = [node for node in ray.nodes() if node.get("Alive")]
         urls = [
             f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
@@ -354,26 +336,14 @@ class LocalRayProvider(Provider):
             self._dashboard().deploy(config)
         except ProviderError as err:
             raise ProviderError(f"{change.address}: Serve rejected the configuration: {err}") from None
-        self._wait(change, before, config, timeout_s)
+        routes = None if self.spec.http_location == "NoServer" else self._serve_routes_problem
+        serve_health.wait_until_live(self._details, change, before, config, timeout_s, routes)
 
-        live: dict[str, dict[str, Any]] = {}
-        routed: list[RoutedEndpoint] = []
+        live, policies = serve_apps.endpoint_policies(resources)
         for resource in resources.values():
             if resource.kind == BACKEND:
                 live[resource.address] = {"application": resource.name, "package_uri": packages[resource.address]}
-                continue
-            segments = resource.live.get("segments")
-            if segments is None or resource.live.get("traffic") != resource.attributes["traffic"]:
-                segments = allocate(resource.attributes["traffic"], segments)
-            route = resource.attributes["route"]
-            live[resource.address] = {"route": route, "traffic": resource.attributes["traffic"], "segments": segments}
-            if route is not None:
-                routed.append(RoutedEndpoint(resource.name, route, segments, resource.attributes.get("shadow", {})))
-        policies = {
-            r.name: {"segments": live[a]["segments"], "route": r.attributes["route"], "shadow": r.attributes.get("shadow", {})}
-            for a, r in resources.items()
-            if r.kind == ENDPOINT
-        }
+        routed = routed_endpoints(policies)
         write_policies(policies, applied_endpoints() - set(policies))
         self._policy_written_at = time.monotonic()
         if self.spec.http_location != "NoServer":
@@ -383,76 +353,8 @@ class LocalRayProvider(Provider):
             self.front_proxy.apply(proxy_config, self.spec.http_host, self.spec.http_port)
         return live
 
-    def _wait(self, change: ResourceChange, before: dict[str, Any], config: dict[str, Any], timeout_s: float) -> None:
-        """Block until the change is live: replicas all on the new version, routes served, deletions gone."""
-        wanted = {app["name"]: app for app in config["applications"]}
-        old_replicas: set[str] = set()
-        if change.kind == BACKEND and change.action is Action.REPLACE and change.name in before:
-            deployment = before[change.name]["deployments"].get(change.name, {})
-            old_replicas = {r["replica_id"] for r in deployment.get("replicas", [])}
-        deadline = time.time() + timeout_s
-        last = "waiting for Serve"
-        while time.time() < deadline:
-            apps = self._details().get("applications", {})
-            problem = self._not_ready(change, apps, wanted, old_replicas)
-            if problem is None and self.spec.http_location != "NoServer":
-                problem = self._serve_routes_problem(set(wanted))
-            if problem is None:
-                return
-            last = problem
-            time.sleep(0.25)
-        raise ProviderError(f"{change.address}: not healthy after {timeout_s:.0f}s ({last})")
-
-    def _not_ready(self, change: ResourceChange, apps: dict[str, Any], wanted: dict[str, Any], old_replicas: set[str]) -> Optional[str]:
-        for name in set(apps) - set(wanted):
-            return f"application {name} still shutting down"
-        for name, app_config in wanted.items():
-            app = apps.get(name)
-            if app is None:
-                return f"application {name} not created yet"
-            status = str(getattr(app["status"], "value", app["status"]))
-            deployment = app["deployments"].get(name)
-            dep_status = str(getattr(deployment["status"], "value", deployment["status"])) if deployment else ""
-            if status == "DEPLOY_FAILED" or (dep_status in ("DEPLOY_FAILED", "UNHEALTHY") and name == change.name):
-                messages = [(deployment or {}).get("message") or "", app.get("message") or ""]
-                raise ProviderError(f"backend.{name}: deploy failed: {_failure_reason(messages)}")
-            if status != "RUNNING":
-                return f"application {name} is {status}"
-            if deployment is None:
-                return f"deployment {name} not created yet"
-            states = [str(getattr(r["state"], "value", r["state"])) for r in deployment.get("replicas", [])]
-            running = [r for r in deployment.get("replicas", []) if str(getattr(r["state"], "value", r["state"])) == "RUNNING"]
-            scaling = app_config["deployments"][0].get("autoscaling_config")
-            if scaling is None:
-                target = app_config["deployments"][0]["num_replicas"]
-                if len(running) != target or len(states) != target:
-                    return f"backend {name}: {len(running)}/{target} replicas running"
-            else:  # the autoscaler owns the count: enough running within the range is ready
-                low = scaling.get("initial_replicas")
-                low = scaling["min_replicas"] if low is None else low
-                if len(running) < low or dep_status not in ("HEALTHY", "UPSCALING", "DOWNSCALING"):
-                    return f"backend {name}: {len(running)}/{low}+ replicas running ({dep_status})"
-            if name == change.name and old_replicas & {r["replica_id"] for r in running}:
-                return f"backend {name}: old replicas still serving"
-            if (app.get("route_prefix") or None) != app_config["route_prefix"]:
-                return f"application {name} route not updated yet"
-        return None
-
     def _serve_routes_problem(self, apps: set[str]) -> Optional[str]:
-        """Serve's proxy learns routes a little after the controller: wait until it serves every backend's."""
-        url = f"http://127.0.0.1:{self._serve_port}/-/routes"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                routes = json.loads(response.read())
-        except (OSError, ValueError) as err:
-            return f"Serve's HTTP proxy not answering at {url}: {err}"
-        missing = sorted(name for name in apps if internal_route(name) not in routes)
-        stale = sorted(r for r, app in routes.items() if app not in apps)
-        if missing:
-            return f"Serve does not route to backend {missing[0]} yet"
-        if stale:
-            return f"Serve still routes {stale[0]}"
-        return None
+        return serve_health.routes_problem(self._serve_port or 0, apps)
 
     def teardown(self, progress: Progress) -> None:
         """Stop the front proxy and the embedded cluster; a cluster servectl was only given keeps running."""
@@ -468,24 +370,3 @@ class LocalRayProvider(Provider):
             _connected["address"] = None
         if self.embedded.stop():
             progress("stopped the embedded Ray head")
-
-
-_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
-
-
-def _failure_reason(messages: list[str]) -> str:
-    """The user's exception (``RuntimeError: weights missing``) from Serve's status messages.
-
-    Serve wraps a replica's traceback in prose; the last exception line in it
-    is what the user raised. Without one, the last line Serve wrote will do.
-    """
-    for message in messages:
-        lines = [line.strip() for line in message.splitlines() if line.strip()]
-        exceptions = [line for line in lines if _EXCEPTION_LINE.match(line) and not line.startswith("ray.")]
-        if exceptions:
-            return exceptions[-1]
-    for message in messages:
-        lines = [line.strip() for line in message.splitlines() if line.strip()]
-        if lines:
-            return lines[-1]
-    return "no message from Serve"

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from servectl.desired import BACKEND, ENDPOINT
 from servectl.providers.front_proxy import internal_route
 from servectl.state.document import ResourceState
+from servectl.traffic import allocate
 
 APP_BUILDER = "servectl.runtime.application:build"
 SHADOW_QUEUE_LIMIT = 100
@@ -123,3 +124,23 @@ def live_settings(app_config: dict[str, Any]) -> dict[str, Any]:
     if code:
         settings["code.sha256"] = code
     return settings
+
+
+def endpoint_policies(resources: dict[str, ResourceState]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Each endpoint's live record (route, weights, key-space segments) and its routing policy by name.
+
+    Segments are kept while the weights are unchanged and otherwise moved as
+    little as possible (``servectl.traffic.allocate``), so shard keys stay put.
+    """
+    live: dict[str, dict[str, Any]] = {}
+    policies: dict[str, dict[str, Any]] = {}
+    for address, resource in resources.items():
+        if resource.kind != ENDPOINT:
+            continue
+        segments = resource.live.get("segments")
+        if segments is None or resource.live.get("traffic") != resource.attributes["traffic"]:
+            segments = allocate(resource.attributes["traffic"], segments)
+        route = resource.attributes["route"]
+        live[address] = {"route": route, "traffic": resource.attributes["traffic"], "segments": segments}
+        policies[resource.name] = {"segments": segments, "route": route, "shadow": resource.attributes.get("shadow", {})}
+    return live, policies

@@ -118,6 +118,13 @@ class AwsRay(_Block):
     subnet_ids: list[str] = Field(default_factory=list)
     code_bucket: Optional[str] = Field(None, description="bucket for the code zip; default: one servectl creates")
     key_name: Optional[str] = Field(None, description="EC2 key pair for SSH (no SSH rule is opened either way)")
+    proxy_port: int = Field(8000, ge=1, le=65535, description="servectl's front proxy on every node: the target group's port")
+    serve_port: int = Field(8001, ge=1, le=65535, description="Serve's own HTTP proxy on every node, behind the front proxy")
+    dashboard_url: Optional[str] = Field(
+        None, description="where the CLI reaches the head's dashboard (an SSH tunnel, a bastion); "
+        "default: the head instance's private IP, port 8265"
+    )
+    head_timeout_s: float = Field(900, gt=0, description="how long apply waits for a new head's dashboard to answer")
 
     @field_validator("cluster_name")
     @classmethod
@@ -136,6 +143,10 @@ class AwsRay(_Block):
             raise ValueError("'head' names the head node; call the worker type something else")
         if bool(self.vpc_id) != bool(self.subnet_ids):
             raise ValueError("give vpc_id and subnet_ids together (or neither, and servectl creates the network)")
+        if self.proxy_port == self.serve_port:
+            raise ValueError(f"proxy_port and serve_port are both {self.serve_port}; the front proxy forwards to Serve")
+        if self.dashboard_url is not None and not re.match(r"^https?://[^/\s]+/?$", self.dashboard_url):
+            raise ValueError(f"dashboard_url {self.dashboard_url!r} is not an http(s)://host:port address")
         if self.subnet_ids and len(self.subnet_ids) < 2:
             raise ValueError("a load balancer needs subnet_ids in at least two availability zones")
         return self

@@ -30,9 +30,11 @@ IN_PLACE_INFRA_ATTRIBUTES = {
     NODE_GROUP: frozenset({"min_size", "max_size", "desired_capacity", "hourly_price", "launch_template", "replicas"}),
     SECURITY_GROUP: frozenset({"ingress"}),
     TARGET_GROUP: frozenset({"health_check"}),
+    # A changed template is a new version of it: nodes launched from then on boot with it.
+    LAUNCH_TEMPLATE: frozenset({"instance_type", "image_id", "ray_resources", "ray_version", "key_name", "agent_key",
+                                "proxy_port", "serve_port"}),
 }
 
-SERVE_PORT = 8000  # the Serve proxy on every node: the target group's port
 HEALTH_PATH = "/-/healthz"
 RAY_VERSION = "2.60.0"
 
@@ -97,7 +99,14 @@ def size_node_groups(block: AwsRay, backends: list[ResourceSpec]) -> dict[str, d
     return sizes
 
 
-def infra_resources(block: AwsRay, backends: list[ResourceSpec], code_sha256: str) -> dict[str, ResourceSpec]:
+def code_bucket(block: dict[str, Any]) -> str:
+    """The bucket holding the code zips and the routing policy: the given one, or the one servectl creates."""
+    return str(block.get("code_bucket") or f"{block['cluster_name']}-code-{block['region']}")
+
+
+def infra_resources(
+    block: AwsRay, backends: list[ResourceSpec], code_sha256: str, agent_sha256: str
+) -> dict[str, ResourceSpec]:
     """Every AWS resource the block asks for, keyed by address, in creation order."""
     site = block.declared_at
     name = block.cluster_name
@@ -122,14 +131,16 @@ def infra_resources(block: AwsRay, backends: list[ResourceSpec], code_sha256: st
         "description": f"{name}: Ray nodes; Ray's ports only between members",
         "ingress": [
             {"protocol": "all", "port": "all", "from_group": "cluster"},  # GCS, dashboard, client, object manager
-            {"protocol": "tcp", "port": SERVE_PORT, "from_group": "lb"},  # the Serve proxy, from the load balancer only
+            # The front proxy, from the load balancer only.
+            {"protocol": "tcp", "port": block.proxy_port, "from_group": "lb"},
         ],
     }, [network, lb_sg])
-    bucket = block.code_bucket or f"{name}-code-{block.region}"
+    bucket = code_bucket(block.model_dump())
     role = add(IAM_ROLE, "node", {
         "name": f"{name}-node",
         "code_bucket": bucket,
-        "policies": ["s3:GetObject on the code bucket", "ec2:DescribeInstances for finding the head"],
+        "policies": ["s3:GetObject on the code bucket", f"s3:PutObject on {name}/agents/ (node agents' reports)",
+                     "ec2:DescribeInstances for finding the head"],
     }, [])
     depends_code: list[str] = []
     if block.code_bucket is None:
@@ -138,8 +149,12 @@ def infra_resources(block: AwsRay, backends: list[ResourceSpec], code_sha256: st
     code = add(CODE_OBJECT, "code", {
         "bucket": bucket, "key": f"{name}/code-{code_sha256[:16]}.zip", "sha256": code_sha256,
     }, depends_code)
+    # servectl itself, for the nodes: the node agent runs from it and replicas import its runtime.
+    agent = add(CODE_OBJECT, "agent", {
+        "bucket": bucket, "key": f"{name}/servectl-{agent_sha256[:16]}.zip", "sha256": agent_sha256,
+    }, depends_code)
     target = add(TARGET_GROUP, "serve", {
-        "port": SERVE_PORT,
+        "port": block.proxy_port,
         "protocol": "HTTP",
         "health_check": {"path": HEALTH_PATH, "interval_s": 10, "healthy": 2, "unhealthy": 2},
     }, [network])
@@ -155,7 +170,10 @@ def infra_resources(block: AwsRay, backends: list[ResourceSpec], code_sha256: st
             "ray_resources": {"CPU": 0} if is_head else dict(sorted(node_type.resources.items())),
             "ray_version": RAY_VERSION,
             "key_name": block.key_name,
-        }, [cluster_sg, role])
+            "agent_key": f"{name}/servectl-{agent_sha256[:16]}.zip",
+            "proxy_port": block.proxy_port,
+            "serve_port": block.serve_port,
+        }, [cluster_sg, role, agent])
         group: dict[str, Any]
         if is_head:
             group = {"min_size": 1, "desired_capacity": 1, "max_size": 1, "replicas": {}}

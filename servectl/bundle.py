@@ -69,3 +69,31 @@ def thaw(frozen: bytes, destination: str) -> str:
             with open(target, "wb") as handle:
                 handle.write(archive.read(info))
     return destination
+
+
+def freeze_servectl() -> bytes:
+    """servectl's own modules as an importable zip (``servectl/...`` at its top) for nodes that do not have it.
+
+    Read from where the packages were imported, so an editable checkout (whose
+    ``providers/`` and ``state/`` install under ``servectl.``) and an installed
+    wheel give the same layout; fixed timestamps keep the digest stable.
+    """
+    import servectl
+    import servectl.providers
+    import servectl.runtime
+    import servectl.state
+
+    roots = [("servectl", servectl), ("servectl/providers", servectl.providers), ("servectl/runtime", servectl.runtime),
+             ("servectl/state", servectl.state)]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for prefix, package in roots:
+            directory = list(package.__path__)[0]
+            for name in sorted(os.listdir(directory)):
+                if not name.endswith(".py"):
+                    continue
+                info = zipfile.ZipInfo(f"{prefix}/{name}", date_time=_FIXED_TIME)
+                info.external_attr = 0o644 << 16
+                with open(os.path.join(directory, name), "rb") as handle:
+                    archive.writestr(info, handle.read(), compress_type=zipfile.ZIP_DEFLATED)
+    return buffer.getvalue()

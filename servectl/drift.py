@@ -98,6 +98,14 @@ def detect(state: Optional[StateDocument], live: LiveView) -> list[DriftItem]:
                         items.append(DriftItem(address, CHANGED, path, redact(recorded), REDACTED))
                     else:
                         items.append(DriftItem(address, CHANGED, path, recorded, live_value))
+        elif address in live.infra:
+            seen_infra = live.infra[address]
+            if seen_infra is None:
+                items.append(DriftItem(address, DELETED))
+                continue
+            for path, live_value in sorted(seen_infra.items()):
+                if resource.attributes.get(path) != live_value:
+                    items.append(DriftItem(address, CHANGED, path, resource.attributes.get(path), live_value))
         elif resource.kind == ENDPOINT:
             policy = live.endpoints.get(resource.name)
             if policy is None:

@@ -28,6 +28,7 @@ from servectl.desired import (
 )
 from servectl.aws_config import AwsRay
 from servectl.aws_infra import infra_resources
+from servectl.bundle import digest as bundle_digest, freeze_servectl
 from servectl.sensitive import to_plain
 from servectl.errors import ConfigError, ServectlError
 
@@ -152,7 +153,8 @@ def load_config(config_dir: str, variables: Optional[Mapping[str, str]] = None) 
         )
     if isinstance(declared, AwsRay):
         backends = [spec for spec in resources.values() if spec.kind == BACKEND]
-        resources.update(infra_resources(declared, backends, _code_digest(registry.config_dir)))
+        agent_digest = bundle_digest(freeze_servectl())
+        resources.update(infra_resources(declared, backends, _code_digest(registry.config_dir), agent_digest))
     variables = {name: to_plain(v.value) for name, v in registry.variables.items()}
     return DesiredState(
         config_dir=registry.config_dir, provider=provider, resources=resources, variables=variables,

@@ -212,7 +212,10 @@ class Workspace:
         state = self.read_state()
         if state is not None and state.resources and state.provider:
             desired = recorded_provider(desired, state)
-        return state, provider_for(desired.provider, self.config_dir)
+        provider = provider_for(desired.provider, self.config_dir)
+        if state is not None and state.provider:
+            provider.recall(dict(state.provider.get("live") or {}))  # the AWS cluster's token, above all
+        return state, provider
 
     def detect_drift(self) -> tuple[Optional[StateDocument], list[drift.DriftItem]]:
         """Read-only: how the live system differs from the state. An unreachable cluster raises."""

@@ -10,7 +10,7 @@ from servectl.plan import Action
 from servectl.planner import plan_changes
 from servectl.render import summary_line
 from servectl.state.document import ResourceState, StateDocument
-from tests.conftest import EXAMPLES, run_cli, write_config
+from tests.conftest import EXAMPLES, write_config
 
 
 def applied(desired) -> StateDocument:
@@ -92,16 +92,3 @@ def test_aws_config_mistakes_are_one_line(tmp_path, settings, message):
     with pytest.raises(ConfigError) as raised:
         load_config(str(config))
     assert message in str(raised.value) and "\n" not in str(raised.value)
-
-
-def test_apply_says_in_one_line_that_aws_apply_is_not_there_yet(tmp_path):
-    import shutil
-
-    config = tmp_path / "aws"
-    shutil.copytree(EXAMPLES / "aws", config)
-    planned = run_cli(config, "plan", "--detailed-exitcode")
-    assert planned.code == 2 and "Plan: 19 to add" in planned.stdout
-    refused = run_cli(config, "apply", "--auto-approve")
-    assert refused.code == 1
-    assert refused.stderr.strip().startswith("Error: the AWS provider can plan but not yet apply")
-    assert not (config / "servectl.state.json").exists()

@@ -70,7 +70,7 @@ def test_create_resize_read_and_delete_leave_nothing_behind(moto_server):
     assert (gpu["desired_capacity"], len(gpu["instances"])) == (1, 1)
     assert aws.registered_targets(ctx, ctx.live["aws_lb_target_group.serve"]) == sorted(gpu["instances"] + cpu["instances"])
     grown = {s.address: s for s in infra({"vision_replicas": "6"})}["node_group.gpu"]
-    aws.update(ctx, "node_group", "gpu", grown.attributes, ctx.live["node_group.gpu"])
+    aws.update(ctx, "node_group", "gpu", grown.attributes, ctx.live["node_group.gpu"], "token")
     gpu = aws.read_node_group(ctx, ctx.live["node_group.gpu"])
     assert (gpu["min_size"], gpu["desired_capacity"], gpu["max_size"], len(gpu["instances"])) == (3, 3, 3, 3)
     assert aws.registered_targets(ctx, ctx.live["aws_lb_target_group.serve"]) == sorted(gpu["instances"] + cpu["instances"])

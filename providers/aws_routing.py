@@ -1,0 +1,117 @@
+"""Routing on AWS: the policy document apply publishes in S3, and the node agents' reports back.
+
+Every node runs servectl's front proxy in front of Serve's own proxy. Nodes
+come and go with their Auto Scaling groups, so apply cannot push to them:
+it writes one document (``<cluster>/routing.json`` in the code bucket) with
+each endpoint's route, key-space segments and shadows, under a version
+number one above the last; each node's agent (``servectl.node_agent``) polls
+it, reloads its proxy and reports the version it serves
+(``<cluster>/agents/<node ip>.json``). Apply moves on once every live Ray
+node has reported the version, so traffic has moved everywhere before a
+backend it left is deleted.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from servectl.errors import ProviderError
+
+
+@dataclass
+class RoutingStore:
+    s3: Any  # a boto3 S3 client
+    bucket: str
+    cluster: str
+
+    @property
+    def document_key(self) -> str:
+        return f"{self.cluster}/routing.json"
+
+    @property
+    def reports_prefix(self) -> str:
+        return f"{self.cluster}/agents/"
+
+    def read(self, etag: Optional[str] = None) -> tuple[Optional[dict[str, Any]], Optional[str]]:
+        """The routing document and its ETag; (None, etag) when unchanged since ``etag`` or not written yet."""
+        from botocore.exceptions import ClientError
+
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self.document_key}
+        if etag:
+            params["IfNoneMatch"] = etag
+        try:
+            answer = self.s3.get_object(**params)
+        except ClientError as err:
+            code = str(err.response.get("Error", {}).get("Code", ""))
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("NoSuchKey", "304", "NotModified") or status == 304:
+                return None, etag
+            raise
+        return json.loads(answer["Body"].read()), answer["ETag"]
+
+    def publish(self, endpoints: dict[str, dict[str, Any]], backends: list[str], serve_port: int) -> int:
+        """Write the next version of the document; returns its version."""
+        from servectl.providers.aws_resources import call
+
+        current, _ = self._read_or_fail()
+        version = int((current or {}).get("version", 0)) + 1
+        document = {"version": version, "serve_port": serve_port, "backends": sorted(backends), "endpoints": endpoints}
+        call("publish the routing policy", self.s3.put_object, Bucket=self.bucket, Key=self.document_key,
+             Body=json.dumps(document, sort_keys=True).encode(), ServerSideEncryption="AES256")
+        return version
+
+    def _read_or_fail(self) -> tuple[Optional[dict[str, Any]], Optional[str]]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self.read()
+        except (ClientError, BotoCoreError) as err:
+            raise ProviderError(f"cannot read the routing policy s3://{self.bucket}/{self.document_key}: {err}") from None
+
+    def current(self) -> Optional[dict[str, Any]]:
+        return self._read_or_fail()[0]
+
+    def report(self, node_ip: str, version: int, serving: bool, detail: str = "") -> None:
+        """A node agent says which version its front proxy serves, and whether Serve answers behind it."""
+        body = {"node_ip": node_ip, "version": version, "serving": serving, "detail": detail, "at": time.time()}
+        self.s3.put_object(Bucket=self.bucket, Key=f"{self.reports_prefix}{node_ip}.json",
+                           Body=json.dumps(body).encode(), ServerSideEncryption="AES256")
+
+    def reports(self) -> dict[str, dict[str, Any]]:
+        """Every node agent's last report, by node IP."""
+        from servectl.providers.aws_resources import call
+
+        found: dict[str, dict[str, Any]] = {}
+        listing = call("read the node agents' reports", self.s3.list_objects_v2, Bucket=self.bucket,
+                       Prefix=self.reports_prefix)
+        for item in listing.get("Contents", []):
+            body = call("read a node agent's report", self.s3.get_object, Bucket=self.bucket, Key=item["Key"])["Body"]
+            report = json.loads(body.read())
+            found[str(report["node_ip"])] = report
+        return found
+
+    def wait_for(self, version: int, node_ips: list[str], timeout_s: float) -> None:
+        """Block until every node in ``node_ips`` serves ``version`` (or a later one)."""
+        deadline = time.monotonic() + timeout_s
+        behind = list(node_ips)
+        while True:
+            reports = self.reports()
+            behind = [ip for ip in node_ips if int(reports.get(ip, {}).get("version", 0)) < version]
+            if not behind:
+                return
+            if time.monotonic() > deadline:
+                raise ProviderError(
+                    f"routing version {version} not served after {timeout_s:.0f}s by node(s) {', '.join(sorted(behind))}: "
+                    "their node agent is not running or cannot read the code bucket (see /var/log/servectl-agent.log "
+                    "on the node)"
+                )
+            time.sleep(0.5)
+
+    def clear(self) -> None:
+        """Remove the document and every report (destroy)."""
+        listing = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.cluster}/")
+        for item in listing.get("Contents", []):
+            if item["Key"] == self.document_key or item["Key"].startswith(self.reports_prefix):
+                self.s3.delete_object(Bucket=self.bucket, Key=item["Key"])

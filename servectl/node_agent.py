@@ -1,0 +1,112 @@
+"""The node agent: keeps one AWS node's front proxy on the routing policy apply published.
+
+Started by the node's user data (``python3.11 -m servectl.node_agent …``,
+servectl itself fetched from the code bucket). It polls the routing document
+(conditional GETs: an unchanged document costs nothing), renders the same
+HAProxy configuration the local provider's front proxy uses — listening on
+the target group's port, forwarding to Serve's proxy on this node — reloads
+it without dropping connections, and reports the version it serves. On the
+head (``--ray-address``) it also copies the policies into the cluster's key-
+value store, where deployment handles read them.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from servectl.providers import serve_health
+from servectl.providers.aws_routing import RoutingStore
+from servectl.providers.front_proxy import FrontProxy, render_config, routed_endpoints
+
+log = logging.getLogger("servectl.node_agent")
+
+
+@dataclass
+class NodeAgent:
+    store: RoutingStore
+    proxy: FrontProxy
+    node_ip: str
+    listen_host: str
+    listen_port: int
+    ray_address: Optional[str] = None
+    token_path: Optional[str] = None
+    applied: Optional[dict[str, Any]] = None
+    reported: Optional[tuple[int, bool]] = None
+    _etag: Optional[str] = None
+
+    def step(self) -> None:
+        """One poll: take a new document if there is one, then report once Serve answers for it."""
+        document, self._etag = self.store.read(self._etag)
+        if document is not None and document.get("version") != (self.applied or {}).get("version"):
+            endpoints = document.get("endpoints") or {}
+            config = render_config(
+                self.listen_host, self.listen_port, int(document["serve_port"]), routed_endpoints(endpoints),
+                self.proxy.pidfile,
+            )
+            self.proxy.apply(config, self.listen_host, self.listen_port)
+            if self.ray_address:
+                self._share_with_handles(endpoints)
+            self.applied = document
+            log.info("front proxy on routing version %s", document["version"])
+        if self.applied is None:
+            return
+        version = int(self.applied["version"])
+        problem = serve_health.routes_problem(int(self.applied["serve_port"]), set(self.applied.get("backends") or []))
+        if problem is not None and "not answering" not in problem:
+            return  # Serve is still learning the routes: report when it serves them
+        # No Serve proxy on this node (Ray starts one only where replicas or the
+        # controller live): the proxy still takes the version, and the load
+        # balancer's health check keeps traffic off until Serve answers here.
+        serving = problem is None
+        if self.reported != (version, serving):
+            self.store.report(self.node_ip, version, serving, problem or "")
+            self.reported = (version, serving)
+
+    def _share_with_handles(self, endpoints: dict[str, dict[str, Any]]) -> None:
+        from servectl.policy import applied_endpoints, write_policies
+        from servectl.providers.local_ray import connect
+
+        connect(self.ray_address or "", self.token_path)
+        write_policies(endpoints, applied_endpoints() - set(endpoints))
+
+    def run(self, interval_s: float) -> None:
+        while True:
+            try:
+                self.step()
+            except Exception as err:  # noqa: BLE001 - an agent outlives one bad poll (S3 blip, Serve restarting)
+                log.warning("poll failed: %s: %s", type(err).__name__, err)
+            time.sleep(interval_s)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="servectl-node-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--region", required=True)
+    parser.add_argument("--bucket", required=True)
+    parser.add_argument("--cluster", required=True)
+    parser.add_argument("--node-ip", required=True, help="this node's Ray node IP (names its report)")
+    parser.add_argument("--listen", default="0.0.0.0:8000", help="HOST:PORT of the front proxy (the target group's port)")
+    parser.add_argument("--runtime-dir", default="/var/lib/servectl", help="where the proxy's config and PID file live")
+    parser.add_argument("--ray-address", help="on the head: the GCS address, to share policies with handles")
+    parser.add_argument("--token-path", default=os.environ.get("RAY_AUTH_TOKEN_PATH"))
+    parser.add_argument("--interval", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    import boto3
+
+    host, _, port = args.listen.rpartition(":")
+    store = RoutingStore(boto3.session.Session().client("s3", region_name=args.region), args.bucket, args.cluster)
+    agent = NodeAgent(
+        store=store, proxy=FrontProxy(args.runtime_dir), node_ip=args.node_ip, listen_host=host or "0.0.0.0",
+        listen_port=int(port), ray_address=args.ray_address, token_path=args.token_path,
+    )
+    agent.run(args.interval)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
