@@ -148,7 +148,9 @@ def _order(changes: list[ResourceChange], recorded: dict[str, ResourceState]) ->
     def rank(change: ResourceChange) -> tuple[int, int]:
         if change.kind in INFRA_KINDS:  # nodes exist before replicas land on them, and go after they leave
             order = INFRA_KINDS.index(change.kind)
-            return (-1, order) if change.action is not Action.DELETE else (5, -order)
+            shrinking = change.kind == NODE_GROUP and change.action is Action.UPDATE and int(
+                (change.after or {}).get("desired_capacity") or 0) < int((change.before or {}).get("desired_capacity") or 0)
+            return (-1, order) if change.action is not Action.DELETE and not shrinking else (5, -order)
         if change.kind == BACKEND and change.action is not Action.DELETE:
             return 0, 0
         if change.kind == ENDPOINT and change.action is Action.DELETE:

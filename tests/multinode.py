@@ -23,7 +23,8 @@ from typing import Optional
 
 RAY_PORT = 6379
 DASHBOARD_PORT = 8265
-SERVE_PORT = 8000
+PROXY_PORT = 8000  # servectl's front proxy on every node (the load balancer's target)
+SERVE_PORT = 8001  # Serve's own proxy behind it
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -59,6 +60,8 @@ class MultiNodeCluster:
     nodes: dict[str, Node] = field(default_factory=dict)
     haproxy: Optional[subprocess.Popen] = None
     lb_port: int = 0
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. the AWS endpoint the nodes use
+    moto: Optional[subprocess.Popen] = None
 
     def __post_init__(self) -> None:
         self.prefix = f"sc{self.subnet}"
@@ -71,6 +74,10 @@ class MultiNodeCluster:
     @property
     def token(self) -> str:
         return Path(self.token_path).read_text().strip()
+
+    def use_token(self, token: str) -> None:
+        """Boot the nodes with this token (the one servectl generated and put in the nodes' user data)."""
+        Path(self.token_path).write_text(token)
 
     def ip(self, index: int) -> str:
         return f"10.200.{self.subnet}.{index}"
@@ -109,7 +116,7 @@ class MultiNodeCluster:
 
     def _env(self) -> dict[str, str]:
         return dict(
-            os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=self.token_path, RAY_USAGE_STATS_ENABLED="0",
+            os.environ, **self.extra_env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=self.token_path, RAY_USAGE_STATS_ENABLED="0",
             # Notice a dead node in ~2 s instead of Ray's default ~15 s.
             RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="2",
             RAY_health_check_timeout_ms="1000",
@@ -129,6 +136,33 @@ class MultiNodeCluster:
                                      stdout=log, stderr=subprocess.STDOUT, timeout=120)
         if started.returncode != 0:
             raise RuntimeError(f"ray start on {name} failed; see {self.workdir / f'ray-{name}.log'}")
+
+    def start_moto(self, port: int) -> str:
+        """moto_server on the bridge's host address: reachable from every node, from nothing outside."""
+        log = open(self.workdir / "moto.log", "ab")
+        self.moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", self.ip(1), "-p", str(port)],
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://{self.ip(1)}:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
+                return url
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"moto_server did not start on {url}")
+
+    def start_agent(self, name: str, agent_args: list[str]) -> None:
+        """servectl's node agent in the node's namespace, as the node's user data starts it."""
+        node = self.nodes[name]
+        command = [sys.executable, "-m", "servectl.node_agent", *agent_args, "--node-ip", node.ip,
+                   "--listen", f"{node.ip}:{PROXY_PORT}", "--runtime-dir", str(self.workdir / f"agent-{name}"),
+                   "--token-path", self.token_path, "--interval", "0.5"]
+        if name == "head":
+            command += ["--ray-address", f"{node.ip}:{RAY_PORT}"]
+        log = open(self.workdir / f"agent-{name}.log", "ab")
+        subprocess.Popen(["ip", "netns", "exec", node.namespace, *command], env=self._env(), stdout=log,
+                         stderr=subprocess.STDOUT, start_new_session=True)
 
     def pids(self, name: str) -> list[int]:
         listed = sh("ip", "netns", "pids", self.nodes[name].namespace, check=False).stdout.split()
@@ -150,7 +184,7 @@ class MultiNodeCluster:
     # -- the load balancer --------------------------------------------------------------------------------------
 
     def start_haproxy(self, lb_port: int) -> None:
-        servers = "\n".join(f"    server {n.name} {n.ip}:{SERVE_PORT} check" for n in self.nodes.values())
+        servers = "\n".join(f"    server {n.name} {n.ip}:{PROXY_PORT} check" for n in self.nodes.values())
         config = self.workdir / "haproxy.cfg"
         config.write_text(f"""global
     maxconn 2000
@@ -183,7 +217,7 @@ backend serve_proxies
 
     def healthz(self, name: str, timeout: float = 1.0) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.nodes[name].ip}:{SERVE_PORT}/-/healthz", timeout=timeout) as answer:
+            with urllib.request.urlopen(f"http://{self.nodes[name].ip}:{PROXY_PORT}/-/healthz", timeout=timeout) as answer:
                 return answer.status == 200
         except OSError:
             return False
@@ -196,6 +230,9 @@ backend serve_proxies
             self.haproxy.wait()
         for name in list(self.nodes):
             self.kill_node(name)
+        if self.moto is not None and self.moto.poll() is None:
+            self.moto.kill()
+            self.moto.wait()
         for node in self.nodes.values():
             sh("ip", "netns", "del", node.namespace, check=False)
         sh("ip", "link", "del", self.bridge, check=False)

@@ -13,10 +13,8 @@ proxy — the process the load balancer targets on every node.
 """
 from __future__ import annotations
 
-import base64
 import collections
 import os
-import re
 import subprocess
 import sys
 import time
@@ -25,6 +23,7 @@ import requests
 
 from servectl.providers import aws_resources as aws
 from servectl.providers.embedded_cluster import EmbeddedCluster, free_ports
+from tests.aws_head import head_boot
 from tests.conftest import REPO, SERVECTL, write_config
 
 CLUSTER = "e2e"
@@ -62,24 +61,6 @@ class Named:
 '''
 
 
-def _head_boot(ctx: aws.AwsContext, timeout_s: float = 120) -> dict[str, str]:
-    """What the head's user data would use: the token, the code bucket and the node agent's arguments."""
-    ec2 = ctx.client("ec2")
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = ec2.describe_launch_templates(Filters=[{"Name": "launch-template-name", "Values": [f"{CLUSTER}-head"]}])
-        if found["LaunchTemplates"]:
-            template = found["LaunchTemplates"][0]["LaunchTemplateId"]
-            version = ec2.describe_launch_template_versions(LaunchTemplateId=template, Versions=["$Latest"])
-            script = base64.b64decode(version["LaunchTemplateVersions"][0]["LaunchTemplateData"]["UserData"]).decode()
-            agent = re.search(r"-m servectl.node_agent (.*)$", script, re.M)
-            token = re.search(r"printf '%s' '([0-9a-f]+)' > /etc/ray/token", script)
-            assert agent and token, script
-            return {"token": token.group(1), "agent_args": agent.group(1)}
-        time.sleep(0.5)
-    raise AssertionError("apply never created the head's launch template")
-
-
 def _node_ip(dashboard_url: str, token: str, timeout_s: float = 60) -> str:
     """The IP Ray gives the head node (as the agent's --node-ip \"$NODE_IP\" does on EC2)."""
     from servectl.providers.dashboard import RayDashboard
@@ -107,7 +88,7 @@ def _cli(config, *args: str, timeout: float = 600) -> subprocess.CompletedProces
     return subprocess.run([SERVECTL, *args], cwd=config, capture_output=True, text=True, timeout=timeout)
 
 
-def test_plan_apply_split_grow_drift_and_destroy_on_aws(moto_server, tmp_path):
+def test_plan_apply_split_grow_drift_rollback_and_destroy_on_aws(moto_server, tmp_path):
     proxy_port, serve_port, dashboard_port = free_ports(3)
     config = write_config(
         tmp_path / "cfg",
@@ -122,17 +103,17 @@ def test_plan_apply_split_grow_drift_and_destroy_on_aws(moto_server, tmp_path):
     try:
         applying = subprocess.Popen([SERVECTL, "apply", "--auto-approve", "--timeout", "90"], cwd=config, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True)
-        boot = _head_boot(ctx)
+        boot = head_boot(ctx)
         # The head boots: Ray with the token from user data, moto as its S3 (the env this process has).
         os.makedirs(head.runtime_dir, mode=0o700, exist_ok=True)
         with open(os.path.join(head.runtime_dir, "ray-token"), "w", encoding="utf-8") as handle:
             handle.write(boot["token"])
         record = head.start(num_cpus=4, num_gpus=3, resources={}, dashboard_port=dashboard_port)
         node_ip = _node_ip(f"http://127.0.0.1:{dashboard_port}", boot["token"])
-        args = boot["agent_args"].replace('"$NODE_IP:6379"', record.gcs_address).replace('"$NODE_IP"', node_ip)
-        args = args.replace(f"0.0.0.0:{proxy_port}", f"127.0.0.1:{proxy_port}").split()
         agent = subprocess.Popen(
-            [sys.executable, "-m", "servectl.node_agent", *args, "--runtime-dir", str(tmp_path / "agent"),
+            [sys.executable, "-m", "servectl.node_agent", *boot["agent_args"], "--node-ip", node_ip,
+             "--listen", f"127.0.0.1:{proxy_port}", "--ray-address", record.gcs_address,
+             "--runtime-dir", str(tmp_path / "agent"),
              "--token-path", record.token_path, "--interval", "0.5"],
             stdout=agent_log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
         )
@@ -168,8 +149,16 @@ def test_plan_apply_split_grow_drift_and_destroy_on_aws(moto_server, tmp_path):
         assert drift.returncode == 2, drift.stdout + drift.stderr
         assert "node_group.gpu" in drift.stdout and "desired_capacity" in drift.stdout, drift.stdout
 
+        # Rollback to the first apply: vision back to 1 replica, the GPU group back to 1 node.
+        rolled = _cli(config, "rollback", "--auto-approve", "--timeout", "90")
+        assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+        gpu = aws.read_node_group(ctx, {"asg_name": f"{CLUSTER}-gpu"})
+        assert gpu["desired_capacity"] == 1, gpu
+        assert _split(f"http://127.0.0.1:{proxy_port}/vision", 3) == {"vision": 3}
+        assert set(_split(f"http://127.0.0.1:{proxy_port}/split", 40)) == {"a", "b"}
+
         # Destroy: Serve's applications, then every AWS resource; describe calls prove nothing is left.
-        destroyed = _cli(config, "destroy", "--auto-approve", "--var", "vision_replicas=3")
+        destroyed = _cli(config, "destroy", "--auto-approve")
         assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
         assert aws.tagged_leftovers(ctx) == {}
         listed = ctx.client("s3").list_buckets()["Buckets"]

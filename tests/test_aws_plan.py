@@ -45,6 +45,13 @@ def test_node_groups_follow_the_replicas_with_nodes_and_cost_in_the_plan():
     assert gpu.action is Action.UPDATE  # an ASG resizes in place
     assert gpu.reasons[0] == "desired 1 → 3 (+2 g5.xlarge, +$2.01/h)"
     assert "GPU nodes +2" in summary_line(replan) and "(+$2.01/h)" in summary_line(replan)
+    order = [c.address for c in replan.actionable]
+    assert order.index("node_group.gpu") < order.index("backend.vision")  # nodes come before replicas need them
+
+    # Back to 2: the replicas leave before their nodes go.
+    shrunk = plan_changes(first, applied(grown), [], "projected")
+    order = [c.address for c in shrunk.actionable]
+    assert order.index("backend.vision") < order.index("node_group.gpu")
 
 
 def test_placements_no_node_group_can_hold_fail_at_plan_time(tmp_path):

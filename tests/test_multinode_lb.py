@@ -1,48 +1,67 @@
-"""A real 3-node Ray cluster (one network namespace per node) behind Debian's haproxy: a node dies under load.
+"""A real 3-node Ray cluster (one network namespace per node) behind Debian's haproxy, applied by servectl's AWS provider.
 
-Serve runs a proxy on every node (EveryNode), deployed through Ray's dashboard
-REST API with the cluster's token — the path the AWS provider takes to a
-head node. haproxy checks each node's ``/-/healthz`` every 0.5 s and retries
-a request that met a dead connection on another node. A bounded load
-generator sends requests through haproxy while one worker node is killed
-(every process in its namespace, SIGKILL) and a replacement joins.
+The nodes play an AWS cluster: ``servectl apply`` with an ``AwsRay`` config
+creates the AWS resources on a moto_server that listens on the test bridge
+only, the test boots the nodes as their user data would (Ray with the token
+servectl put in the launch template, the node agent from servectl), and
+servectl deploys Serve through the head's dashboard REST API with the code
+zip from (moto's) S3 and publishes the 50/50 split every node agent puts on
+its front proxy. haproxy, the load balancer, checks every node's front proxy
+at ``/-/healthz`` every 0.5 s and retries a request that met a dead
+connection on another node. A bounded load generator sends requests through
+it while one worker node is killed (every process in its namespace, SIGKILL)
+and a replacement boots.
 """
 from __future__ import annotations
 
-import io
 import os
+import subprocess
 import threading
 import time
-import zipfile
 from collections import Counter
 
 import pytest
 import requests
 
+from servectl.providers import aws_resources as aws
 from servectl.providers.dashboard import RayDashboard
 from servectl.providers.embedded_cluster import free_ports
-from tests.multinode import SERVE_PORT, MultiNodeCluster, missing_tools
+from tests.aws_head import head_boot
+from tests.conftest import SERVECTL, set_environment, write_config
+from tests.multinode import MultiNodeCluster, missing_tools
 
 pytestmark = pytest.mark.multinode
 
-APP = '''
-from ray import serve
+CLUSTER = "mn"
+MAIN = '''
+from servectl import AwsRay, Backend, Endpoint, LoadBalancer, NodeType
 
-@serve.deployment
+AwsRay(
+    region="us-east-1", cluster_name="{cluster}",
+    head=NodeType("head", instance_type="m6i.large", resources={{"CPU": 1}}),
+    node_types=[NodeType("cpu", instance_type="m6i.large", resources={{"CPU": 1}}, min_workers=2, max_workers=3)],
+    load_balancer=LoadBalancer(port=80, allowed_cidrs=["203.0.113.0/24"]),
+    dashboard_url="{dashboard_url}", head_timeout_s=240,
+)
+# Six half-CPU replicas fill three 1-CPU nodes: every node runs two (and so a Serve proxy),
+# and a dead node's replicas can only come back on its replacement.
+a = Backend("a", "models:Where", "a", num_replicas=3, ray_actor_options={{"num_cpus": 0.5}})
+b = Backend("b", "models:Where", "b", num_replicas=3, ray_actor_options={{"num_cpus": 0.5}})
+Endpoint("split", route="/", traffic={{a: 0.5, b: 0.5}})
+'''
+MODELS = '''
+import os
+
+
 class Where:
-    def __call__(self, request):
-        return serve.get_replica_context().replica_id.unique_id
+    def __init__(self, name):
+        self.name = name
 
-app = Where.bind()
+    def __call__(self, request):
+        return f"{self.name} {os.getpid()}"
 '''
 REQUESTS_AT_LEAST = 2000
-
-
-def code_package() -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("multinode_app.py", APP)
-    return buffer.getvalue()
+NODES = ("head", "w1", "w2")
 
 
 @pytest.fixture
@@ -54,12 +73,15 @@ def cluster(tmp_path):
         net.create_network()
         for index, name in enumerate(("head", "w1", "w2"), start=2):
             net.add_namespace(name, index)
-        started = time.monotonic()
-        net.start_ray("head", head=True)
-        net.start_ray("w1")
-        net.start_ray("w2")
-        net.up_s = time.monotonic() - started
-        yield net
+        (moto_port,) = free_ports(1)
+        url = net.start_moto(moto_port)
+        net.extra_env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                         "AWS_DEFAULT_REGION": "us-east-1"}
+        saved = set_environment({**net.extra_env, "AWS_PROFILE": None, "AWS_SESSION_TOKEN": None})
+        try:
+            yield net
+        finally:
+            set_environment(saved)
     finally:
         net.close()
 
@@ -76,23 +98,33 @@ def wait_for(condition, timeout: float, what: str) -> float:
     raise AssertionError(f"{what} did not happen within {timeout}s")
 
 
-def test_a_node_killed_under_load_costs_no_request(cluster):
+def boot(cluster: MultiNodeCluster, name: str, agent_args: list[str]) -> None:
+    """What a node's user data does: Ray (the head, or a worker that joins it), then the node agent."""
+    cluster.start_ray(name, head=name == "head")
+    cluster.start_agent(name, agent_args)
+
+
+def test_a_node_killed_under_load_costs_no_request(cluster, tmp_path):
+    config = write_config(tmp_path / "cfg", MAIN.format(cluster=CLUSTER, dashboard_url=cluster.dashboard_url),
+                          models=MODELS)
+    applying = subprocess.Popen([SERVECTL, "apply", "--auto-approve", "--timeout", "180"], cwd=config,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        started = time.monotonic()
+        booted = head_boot(aws.AwsContext(region="us-east-1", cluster=CLUSTER))
+        cluster.use_token(str(booted["token"]))
+        agent_args = list(booted["agent_args"])
+        for name in NODES:
+            boot(cluster, name, agent_args)
+        cluster.up_s = time.monotonic() - started
+        output, _ = applying.communicate(timeout=400)
+    finally:
+        if applying.poll() is None:
+            applying.kill()
+    assert applying.returncode == 0, output
     dashboard = RayDashboard(cluster.dashboard_url, cluster.token)
-    wait_for(lambda: len(dashboard.nodes()) == 3, 60, "three Ray nodes registering")
-    uri = "gcs://_ray_pkg_servectl_multinode.zip"
-    dashboard.upload_package(uri, code_package())
-    dashboard.deploy({
-        "proxy_location": "EveryNode",
-        "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
-        "applications": [{
-            "name": "where", "route_prefix": "/", "import_path": "multinode_app:app",
-            "runtime_env": {"working_dir": uri},
-            # One replica per node: 1 CPU each on 1-CPU nodes.
-            "deployments": [{"name": "Where", "num_replicas": 3, "ray_actor_options": {"num_cpus": 1},
-                             "graceful_shutdown_wait_loop_s": 0.2}],
-        }],
-    })
-    wait_for(lambda: all(cluster.healthz(name) for name in ("head", "w1", "w2")), 120, "a Serve proxy on every node")
+    assert len(dashboard.nodes()) == 3
+    wait_for(lambda: all(cluster.healthz(name) for name in NODES), 60, "every node's front proxy healthy")
     (lb_port,) = free_ports(1)
     cluster.start_haproxy(lb_port)
     wait_for(lambda: requests.get(cluster.lb_url + "/", timeout=2).status_code == 200, 30, "haproxy serving")
@@ -124,8 +156,8 @@ def test_a_node_killed_under_load_costs_no_request(cluster):
         assert cluster.kill_node("w2") > 0
         assert not cluster.healthz("w2", timeout=0.5)
         time.sleep(2)  # the node is gone for a while before its replacement boots
-        cluster.start_ray("w2")  # the replacement: same namespace and address, a new Ray node
-        replaced = wait_for(lambda: cluster.healthz("w2"), 120, "the replacement node's Serve proxy") + 2
+        boot(cluster, "w2", agent_args)  # the replacement: same namespace and address, a new Ray node
+        replaced = wait_for(lambda: cluster.healthz("w2"), 120, "the replacement node's proxies") + 2
         wait_for(lambda: sum(outcomes.values()) >= REQUESTS_AT_LEAST, 120, f"{REQUESTS_AT_LEAST} requests")
         serving_after = time.monotonic() - killed_at
     finally:
@@ -138,3 +170,11 @@ def test_a_node_killed_under_load_costs_no_request(cluster):
           f"(load ran {serving_after:.1f}s after the kill) replicas_seen={len(served_by)} outcomes={dict(outcomes)}")
     assert errors == 0, dict(outcomes)
     assert total >= REQUESTS_AT_LEAST
+    backends = Counter(text.split()[0] for text in served_by.elements())
+    assert abs(backends["a"] / total - 0.5) < 0.1, backends  # the split servectl applied, on every node
+
+    destroyed = subprocess.run([SERVECTL, "destroy", "--auto-approve"], cwd=config, capture_output=True, text=True,
+                               timeout=300)
+    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+    assert dashboard.serve_details().get("applications") in ({}, None)
+    assert aws.tagged_leftovers(aws.AwsContext(region="us-east-1", cluster=CLUSTER)) == {}
