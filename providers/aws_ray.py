@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from servectl import bundle
 from servectl.aws_infra import code_bucket
-from servectl.desired import BACKEND, ENDPOINT, ProviderSpec
+from servectl.desired import BACKEND, ENDPOINT, NODE_GROUP, ProviderSpec
 from servectl.errors import ProviderError
 from servectl.plan import Action, ResourceChange
 from servectl.policy import POLICY_TTL_S
@@ -195,7 +195,13 @@ class AwsRayProvider(Provider):
                 live[resource.address] = {"application": resource.name, "package_uri": packages[resource.address]}
         routing = self._routing()
         backends = [r.name for r in resources.values() if r.kind == BACKEND]
-        version = routing.publish(policies, backends, serve_port)
+        node_groups = {
+            r.name: {"asg_name": r.live.get("asg_name") or self.ctx.name(r.name), "resources": r.attributes["node_resources"],
+                     "min_size": r.attributes["min_size"], "max_size": r.attributes["max_size"]}
+            for r in resources.values()
+            if r.kind == NODE_GROUP and r.name != "head"
+        }
+        version = routing.publish(policies, backends, serve_port, node_groups)
         nodes = sorted({str(node["node_ip"]) for node in rest.nodes()})
         progress(f"{change.address}: routing version {version} published; waiting for {len(nodes)} node(s)")
         routing.wait_for(version, nodes, timeout_s)

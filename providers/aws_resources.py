@@ -204,7 +204,13 @@ def create_iam_role(ctx: AwsContext, attrs: dict[str, Any], bucket: str) -> Live
             {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": [f"arn:aws:s3:::{bucket}/*"]},
             # The node agents' reports of the routing version they serve; nothing else is writable.
             {"Effect": "Allow", "Action": ["s3:PutObject"], "Resource": [f"arn:aws:s3:::{bucket}/{ctx.cluster}/agents/*"]},
-            {"Effect": "Allow", "Action": ["ec2:DescribeInstances", "ec2:DescribeTags"], "Resource": "*"},
+            {"Effect": "Allow", "Action": ["ec2:DescribeInstances", "ec2:DescribeTags",
+                                           "autoscaling:DescribeAutoScalingGroups"], "Resource": "*"},
+            # The head's node scaler (servectl.node_scaler): only this cluster's groups.
+            {"Effect": "Allow",
+             "Action": ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"],
+             "Resource": "*",
+             "Condition": {"StringEquals": {"autoscaling:ResourceTag/servectl:cluster": ctx.cluster}}},
         ],
     }
     call("give the role its policy", iam.put_role_policy, RoleName=name, PolicyName="servectl-node",
@@ -311,7 +317,7 @@ export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=/etc/ray/token PYTHONPATH=/opt/se
         "--setenv PYTHONPATH=/opt/servectl/servectl.zip "
         f"python3.11 -m servectl.node_agent --region {ctx.region} --bucket {bucket} --cluster {ctx.cluster} "
         f'--node-ip "$NODE_IP" --listen 0.0.0.0:{attrs["proxy_port"]}'
-        + (' --ray-address "$NODE_IP:6379"' if is_head else "") + "\n"
+        + (' --ray-address "$NODE_IP:6379" --scale' if is_head else "") + "\n"
     )
     if is_head:
         return common + (
@@ -388,9 +394,14 @@ def create_node_group(ctx: AwsContext, label: str, attrs: dict[str, Any]) -> Liv
 
 
 def update_node_group(ctx: AwsContext, attrs: dict[str, Any], live: Live) -> Live:
+    """New min/max/desired sizes. Nodes the head's scaler added for demand stay (within the new max):
+    the scaler removes them once idle, apply never takes them from under running replicas."""
+    current = read_node_group(ctx, live)
+    desired = max(attrs["desired_capacity"], int((current or {}).get("desired_capacity") or 0))
+    desired = min(attrs["max_size"], max(attrs["min_size"], desired))
     call("resize an Auto Scaling group", ctx.client("autoscaling").update_auto_scaling_group,
          AutoScalingGroupName=live["asg_name"], MinSize=attrs["min_size"], MaxSize=attrs["max_size"],
-         DesiredCapacity=attrs["desired_capacity"])
+         DesiredCapacity=desired)
     return live
 
 

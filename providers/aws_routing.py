@@ -51,13 +51,21 @@ class RoutingStore:
             raise
         return json.loads(answer["Body"].read()), answer["ETag"]
 
-    def publish(self, endpoints: dict[str, dict[str, Any]], backends: list[str], serve_port: int) -> int:
-        """Write the next version of the document; returns its version."""
+    def publish(
+        self, endpoints: dict[str, dict[str, Any]], backends: list[str], serve_port: int,
+        node_groups: Optional[dict[str, dict[str, Any]]] = None,
+    ) -> int:
+        """Write the next version of the document; returns its version.
+
+        ``node_groups`` (Auto Scaling group, node resources, min and max per
+        worker type) is what the head's node scaler sizes.
+        """
         from servectl.providers.aws_resources import call
 
         current, _ = self._read_or_fail()
         version = int((current or {}).get("version", 0)) + 1
-        document = {"version": version, "serve_port": serve_port, "backends": sorted(backends), "endpoints": endpoints}
+        document = {"version": version, "serve_port": serve_port, "backends": sorted(backends), "endpoints": endpoints,
+                    "node_groups": node_groups or {}}
         call("publish the routing policy", self.s3.put_object, Bucket=self.bucket, Key=self.document_key,
              Body=json.dumps(document, sort_keys=True).encode(), ServerSideEncryption="AES256")
         return version

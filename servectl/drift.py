@@ -80,6 +80,11 @@ def _set(attributes: dict[str, Any], path: str, value: Any) -> None:
     target[parts[-1]] = value
 
 
+def _within_range(attributes: dict[str, Any], desired: Any) -> bool:
+    low, high = attributes.get("min_size"), attributes.get("max_size")
+    return low is not None and high is not None and low < high and low <= desired <= high
+
+
 def detect(state: Optional[StateDocument], live: LiveView) -> list[DriftItem]:
     items: list[DriftItem] = []
     resources = state.resources if state else {}
@@ -104,6 +109,8 @@ def detect(state: Optional[StateDocument], live: LiveView) -> list[DriftItem]:
                 items.append(DriftItem(address, DELETED))
                 continue
             for path, live_value in sorted(seen_infra.items()):
+                if path == "desired_capacity" and _within_range(resource.attributes, live_value):
+                    continue  # the head's node scaler moves it between min and max with demand
                 if resource.attributes.get(path) != live_value:
                     items.append(DriftItem(address, CHANGED, path, resource.attributes.get(path), live_value))
         elif resource.kind == ENDPOINT:

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from servectl.node_scaler import IDLE_S, HeadScaling, NodeScaler
 from servectl.providers import serve_health
 from servectl.providers.aws_routing import RoutingStore
 from servectl.providers.front_proxy import FrontProxy, render_config, routed_endpoints
@@ -37,6 +38,7 @@ class NodeAgent:
     token_path: Optional[str] = None
     applied: Optional[dict[str, Any]] = None
     reported: Optional[tuple[int, bool]] = None
+    scaling: Optional[HeadScaling] = None  # on the head: node groups follow demand
     _etag: Optional[str] = None
 
     def step(self) -> None:
@@ -55,6 +57,9 @@ class NodeAgent:
             log.info("front proxy on routing version %s", document["version"])
         if self.applied is None:
             return
+        if self.scaling is not None:
+            for line in self.scaling.maybe_run(self.applied):
+                log.info("%s", line)
         version = int(self.applied["version"])
         problem = serve_health.routes_problem(int(self.applied["serve_port"]), set(self.applied.get("backends") or []))
         if problem is not None and "not answering" not in problem:
@@ -94,6 +99,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--ray-address", help="on the head: the GCS address, to share policies with handles")
     parser.add_argument("--token-path", default=os.environ.get("RAY_AUTH_TOKEN_PATH"))
     parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--scale", action="store_true", help="on the head: size the node groups with demand")
+    parser.add_argument("--scale-interval", type=float, default=30.0)
+    parser.add_argument("--idle-s", type=float, default=IDLE_S, help="how long a node holds no replica before it goes")
+    parser.add_argument("--dashboard-url", default="http://127.0.0.1:8265", help="the head's dashboard, for --scale")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     import boto3
@@ -104,6 +113,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         store=store, proxy=FrontProxy(args.runtime_dir), node_ip=args.node_ip, listen_host=host or "0.0.0.0",
         listen_port=int(port), ray_address=args.ray_address, token_path=args.token_path,
     )
+    if args.scale:
+        from servectl.providers.dashboard import RayDashboard
+
+        token = open(args.token_path, encoding="utf-8").read().strip() if args.token_path else None
+        session = boto3.session.Session()
+        agent.scaling = HeadScaling(
+            scaler=NodeScaler(idle_s=args.idle_s), autoscaling=session.client("autoscaling", region_name=args.region),
+            ec2=session.client("ec2", region_name=args.region),
+            details=RayDashboard(args.dashboard_url, token).serve_details, interval_s=args.scale_interval,
+        )
     agent.run(args.interval)
     return 0
 

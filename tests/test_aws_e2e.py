@@ -127,6 +127,12 @@ def test_plan_apply_split_grow_drift_rollback_and_destroy_on_aws(moto_server, tm
         assert _split(f"http://127.0.0.1:{proxy_port}/vision", 5) == {"vision": 5}
         assert requests.get(f"http://127.0.0.1:{proxy_port}/-/healthz", timeout=10).status_code == 200
 
+        # status reads Serve's state from the head's dashboard.
+        status = _cli(config, "status")
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert all(name in status.stdout for name in ("split", "vision", "HEALTHY")), status.stdout
+        print(status.stdout)
+
         # Nothing to do on a second plan.
         again = _cli(config, "plan", "--detailed-exitcode")
         assert again.returncode == 0, again.stdout + again.stderr
