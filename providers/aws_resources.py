@@ -417,8 +417,24 @@ def read_node_group(ctx: AwsContext, live: Live) -> Optional[dict[str, Any]]:
 
 def delete_node_group(ctx: AwsContext, live: Live, timeout_s: float = 300.0) -> None:
     autoscaling = ctx.client("autoscaling")
-    _gone(autoscaling.delete_auto_scaling_group, ("ValidationError",), AutoScalingGroupName=live["asg_name"],
-          ForceDelete=True)
+    from botocore.exceptions import ClientError
+
+    try:
+        _gone(autoscaling.delete_auto_scaling_group, ("ValidationError",), AutoScalingGroupName=live["asg_name"],
+              ForceDelete=True)
+    except ProviderError as err:
+        if "TargetGroupNotFound" not in str(err):
+            raise
+        # Its target group was deleted by hand (drift): let go of it, then delete the group.
+        found = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[live["asg_name"]])["AutoScalingGroups"]
+        attached = found[0].get("TargetGroupARNs", []) if found else []
+        for arn in attached:
+            try:
+                autoscaling.detach_load_balancer_target_groups(AutoScalingGroupName=live["asg_name"], TargetGroupARNs=[arn])
+            except ClientError:
+                pass
+        _gone(autoscaling.delete_auto_scaling_group, ("ValidationError",), AutoScalingGroupName=live["asg_name"],
+              ForceDelete=True)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:  # its instances terminate first; the launch template waits for that
         left = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[live["asg_name"]])["AutoScalingGroups"]

@@ -63,3 +63,41 @@ def test_the_provider_creates_resizes_and_deletes_its_aws_resources(moto_server,
     converge_infra(provider, teardown, resources)
     assert resources == {}
     assert aws.tagged_leftovers(ctx) == {}
+
+
+def test_drift_reads_hand_resized_groups_and_a_deleted_target_group(moto_server):
+    """What `servectl drift` sees of the AWS resources (the Serve half is read as on any cluster)."""
+    from servectl import drift
+
+    desired = load_config(str(EXAMPLES / "aws"), {"vision_replicas": "6"})  # gpu group: min = desired = max = 3
+    provider = provider_for(desired.provider, str(EXAMPLES / "aws"))
+    provider.recall({})
+    resources: dict[str, ResourceState] = {}
+    converge_infra(provider, plan_changes(desired, None, [], "projected"), resources)
+    ctx = aws.AwsContext(region="us-east-1", cluster="servectl")
+    from tests.test_aws_plan import applied
+
+    state = applied(desired)
+    state.resources = dict(resources)  # the AWS half: backends and endpoints are read from Serve as anywhere
+    seen = provider._observe_infra()
+    assert seen["node_group.gpu"] == {"min_size": 3, "max_size": 3, "desired_capacity": 3}
+    assert drift.detect(state, drift.LiveView({}, [], infra=seen)) == []
+
+    # The cpu group may move between min and max (the head's scaler does): not drift. The fixed gpu group: drift.
+    scaling, elbv2 = ctx.client("autoscaling"), ctx.client("elbv2")
+    cpu = resources["node_group.cpu"].attributes
+    assert cpu["min_size"] < cpu["max_size"]
+    scaling.set_desired_capacity(AutoScalingGroupName="servectl-cpu", DesiredCapacity=cpu["max_size"])
+    scaling.set_desired_capacity(AutoScalingGroupName="servectl-gpu", DesiredCapacity=1)
+    elbv2.delete_listener(ListenerArn=resources["aws_lb_listener.http"].live["arn"])
+    elbv2.delete_target_group(TargetGroupArn=resources["aws_lb_target_group.serve"].live["arn"])
+    items = {(i.address, i.change, i.path): (i.recorded, i.live)
+             for i in drift.detect(state, drift.LiveView({}, [], infra=provider._observe_infra()))}
+    assert items == {
+        ("node_group.gpu", drift.CHANGED, "desired_capacity"): (3, 1),
+        ("aws_lb_target_group.serve", drift.DELETED, None): (None, None),
+    }
+
+    teardown = plan_changes(desired, state, [], "projected", destroy=True)
+    converge_infra(provider, teardown, resources)
+    assert aws.tagged_leftovers(ctx) == {}
