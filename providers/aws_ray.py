@@ -44,6 +44,7 @@ class AwsRayProvider(Provider):
         self.recorded: dict[str, Any] = {}
         self._zipped: Optional[bytes] = None
         self._rest: Optional[RayDashboard] = None
+        self._unreachable = ""
         self._policy_written_at = 0.0
 
     def recall(self, recorded: dict[str, Any]) -> None:
@@ -107,6 +108,7 @@ class AwsRayProvider(Provider):
                 except ProviderError as err:
                     last = str(err)
             if time.monotonic() >= deadline:
+                self._unreachable = last
                 if wait_s > 0:
                     raise ProviderError(
                         f"the head's dashboard did not answer within {wait_s:.0f}s ({last}); check the head instance's "
@@ -212,8 +214,9 @@ class AwsRayProvider(Provider):
         rest = self._dashboard(wait_s=0)
         if rest is None:
             raise ProviderError(
-                f"cannot reach the head of AWS cluster {self.ctx.cluster!r} in {self.ctx.region} (no running head, or "
-                "its dashboard does not answer from here: set AwsRay(dashboard_url=…) to a tunnel)"
+                f"cannot read Serve on the head of AWS cluster {self.ctx.cluster!r} in {self.ctx.region} "
+                f"({self._unreachable}); is the head running, and does its dashboard answer from here "
+                "(AwsRay(dashboard_url=…) for a tunnel)?"
             )
         details = rest.serve_details()
         document = self._routing().current() or {}

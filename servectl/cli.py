@@ -137,8 +137,8 @@ def plan(
         if detailed_exitcode and items:
             raise typer.Exit(2)
         return
-    _warn_targeting(target)
     planned = workspace.plan(targets=target)
+    _warn_targeting(target)  # once the targets are known to exist: a bad one is the only line
     if as_json:
         out.print_json(json.dumps(redact(planned.plan.to_dict())))
     else:
@@ -174,8 +174,8 @@ def _plan_and_apply(
     var: Optional[List[str]], auto_approve: bool, timeout: float, destroy: bool, targets: Optional[List[str]] = None
 ) -> None:
     workspace = _workspace(var)
-    _warn_targeting(targets)
     planned = workspace.plan(destroy=destroy, targets=targets)
+    _warn_targeting(targets)
     render_plan(out, planned.plan)
     if planned.plan.has_changes() and not auto_approve:
         _approve("destroy all these resources" if destroy else "apply these changes")

@@ -199,6 +199,7 @@ def code_identity(backend: Backend, config_dir: str) -> dict[str, Any]:
         module_name, _, _ = code.partition(":")
         source_file = _local_module_file(module_name, config_dir)
         if source_file is not None:
+            _check_defines(backend, source_file, config_dir, code.partition(":")[2])
             digest = _digest_files(_local_closure(source_file, config_dir), config_dir)
             return {"import_path": code, "sha256": digest, "origin": os.path.relpath(source_file, config_dir)}
         origin = _installed_origin(module_name)
@@ -292,6 +293,48 @@ def _local_closure(path: str, config_dir: str) -> list[str]:
             if candidate and os.path.isfile(candidate) and candidate.startswith(config_dir + os.sep):
                 stack.append(candidate)
     return sorted(seen)
+
+
+def _check_defines(backend: Backend, source_file: str, config_dir: str, attribute: str) -> None:
+    """Refuse at plan time what the workers would fail to import: a syntax error, or a name the module lacks.
+
+    Read, not imported: the CLI must not run model code (nor need its packages).
+    """
+    import ast
+
+    relative = os.path.relpath(source_file, config_dir)
+    with open(source_file, "rb") as handle:
+        source = handle.read()
+    try:
+        tree = ast.parse(source, filename=relative)
+    except SyntaxError as err:
+        raise ConfigError(
+            f"{relative}:{err.lineno}: syntax error in the code of backend {backend.name!r}: {err.msg} "
+            f"(declared at {backend.declared_at})"
+        ) from None
+    top = attribute.split(".")[0]
+    if not top:
+        return
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            if any(alias.name == "*" for alias in node.names):
+                return  # a star import may define it: the workers will tell
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+        elif not isinstance(node, (ast.Expr, ast.Pass)):
+            return  # if/try/with/for at top level may define it: leave it to the workers
+    if top not in names:
+        defined = ", ".join(sorted(n for n in names if not n.startswith("_"))) or "nothing"
+        raise ConfigError(
+            f"{backend.declared_at}: backend {backend.name!r}: {relative} defines no {top!r} "
+            f"(it defines: {defined}); fix the code path {backend.code!r}"
+        )
 
 
 def _installed_origin(module_name: str) -> Optional[str]:

@@ -9,6 +9,7 @@ against a world that no longer exists.
 from __future__ import annotations
 
 import base64
+import hashlib
 import dataclasses
 import json
 import os
@@ -65,6 +66,12 @@ def desired_from_dict(body: dict[str, Any]) -> DesiredState:
     )
 
 
+def _body_digest(body: dict) -> str:
+    """sha256 over everything the file says (but this digest): an edited plan file is refused, not applied."""
+    covered = {key: value for key, value in body.items() if key != "body_sha256"}
+    return hashlib.sha256(json.dumps(covered, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def write(path: str, plan: Plan, desired: DesiredState, bundle: bytes, live_fingerprint: Optional[str]) -> None:
     body = {
         "format": PLAN_FORMAT,
@@ -77,6 +84,7 @@ def write(path: str, plan: Plan, desired: DesiredState, bundle: bytes, live_fing
         "bundle_sha256": digest(bundle),
         "bundle": base64.b64encode(bundle).decode("ascii"),
     }
+    body["body_sha256"] = _body_digest(body)
     directory = os.path.dirname(os.path.abspath(path)) or "."
     fd, temp_path = tempfile.mkstemp(prefix=".servectl-plan.", dir=directory)
     try:
@@ -108,6 +116,9 @@ def read(path: str) -> SavedPlan:
             f"{path}: plan format {version} was written by a newer servectl (this one reads up to "
             f"{PLAN_FORMAT_VERSION}); plan again with this servectl"
         )
+    if body.get("body_sha256") != _body_digest(body):
+        raise PlanFileError(f"{path}: the plan file was modified after servectl wrote it (its digest does not match); "
+                            "plan again")
     try:
         bundle = base64.b64decode(body["bundle"], validate=True)
         if digest(bundle) != body["bundle_sha256"]:

@@ -44,11 +44,18 @@ class LocalStateStore(StateStore):
     def read(self) -> Optional[StateDocument]:
         try:
             with open(self.path, encoding="utf-8") as handle:
+                mode = os.fstat(handle.fileno()).st_mode & 0o777
                 text = handle.read()
         except FileNotFoundError:
             return None
         except OSError as err:
             raise StateError(f"{self.path}: cannot read state: {err.strerror}") from None
+        if mode & 0o077:
+            # servectl writes it 0600: sensitive values and the cluster's token live in it.
+            raise StateError(
+                f"{self.path}: the state file is open to other users (mode {mode:04o}); it may hold secrets: "
+                f"run `chmod 600 {self.path}` (and check who read it)"
+            )
         return StateDocument.from_json(text, self.path)
 
     def write(self, document: StateDocument) -> None:

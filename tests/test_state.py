@@ -30,6 +30,7 @@ def test_corrupt_state_is_refused_and_left_untouched(tmp_path):
     store = LocalStateStore.in_dir(str(tmp_path))
     with open(store.path, "w") as handle:
         handle.write('{"format_version": 1, "serial": ')
+    os.chmod(store.path, 0o600)
     with pytest.raises(StateError, match="state file is corrupt"):
         store.read()
     assert open(store.path).read() == '{"format_version": 1, "serial": '
@@ -39,8 +40,19 @@ def test_newer_format_is_refused(tmp_path):
     store = LocalStateStore.in_dir(str(tmp_path))
     with open(store.path, "w") as handle:
         json.dump({"format_version": FORMAT_VERSION + 1, "lineage": "x", "serial": 1, "resources": {}}, handle)
+    os.chmod(store.path, 0o600)
     with pytest.raises(StateError, match="written by a newer servectl"):
         store.read()
+
+
+def test_a_state_file_open_to_others_is_refused(tmp_path):
+    store = LocalStateStore.in_dir(str(tmp_path))
+    store.write(StateDocument.new())
+    os.chmod(store.path, 0o644)
+    with pytest.raises(StateError, match=r"open to other users \(mode 0644\).*chmod 600"):
+        store.read()
+    os.chmod(store.path, 0o600)
+    assert store.read() is not None
 
 
 def test_second_lock_names_the_holder(tmp_path):

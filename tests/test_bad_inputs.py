@@ -1,0 +1,283 @@
+"""The bad-input table: every user mistake and live fault is one clear line, exit 1, and changes nothing.
+
+One config is applied on the session cluster; each case runs the real CLI in
+a copy of it (state, history and all) after breaking one thing: the config
+modules, the command line, the state file, a saved plan, or something live.
+Each must exit 1 with exactly one line on stderr — ``Error: `` then the
+place and what to do — no traceback anywhere, and the state file's bytes
+unchanged (or still absent).
+"""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from servectl.providers.embedded_cluster import free_ports
+from tests.conftest import file_digest, run_cli, write_config
+
+GOOD = """
+from servectl import Backend, Endpoint, LocalRay, var
+LocalRay()
+a = Backend("bad_a", "models:M", num_replicas=var("replicas", default=1), ray_actor_options={"num_cpus": 0.1})
+b = Backend("bad_b", "models:M", ray_actor_options={"num_cpus": 0.1})
+Endpoint("bad", route="/bad", traffic={a: 0.5, b: 0.5})
+"""
+MODELS = "class M:\n    def __call__(self, request):\n        return 'ok'\n"
+STATE = "servectl.state.json"
+
+
+@dataclass
+class Case:
+    name: str
+    args: list[str]
+    expect: str  # in the one error line
+    main: Optional[str] = None  # replaces main.py
+    models: Optional[str] = None  # replaces models.py
+    prepare: Optional[Callable[[Path], None]] = None  # breaks something else in the copy
+    fresh: bool = False  # run in a config dir with no state (nothing applied there yet)
+
+
+def _swap(old: str, new: str) -> str:
+    assert old in GOOD, old
+    return GOOD.replace(old, new)
+
+
+def _edit_state(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def prepare(directory: Path) -> None:
+        path = directory / STATE
+        body = json.loads(path.read_text())
+        change(body)
+        path.write_text(json.dumps(body))
+    return prepare
+
+
+def _truncate(directory: Path) -> None:
+    path = directory / STATE
+    path.write_bytes(path.read_bytes()[:120])
+
+
+def _open_to_others(directory: Path) -> None:
+    os.chmod(directory / STATE, 0o644)
+
+
+def _saved_plan(after: Callable[[Path], None]) -> Callable[[Path], None]:
+    def prepare(directory: Path) -> None:
+        (directory / "main.py").write_text(_swap("default=1", "default=2"))
+        saved = run_cli(directory, "plan", "--out", str(directory / "p.plan"))
+        assert saved.code == 0, saved.output
+        after(directory)
+    return prepare
+
+
+def _bump_serial(directory: Path) -> None:
+    _edit_state(lambda body: body.update(serial=body["serial"] + 1))(directory)
+
+
+def _new_lineage(directory: Path) -> None:
+    _edit_state(lambda body: body.update(lineage="0" * 32))(directory)
+
+
+def _tamper(directory: Path) -> None:
+    path = directory / "p.plan"
+    body = json.loads(path.read_text())
+    body["plan"]["changes"][0]["after"]["num_replicas"] = 50
+    path.write_text(json.dumps(body))
+
+
+def _hold_lock(directory: Path) -> None:
+    from servectl.state.local import LocalStateStore
+
+    LocalStateStore.in_dir(str(directory)).lock("apply")  # left held: a crashed apply's lock
+
+
+def cases(closed_port: int, failing_dashboard: str) -> list[Case]:
+    return [
+        # --- config modules -----------------------------------------------------------------------------------
+        Case("syntax error", ["plan"], "main.py:6: syntax error", main=_swap('route="/bad"', 'route="/bad"(')),
+        Case("syntax error in backend code", ["plan"], "models.py:2: syntax error in the code of backend 'bad_a'",
+             models="class M:\n    def __call__(self, request)\n        return 'ok'\n"),
+        Case("backend code names nothing", ["apply", "--auto-approve"], "models.py defines no 'M' (it defines: N)",
+             models="class N:\n    pass\n"),
+        Case("import error in config", ["plan"], "main.py:1: ModuleNotFoundError: No module named 'nonexistent_mod'",
+             main="import nonexistent_mod\n" + GOOD),
+        Case("name error", ["plan"], "main.py:6: NameError: name 'c' is not defined",
+             main=_swap("traffic={a: 0.5, b: 0.5}", "traffic={a: 0.5, c: 0.5}")),
+        Case("wrong type", ["plan"], "backend 'bad_b': num_replicas",
+             main=_swap('b = Backend("bad_b", "models:M", ', 'b = Backend("bad_b", "models:M", num_replicas="three", ')),
+        Case("weights sum", ["plan"], "traffic weights sum to 1.2; they must sum to 1",
+             main=_swap("{a: 0.5, b: 0.5}", "{a: 0.7, b: 0.5}")),
+        Case("negative weight", ["apply", "--auto-approve"], "weight for 'bad_b' must be a non-negative number",
+             main=_swap("{a: 0.5, b: 0.5}", "{a: 1.5, b: -0.5}")),
+        Case("unknown backend", ["plan"], "unknown backend 'nope'",
+             main=_swap("traffic={a: 0.5, b: 0.5}", 'backend="nope"')),
+        Case("route clash", ["plan"], "route '/bad' is already used by endpoint 'bad'",
+             main=GOOD + 'Endpoint("other", route="/bad", backend=b)\n'),
+        Case("route without slash", ["plan"], "route 'bad' must be a path starting with '/'", main=_swap('route="/bad"', 'route="bad"')),
+        Case("duplicate backend", ["plan"], "backend 'bad_b' is declared twice",
+             main=GOOD + 'Backend("bad_b", "models:M")\n'),
+        Case("misspelt setting", ["plan"], "ray_actor_option: unknown setting (check the spelling)",
+             main=_swap("ray_actor_options={\"num_cpus\": 0.1})\nEndpoint", "ray_actor_option={\"num_cpus\": 0.1})\nEndpoint")),
+        Case("unschedulable resources", ["apply", "--auto-approve"], "cannot be placed on the cluster",
+             main=_swap('{"num_cpus": 0.1})\nEndpoint', '{"num_cpus": 0.1, "num_gpus": 1}, num_replicas=3)\nEndpoint')),
+        Case("fractional gpu above one", ["plan"], "num_gpus above 1 must be a whole number",
+             main=_swap('{"num_cpus": 0.1})\nEndpoint', '{"num_cpus": 0.1, "num_gpus": 1.5})\nEndpoint')),
+        Case("conflicting options", ["plan"], "give num_replicas or autoscaling={...}, not both",
+             main=_swap('b = Backend("bad_b", "models:M", ',
+                        'b = Backend("bad_b", "models:M", num_replicas=2, autoscaling={"max_replicas": 3}, ')),
+        Case("autoscaling range", ["plan"], "max_replicas 2 is below min_replicas 4",
+             main=_swap('b = Backend("bad_b", "models:M", ',
+                        'b = Backend("bad_b", "models:M", autoscaling={"min_replicas": 4, "max_replicas": 2}, ')),
+        Case("pip and conda", ["plan"], "give pip=[...] or conda=..., not both",
+             main=_swap('b = Backend("bad_b", "models:M", ', 'b = Backend("bad_b", "models:M", pip=["x==1"], conda="env", ')),
+        Case("second provider", ["plan"], "a second provider block", main=GOOD + "LocalRay()\n"),
+        Case("bad S3 bucket name", ["plan"], "S3State: bucket: not a valid S3 bucket name",
+             main=GOOD.replace("LocalRay()", "LocalRay()\nfrom servectl import S3State\n"
+                               "S3State(bucket='Bad_Bucket', key='s.json', region='us-east-1')")),
+        Case("aws ports clash", ["plan"], "proxy_port and serve_port are both 8001",
+             main="from servectl import AwsRay, NodeType, LoadBalancer\nAwsRay(region='us-east-1', "
+                  "head=NodeType('head', instance_type='m6i.large', resources={'CPU': 2}), "
+                  "node_types=[NodeType('cpu', instance_type='m6i.large', resources={'CPU': 2})], "
+                  "load_balancer=LoadBalancer(allowed_cidrs=['203.0.113.0/24']), proxy_port=8001)\n"),
+        Case("aws open to a bad cidr", ["plan"], "'203.0.113.0/33' is not a CIDR block",
+             main="from servectl import AwsRay, NodeType, LoadBalancer\nAwsRay(region='us-east-1', "
+                  "head=NodeType('head', instance_type='m6i.large', resources={'CPU': 2}), "
+                  "node_types=[NodeType('cpu', instance_type='m6i.large', resources={'CPU': 2})], "
+                  "load_balancer=LoadBalancer(allowed_cidrs=['203.0.113.0/33']))\n"),
+        Case("http location change", ["plan"], "http_location changed ('HeadOnly' → 'EveryNode') while resources are deployed",
+             main=GOOD.replace("LocalRay()", 'LocalRay(http_location="EveryNode")')),
+        # --- the command line -----------------------------------------------------------------------------------
+        Case("var without value", ["plan", "--var", "replicas"], "--var 'replicas': expected NAME=VALUE"),
+        Case("var of the wrong type", ["plan", "--var", "replicas=many"], "--var replicas='many': not a valid int"),
+        Case("undeclared var", ["plan", "--var", "replica=2"], "--var replica: no variable 'replica' is declared"),
+        Case("unknown target", ["plan", "--target", "backend.nope"], "--target backend.nope: no such resource in the config or the state"),
+        Case("rollback to an unknown serial", ["rollback", "--to", "999", "--auto-approve"],
+             "no applied version with serial 999 in the history"),
+        Case("state show of an unknown address", ["state", "show", "backend.nope"], "no resource 'backend.nope' in the state"),
+        Case("missing plan file", ["apply", "{dir}/missing.plan"], "missing.plan: no such plan file"),
+        Case("var with a saved plan", ["apply", "{dir}/p.plan", "--var", "replicas=3"],
+             "--var cannot be used with a saved plan", prepare=_saved_plan(lambda d: None)),
+        Case("apply not approved", ["apply"], "apply cancelled: not approved",
+             main=_swap("default=1", "default=2")),
+        # --- state files ---------------------------------------------------------------------------------------
+        Case("truncated state", ["plan"], "state file is corrupt", prepare=_truncate),
+        Case("newer state format", ["apply", "--auto-approve"], "written by a newer servectl",
+             prepare=_edit_state(lambda body: body.update(format_version=99))),
+        Case("state open to others", ["plan"], "open to other users (mode 0644)", prepare=_open_to_others),
+        Case("state lock held", ["apply", "--auto-approve"], "lock ID", prepare=_hold_lock,
+             main=_swap("default=1", "default=2")),
+        Case("destroy with a held lock", ["destroy", "--auto-approve"], "lock ID", prepare=_hold_lock),
+        # --- saved plans ---------------------------------------------------------------------------------------
+        Case("stale plan", ["apply", "{dir}/p.plan"], "the state changed since this plan was made",
+             prepare=_saved_plan(_bump_serial)),
+        Case("plan from another state (lineage)", ["apply", "{dir}/p.plan"], "the state was replaced since this plan was made",
+             prepare=_saved_plan(_new_lineage)),
+        Case("tampered plan", ["apply", "{dir}/p.plan"], "modified after servectl wrote it", prepare=_saved_plan(_tamper)),
+        Case("plan from another config", ["apply", "{dir}/p.plan"], "was planned for", prepare=_plan_elsewhere),
+        Case("garbage plan file", ["apply", "{dir}/p.plan"], "not a servectl plan file",
+             prepare=lambda d: (d / "p.plan").write_text("not a plan")),
+        # --- live faults ---------------------------------------------------------------------------------------
+        Case("cluster down", ["plan"], f"cannot reach the Ray cluster at 127.0.0.1:{closed_port}",
+             main=GOOD.replace("LocalRay()", f'LocalRay(address="127.0.0.1:{closed_port}")'), fresh=True),
+        Case("S3 unreachable", ["plan"], "cannot reach S3 to read the state",
+             main=GOOD.replace("LocalRay()", "LocalRay()\nfrom servectl import S3State\n"
+                               f"S3State(bucket='b-1', key='s.json', region='us-east-1', "
+                               f"endpoint_url='http://127.0.0.1:{closed_port}')"), fresh=True),
+        Case("dashboard answers 500", ["drift"], "answered 500", main=_aws_main(failing_dashboard), fresh=True,
+             prepare=_aws_applied),
+    ]
+
+
+def _aws_main(dashboard: str) -> str:
+    return (
+        "from servectl import AwsRay, NodeType, LoadBalancer\nAwsRay(region='us-east-1', cluster_name='bad500', "
+        "head=NodeType('head', instance_type='m6i.large', resources={'CPU': 2}), "
+        "node_types=[NodeType('cpu', instance_type='m6i.large', resources={'CPU': 2})], "
+        f"load_balancer=LoadBalancer(allowed_cidrs=['203.0.113.0/24']), dashboard_url='{dashboard}')\n"
+    )
+
+
+def _aws_applied(directory: Path) -> None:
+    """An AWS cluster's resources applied (on moto; no backends yet, so no call to its dashboard)."""
+    applied = run_cli(directory, "apply", "--auto-approve")
+    assert applied.code == 0, applied.output
+
+
+def _plan_elsewhere(directory: Path) -> None:
+    """A plan saved in another config dir, brought here."""
+    other = directory.parent / f"{directory.name}-other"
+    shutil.copytree(directory, other)
+    (other / "main.py").write_text(_swap("default=1", "default=2"))
+    saved = run_cli(other, "plan", "--out", str(directory / "p.plan"))
+    assert saved.code == 0, saved.output
+
+
+class _Failing(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        self.send_response(500)
+        self.end_headers()
+        self.wfile.write(b"Internal Server Error: the dashboard is broken")
+
+    do_PUT = do_GET
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def _check(case: Case, base: Path, root: Path) -> tuple[str, Optional[str]]:
+    """The case's error line, and what is wrong with how it failed (None: one clear line, nothing changed)."""
+    directory = root / case.name.replace(" ", "-").replace("(", "").replace(")", "")
+    if case.fresh:
+        write_config(directory, case.main or GOOD, models=case.models or MODELS)
+    else:
+        shutil.copytree(base, directory)
+        if case.main is not None:
+            (directory / "main.py").write_text(case.main)
+        if case.models is not None:
+            (directory / "models.py").write_text(case.models)
+    if case.prepare is not None:
+        case.prepare(directory)
+    before = file_digest(directory / STATE)
+    result = run_cli(directory, *(arg.replace("{dir}", str(directory)) for arg in case.args), stdin="no\n")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    problems = []
+    if result.code != 1:
+        problems.append(f"exit {result.code}")
+    if "Traceback" in result.output:
+        problems.append("a traceback")
+    if len(lines) != 1 or not lines[0].startswith("Error: "):
+        problems.append(f"{len(lines)} stderr lines")
+    elif case.expect not in lines[0]:
+        problems.append(f"no {case.expect!r}")
+    if file_digest(directory / STATE) != before:
+        problems.append("the state changed")
+    failure = f"{case.name}: {', '.join(problems)}: {result.stderr.strip()[:400]!r}" if problems else None
+    return (lines[0] if lines else ""), failure
+
+
+def test_every_bad_input_is_one_clear_line_and_changes_nothing(ray_cluster, moto_server, tmp_path, applied_dirs):
+    base = write_config(tmp_path / "base", GOOD, models=MODELS)
+    applied_dirs.append(base)
+    first = run_cli(base, "apply", "--auto-approve")
+    assert first.code == 0, first.output
+    (closed_port,) = free_ports(1)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        table = cases(closed_port, f"http://127.0.0.1:{server.server_address[1]}")
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            outcomes = list(pool.map(lambda c: _check(c, base, tmp_path / "cases"), table))
+    finally:
+        server.shutdown()
+    for case, (line, _) in zip(table, outcomes):
+        print(f"  {case.name:36} {line}")
+    failures = [failure for _, failure in outcomes if failure]
+    print(f"bad inputs: {len(table)} cases, {len(table) - len(failures)} one clear line with nothing changed")
+    assert len(table) >= 40
+    assert not failures, "\n".join(failures)
