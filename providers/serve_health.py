@@ -39,8 +39,11 @@ def wait_until_live(
     wanted = {app["name"]: app for app in config["applications"]}
     old_replicas: set[str] = set()
     if change.kind == BACKEND and change.action is Action.REPLACE and change.name in before:
-        deployment = before[change.name]["deployments"].get(change.name, {})
-        old_replicas = {r["replica_id"] for r in deployment.get("replicas", [])}
+        running = before[change.name].get("deployed_app_config") or {}
+        if change.name not in wanted or restarts(running, wanted[change.name]):
+            deployment = before[change.name]["deployments"].get(change.name, {})
+            old_replicas = {r["replica_id"] for r in deployment.get("replicas", [])}
+        # Else Serve already runs exactly this (an apply killed after it deployed the change): nothing restarts.
     deadline = time.time() + timeout_s
     last = "waiting for Serve"
     while time.time() < deadline:
@@ -53,6 +56,14 @@ def wait_until_live(
         last = problem
         time.sleep(WAIT_POLL_S)
     raise ProviderError(f"{change.address}: not healthy after {timeout_s:.0f}s ({last})")
+
+
+def restarts(running: dict[str, Any], sent: dict[str, Any]) -> bool:
+    """Whether Serve starts new replicas for ``sent`` where it runs ``running`` (code, arguments, environment, resources)."""
+    def shape(app: dict[str, Any]) -> tuple:
+        deployment = (app.get("deployments") or [{}])[0] or {}
+        return (app.get("import_path"), app.get("args"), app.get("runtime_env"), deployment.get("ray_actor_options"))
+    return shape(running) != shape(sent)
 
 
 def not_ready(change: ResourceChange, apps: dict[str, Any], wanted: dict[str, Any], old_replicas: set[str]) -> Optional[str]:

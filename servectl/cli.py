@@ -180,6 +180,10 @@ def _plan_and_apply(
     if planned.plan.has_changes() and not auto_approve:
         _approve("destroy all these resources" if destroy else "apply these changes")
     if not planned.plan.has_changes() and not destroy:
+        recorded = workspace.record_applied_version(planned)
+        if recorded is not None:
+            out.print(f"Recorded the applied version (state serial {recorded}) in the history: its apply was "
+                      "interrupted before it could.")
         return
     document = workspace.apply(planned, _progress, timeout)
     verb = "Destroy" if destroy else "Apply"

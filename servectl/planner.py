@@ -103,8 +103,10 @@ def _change_for(spec: ResourceSpec, recorded: Optional[ResourceState]) -> Resour
     if recorded.status in (FAILED, APPLYING):
         why = (f"last apply failed: {recorded.error}" if recorded.status == FAILED
                else "the last apply stopped before this change finished")
+        # Retry what was interrupted: an in-place change stays in place (the replicas may already run it).
+        in_place = recorded.live and diffs and not any(d.forces_replacement for d in diffs) and spec.kind in (BACKEND, ENDPOINT)
         return ResourceChange(
-            action=Action.REPLACE,
+            action=Action.UPDATE if in_place else Action.REPLACE,
             before=recorded.attributes,
             diffs=diffs,
             reasons=[why] + reasons_for(diffs),

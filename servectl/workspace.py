@@ -206,6 +206,40 @@ class Workspace:
             )
             return saved.plan, self.apply(planned, progress, timeout_s)
 
+    def record_applied_version(self, planned: Planned) -> Optional[int]:
+        """An apply with nothing to change: make sure the state's version is in the history (returns its serial if
+        it had to be recorded), under the lock."""
+        if planned.state is None or not planned.state.resources or self._recorded_in_history(planned.state):
+            return None
+        lock = self.store.lock("apply")
+        try:
+            current = self.read_state()
+            if current is None or (current.lineage, current.serial) != (planned.state.lineage, planned.state.serial):
+                return None  # someone applied meanwhile: their apply records its own version
+            return current.serial if self._record_version(current, planned) else None
+        finally:
+            self.store.unlock(lock)
+
+    def _record_version(self, document: StateDocument, planned: Planned) -> bool:
+        """Record ``document``'s version in the history if it is missing (call under the lock).
+
+        It goes missing when an apply is killed after its last change but before
+        its history entry (or after a refresh-only). The plan has nothing left to
+        change, so the config as it is now is exactly that version: recording it
+        keeps every applied version reachable by rollback.
+        """
+        if not document.resources or self._recorded_in_history(document):
+            return False
+        self.store.append_history(history.entry_for(
+            document.serial, document.lineage, "apply (no changes: recorded the applied version)",
+            planned.plan.tally(), planned.desired, planned.bundle if planned.bundle is not None else self._freeze(),
+        ))
+        return True
+
+    def _recorded_in_history(self, document: StateDocument) -> bool:
+        entries = self.store.history()
+        return bool(entries) and entries[-1].serial == document.serial and entries[-1].lineage == document.lineage
+
     def _recorded_provider(self) -> tuple[Optional[StateDocument], Provider]:
         """The state and a provider for where it says things were applied."""
         desired = self.load()
@@ -291,6 +325,8 @@ class Workspace:
                     document.serial, document.lineage, operation, planned.plan.tally(),
                     None if planned.plan.destroy else planned.desired, frozen,
                 ))
+            elif not planned.plan.destroy:
+                self._record_version(document, planned)
             if planned.plan.destroy:  # also when nothing was left to delete: the cluster may still run
                 planned.provider.teardown(progress)
             return document

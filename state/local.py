@@ -5,6 +5,7 @@ import errno
 import fcntl
 import json
 import os
+import signal
 import tempfile
 from typing import TYPE_CHECKING, Optional
 
@@ -151,6 +152,11 @@ class LocalStateStore(StateStore):
         return current
 
 
+# Fault injection for the crash-safety test: SIGKILL this process halfway through its Nth state write.
+_KILL_IN_WRITE = int(os.environ.get("SERVECTL_FAULT_KILL_IN_STATE_WRITE") or 0)
+_writes = [0]
+
+
 def _write_private(path: str, text: str) -> None:
     """Replace ``path`` atomically with ``text``, readable by the owner only (temp file, fsync, rename)."""
     directory = os.path.dirname(path)
@@ -158,6 +164,11 @@ def _write_private(path: str, text: str) -> None:
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            _writes[0] += 1
+            if _writes[0] == _KILL_IN_WRITE:
+                handle.write(text[: len(text) // 2])
+                handle.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())

@@ -99,6 +99,19 @@ def test_failed_resource_is_planned_again():
     assert "last apply failed: constructor raised" in plan.changes[0].reasons
 
 
+def test_an_interrupted_in_place_change_is_retried_in_place():
+    from servectl.state.document import APPLYING
+
+    doc = state_of(backend("b", replicas=1))
+    doc.resources["backend.b"].status = APPLYING
+    doc.resources["backend.b"].live = {"application": "b"}
+    retried = plan_changes(desired(backend("b", replicas=2)), doc, NODES).changes[0]
+    assert retried.action is Action.UPDATE  # the replicas may already run it: nothing to restart
+    assert retried.reasons[0] == "the last apply stopped before this change finished"
+    recode = plan_changes(desired(backend("b", replicas=2, sha="b" * 64)), doc, NODES).changes[0]
+    assert recode.action is Action.REPLACE
+
+
 def test_unplaceable_gpu_backend_fails_at_plan_time_naming_need_and_supply():
     with pytest.raises(PlanError) as raised:
         plan_changes(desired(backend("gpu", gpus=1)), None, [NodeCapacity("head", cpus=4, gpus=0)])
