@@ -169,13 +169,18 @@ class MultiNodeCluster:
         return [int(pid) for pid in listed]
 
     def kill_node(self, name: str) -> int:
-        """SIGKILL every process of one node (its namespace's PIDs): a node dying, not shutting down."""
+        """SIGKILL every process of one node (its namespace's PIDs): a node dying, not shutting down.
+
+        All are frozen (SIGSTOP) before any dies, as a machine dies all at once: killed one
+        by one, a replica could die while its node's proxy still ran and answered for it.
+        """
         pids = self.pids(name)
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
         deadline = time.monotonic() + 10
         while self.pids(name) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -193,6 +198,8 @@ defaults
     timeout connect 500ms
     timeout client 30s
     timeout server 30s
+    # A live node slowed by the others' recovery (2 cores here) must not look dead: a dead one refuses at once.
+    timeout check 2s
     retries 3
     option redispatch 1
     retry-on conn-failure empty-response junk-response response-timeout 502 503 504
