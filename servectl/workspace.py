@@ -208,7 +208,12 @@ class Workspace:
 
     def record_applied_version(self, planned: Planned) -> Optional[int]:
         """An apply with nothing to change: make sure the state's version is in the history (returns its serial if
-        it had to be recorded), under the lock."""
+        it had to be recorded), under the lock.
+
+        The first check (one read of the newest history entry) spares the usual
+        case the lock, so a no-change apply never waits on or fails at another
+        apply's lock; the check under the lock is what decides.
+        """
         if planned.state is None or not planned.state.resources or self._recorded_in_history(planned.state):
             return None
         lock = self.store.lock("apply")
@@ -237,8 +242,8 @@ class Workspace:
         return True
 
     def _recorded_in_history(self, document: StateDocument) -> bool:
-        entries = self.store.history()
-        return bool(entries) and entries[-1].serial == document.serial and entries[-1].lineage == document.lineage
+        latest = self.store.latest_history()
+        return latest is not None and (latest.serial, latest.lineage) == (document.serial, document.lineage)
 
     def _recorded_provider(self) -> tuple[Optional[StateDocument], Provider]:
         """The state and a provider for where it says things were applied."""

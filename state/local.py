@@ -66,23 +66,29 @@ class LocalStateStore(StateStore):
         os.makedirs(self.history_dir, mode=0o700, exist_ok=True)
         _write_private(os.path.join(self.history_dir, f"{entry.serial:010d}.json"), json.dumps(entry.to_dict()))
 
-    def history(self) -> list["HistoryEntry"]:
-        from servectl.history import HistoryEntry
-
+    def _history_names(self) -> list[str]:
         try:
-            names = sorted(n for n in os.listdir(self.history_dir) if n.endswith(".json"))
+            return sorted(n for n in os.listdir(self.history_dir) if n.endswith(".json"))
         except FileNotFoundError:
             return []
-        entries = []
-        for name in names:
-            path = os.path.join(self.history_dir, name)
-            try:
-                with open(path, encoding="utf-8") as handle:
-                    body = json.load(handle)
-            except (OSError, ValueError):
-                raise StateError(f"{path}: history entry is unreadable") from None
-            entries.append(HistoryEntry.from_dict(body, path))
-        return entries
+
+    def _read_history_entry(self, name: str) -> "HistoryEntry":
+        from servectl.history import HistoryEntry
+
+        path = os.path.join(self.history_dir, name)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                body = json.load(handle)
+        except (OSError, ValueError):
+            raise StateError(f"{path}: history entry is unreadable") from None
+        return HistoryEntry.from_dict(body, path)
+
+    def history(self) -> list["HistoryEntry"]:
+        return [self._read_history_entry(name) for name in self._history_names()]
+
+    def latest_history(self) -> Optional["HistoryEntry"]:
+        names = self._history_names()
+        return self._read_history_entry(names[-1]) if names else None
 
     def _read_lock_info(self) -> Optional[LockInfo]:
         try:

@@ -172,9 +172,7 @@ class S3StateStore(StateStore):
     def append_history(self, entry: "HistoryEntry") -> None:
         self._put("keep a history entry", f"{self.history_prefix}{entry.serial:010d}.json", json.dumps(entry.to_dict()))
 
-    def history(self) -> list["HistoryEntry"]:
-        from servectl.history import HistoryEntry
-
+    def _history_keys(self) -> list[str]:
         keys: list[str] = []
         token: dict[str, str] = {}
         while True:
@@ -183,20 +181,30 @@ class S3StateStore(StateStore):
             )
             keys.extend(item["Key"] for item in page.get("Contents", []) if item["Key"].endswith(".json"))
             if not page.get("IsTruncated"):
-                break
+                return sorted(keys)
             token = {"ContinuationToken": page["NextContinuationToken"]}
-        entries = []
-        for key in sorted(keys):
-            found = self._get("read a history entry", key)
-            where = f"s3://{self.spec.bucket}/{key}"
-            if found is None:
-                continue  # deleted between the listing and the read
-            try:
-                body = json.loads(found[0])
-            except ValueError:
-                raise StateError(f"{where}: history entry is unreadable") from None
-            entries.append(HistoryEntry.from_dict(body, where))
-        return entries
+
+    def _read_history_entry(self, key: str) -> Optional["HistoryEntry"]:
+        from servectl.history import HistoryEntry
+
+        found = self._get("read a history entry", key)
+        where = f"s3://{self.spec.bucket}/{key}"
+        if found is None:
+            return None  # deleted between the listing and the read
+        try:
+            body = json.loads(found[0])
+        except ValueError:
+            raise StateError(f"{where}: history entry is unreadable") from None
+        return HistoryEntry.from_dict(body, where)
+
+    def history(self) -> list["HistoryEntry"]:
+        entries = (self._read_history_entry(key) for key in self._history_keys())
+        return [entry for entry in entries if entry is not None]
+
+    def latest_history(self) -> Optional["HistoryEntry"]:
+        # Keys are zero-padded serials, so the listing's last key is the newest entry.
+        keys = self._history_keys()
+        return self._read_history_entry(keys[-1]) if keys else None
 
     # -- locking --------------------------------------------------------------------------------------------------
 

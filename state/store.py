@@ -77,3 +77,7 @@ class StateStore(ABC):
     @abstractmethod
     def history(self) -> list["HistoryEntry"]:
         """Every kept version, oldest first."""
+
+    @abstractmethod
+    def latest_history(self) -> Optional["HistoryEntry"]:
+        """The newest kept version only (one read, however long the history is), or None."""

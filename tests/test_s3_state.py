@@ -59,6 +59,23 @@ def test_history_entries_are_objects_under_the_key(moto_server):
     assert "serving/prod.json.history/0000000001.json" in keys
 
 
+def test_latest_history_reads_only_the_newest_entry(moto_server):
+    bucket = new_bucket(moto_server)
+    kept = store(bucket)
+    assert kept.latest_history() is None
+    for serial in (1, 2, 12):
+        kept.append_history(HistoryEntry(
+            serial=serial, lineage="L", time="t", who="me", operation="apply", summary=f"#{serial}",
+            desired=None, bundle_b64="",
+        ))
+    # An unreadable old entry proves the newest is found without reading the others.
+    moto_server.client("s3").put_object(Bucket=bucket, Key="serving/prod.json.history/0000000001.json", Body=b"{")
+    with pytest.raises(StateError, match="history entry is unreadable"):
+        kept.history()
+    latest = kept.latest_history()
+    assert (latest.serial, latest.lineage) == (12, "L")
+
+
 def test_exactly_one_of_many_racing_processes_gets_the_lock(moto_server):
     bucket = new_bucket(moto_server)
     for round_ in range(3):

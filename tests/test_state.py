@@ -8,6 +8,7 @@ import stat
 import pytest
 
 from servectl.errors import LockError, StateError
+from servectl.history import HistoryEntry
 from servectl.state.document import FORMAT_VERSION, ResourceState, StateDocument
 from servectl.state.local import LocalStateStore
 
@@ -77,3 +78,20 @@ def test_lock_record_left_by_a_crash_needs_force_unlock_with_the_right_id(tmp_pa
         store.force_unlock("wrong-id")
     assert store.force_unlock(info.id).id == info.id
     store.unlock(store.lock("apply"))
+
+
+def test_latest_history_reads_only_the_newest_entry(tmp_path):
+    store = LocalStateStore.in_dir(str(tmp_path))
+    assert store.latest_history() is None
+    for serial in (2, 10, 1):
+        store.append_history(HistoryEntry(
+            serial=serial, lineage="L", time="t", who="me", operation="apply", summary=f"#{serial}",
+            desired=None, bundle_b64="",
+        ))
+    # An unreadable old entry proves the newest is found without reading the others.
+    with open(os.path.join(store.history_dir, "0000000001.json"), "w") as handle:
+        handle.write("{")
+    with pytest.raises(StateError, match="history entry is unreadable"):
+        store.history()
+    latest = store.latest_history()
+    assert (latest.serial, latest.lineage) == (10, "L")
