@@ -61,6 +61,8 @@ class NodeAgent:
             for line in self.scaling.maybe_run(self.applied):
                 log.info("%s", line)
         version = int(self.applied["version"])
+        if self.reported == (version, True):
+            return  # reported serving this version: nothing to ask Serve until a new version comes
         problem = serve_health.routes_problem(int(self.applied["serve_port"]), set(self.applied.get("backends") or []))
         if problem is not None and "not answering" not in problem:
             return  # Serve is still learning the routes: report when it serves them
