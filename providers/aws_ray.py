@@ -178,7 +178,7 @@ class AwsRayProvider(Provider):
             recorded = resource.live.get("package_uri")
             return str(recorded) if recorded and not restarting else str(code.live["uri"])
 
-        applications, packages = serve_apps.applications(resources, package_for)
+        applications, backends_live = serve_apps.applications(resources, package_for)
         serve_port = int((self.spec.aws or {}).get("serve_port", 8001))
         config = {
             "proxy_location": serve_apps.PROXY_LOCATIONS["EveryNode"],
@@ -192,9 +192,7 @@ class AwsRayProvider(Provider):
         serve_health.wait_until_live(rest.serve_details, change, before, config, timeout_s)
 
         live, policies = serve_apps.endpoint_policies(resources)
-        for resource in resources.values():
-            if resource.kind == BACKEND:
-                live[resource.address] = {"application": resource.name, "package_uri": packages[resource.address]}
+        live.update(backends_live)
         routing = self._routing()
         backends = [r.name for r in resources.values() if r.kind == BACKEND]
         node_groups = {

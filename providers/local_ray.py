@@ -308,15 +308,17 @@ class LocalRayProvider(Provider):
                 return recorded
         return self._upload()
 
-    def serve_config(self, resources: dict[str, ResourceState], change: ResourceChange) -> tuple[dict[str, Any], dict[str, str]]:
-        applications, packages = serve_apps.applications(resources, lambda resource: self._package_for(resource, change))
+    def serve_config(
+        self, resources: dict[str, ResourceState], change: ResourceChange
+    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        applications, backends_live = serve_apps.applications(resources, lambda resource: self._package_for(resource, change))
         config = {
             "proxy_location": PROXY_LOCATIONS[self.spec.http_location],
             "http_options": {"host": "127.0.0.1", "port": self._serve_port},
             # The one place sensitive values are revealed: what the cluster must run with.
             "applications": reveal(applications),
         }
-        return config, packages
+        return config, backends_live
 
     def converge(
         self,
@@ -331,7 +333,7 @@ class LocalRayProvider(Provider):
             # traffic off this backend reach them before it goes.
             time.sleep(max(0.0, self._policy_written_at + POLICY_TTL_S + 0.2 - time.monotonic()))
         before = self._details().get("applications", {})
-        config, packages = self.serve_config(resources, change)
+        config, backends_live = self.serve_config(resources, change)
         try:
             self._dashboard().deploy(config)
         except ProviderError as err:
@@ -340,9 +342,7 @@ class LocalRayProvider(Provider):
         serve_health.wait_until_live(self._details, change, before, config, timeout_s, routes)
 
         live, policies = serve_apps.endpoint_policies(resources)
-        for resource in resources.values():
-            if resource.kind == BACKEND:
-                live[resource.address] = {"application": resource.name, "package_uri": packages[resource.address]}
+        live.update(backends_live)
         routed = routed_endpoints(policies)
         write_policies(policies, applied_endpoints() - set(policies))
         self._policy_written_at = time.monotonic()

@@ -44,17 +44,18 @@ def replica_count(attrs: dict[str, Any]) -> dict[str, Any]:
 def applications(
     resources: dict[str, ResourceState], package_for: Callable[[ResourceState], str]
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Every backend in ``resources`` as a Serve application, and the code package URI each runs."""
+    """Every backend in ``resources`` as a Serve application, and what the state records live for each backend:
+    its application and the code package URI it runs."""
     shadow_targets = {
         name for r in resources.values() if r.kind == ENDPOINT for name in r.attributes.get("shadow", {})
     }
-    apps, packages = [], {}
+    apps, live = [], {}
     for resource in resources.values():
         if resource.kind != BACKEND:
             continue
         attrs = resource.attributes
         uri = package_for(resource)
-        packages[resource.address] = uri
+        live[resource.address] = {"application": resource.name, "package_uri": uri}
         options = attrs["ray_actor_options"]
         actor_options: dict[str, Any] = {"num_cpus": options["num_cpus"], "num_gpus": options["num_gpus"]}
         if options.get("memory"):
@@ -97,7 +98,7 @@ def applications(
                 "graceful_shutdown_wait_loop_s": SHUTDOWN_POLL_S,
             }],
         })
-    return apps, packages
+    return apps, live
 
 
 def live_settings(app_config: dict[str, Any]) -> dict[str, Any]:
