@@ -87,26 +87,32 @@ class RoutingStore:
         self.s3.put_object(Bucket=self.bucket, Key=f"{self.reports_prefix}{node_ip}.json",
                            Body=json.dumps(body).encode(), ServerSideEncryption="AES256")
 
-    def reports(self) -> dict[str, dict[str, Any]]:
-        """Every node agent's last report, by node IP."""
-        from servectl.providers.aws_resources import call
+    def report_of(self, node_ip: str) -> Optional[dict[str, Any]]:
+        """One node agent's last report, or None before its first."""
+        from botocore.exceptions import BotoCoreError, ClientError
 
-        found: dict[str, dict[str, Any]] = {}
-        listing = call("read the node agents' reports", self.s3.list_objects_v2, Bucket=self.bucket,
-                       Prefix=self.reports_prefix)
-        for item in listing.get("Contents", []):
-            body = call("read a node agent's report", self.s3.get_object, Bucket=self.bucket, Key=item["Key"])["Body"]
-            report = json.loads(body.read())
-            found[str(report["node_ip"])] = report
-        return found
+        key = f"{self.reports_prefix}{node_ip}.json"
+        try:
+            answer = self.s3.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as err:
+            error = err.response.get("Error", {})
+            if str(error.get("Code", "")) == "NoSuchKey":
+                return None
+            raise ProviderError(f"cannot read node {node_ip}'s report: {error.get('Code')}: {error.get('Message')}") from None
+        except BotoCoreError as err:
+            raise ProviderError(f"cannot read node {node_ip}'s report: {err}") from None
+        return json.loads(answer["Body"].read())
 
     def wait_for(self, version: int, node_ips: list[str], timeout_s: float) -> None:
-        """Block until every node in ``node_ips`` serves ``version`` (or a later one)."""
+        """Block until every node in ``node_ips`` serves ``version`` (or a later one).
+
+        Each poll reads only the reports of nodes still behind, so a large
+        cluster costs a read per lagging node, not per node.
+        """
         deadline = time.monotonic() + timeout_s
         behind = list(node_ips)
         while True:
-            reports = self.reports()
-            behind = [ip for ip in node_ips if int(reports.get(ip, {}).get("version", 0)) < version]
+            behind = [ip for ip in behind if int((self.report_of(ip) or {}).get("version", 0)) < version]
             if not behind:
                 return
             if time.monotonic() > deadline:
