@@ -147,12 +147,26 @@ def _order(changes: list[ResourceChange], recorded: dict[str, ResourceState]) ->
     wanted_routes = {
         c.after.get("route") for c in changes if c.kind == ENDPOINT and c.action is not Action.DELETE and c.after
     }
+    replaced = {c.name for c in changes if c.kind == BACKEND and c.action is Action.REPLACE}
+    starting = replaced | {c.name for c in changes if c.kind == BACKEND and c.action is Action.CREATE}
+
+    def moves_off_first(change: ResourceChange) -> bool:
+        """Traffic leaving a backend this plan replaces, for backends that stay as they are, leaves first: no
+        request reaches the new code on its way out (a rollout that starts over does this)."""
+        if change.kind != ENDPOINT or change.action is not Action.UPDATE:
+            return False
+        before = {name for name, weight in (change.before or {}).get("traffic", {}).items() if weight > 0}
+        after = {name for name, weight in (change.after or {}).get("traffic", {}).items() if weight > 0}
+        return bool(before & replaced) and not after & starting
+
     def rank(change: ResourceChange) -> tuple[int, int]:
         if change.kind in INFRA_KINDS:  # nodes exist before replicas land on them, and go after they leave
             order = INFRA_KINDS.index(change.kind)
             shrinking = change.kind == NODE_GROUP and change.action is Action.UPDATE and int(
                 (change.after or {}).get("desired_capacity") or 0) < int((change.before or {}).get("desired_capacity") or 0)
             return (-1, order) if change.action is not Action.DELETE and not shrinking else (5, -order)
+        if moves_off_first(change):
+            return 0, -1
         if change.kind == BACKEND and change.action is not Action.DELETE:
             return 0, 0
         if change.kind == ENDPOINT and change.action is Action.DELETE:

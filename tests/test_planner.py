@@ -178,3 +178,18 @@ def test_autoscaled_backends_place_their_minimum_and_switching_to_autoscaling_is
         "num_replicas", "autoscaling.min_replicas", "autoscaling.max_replicas", "autoscaling.target_ongoing_requests",
     }
     assert not any(d.forces_replacement for d in change.diffs)
+
+
+def test_traffic_leaves_a_backend_before_it_is_replaced_when_it_goes_to_backends_that_stay():
+    split = lambda weights: ResourceSpec(  # noqa: E731
+        ENDPOINT, "e", {"route": "/e", "traffic": weights}, [f"backend.{n}" for n in weights], "main.py:2")
+    before = (backend("old"), backend("cand"), split({"cand": 1.0, "old": 0.0}))
+    after = (backend("old"), backend("cand", sha="b" * 64), split({"cand": 0.0, "old": 1.0}))
+    plan = plan_changes(desired(*after), state_of(*before), NODES)
+    assert [(c.address, c.action) for c in plan.actionable] == [
+        ("endpoint.e", Action.UPDATE), ("backend.cand", Action.REPLACE),  # no request meets the new code on its way out
+    ]
+    # Traffic going *to* a replaced or new backend still waits for it to be ready.
+    onto = (backend("old"), backend("cand", sha="b" * 64), split({"cand": 0.5, "old": 0.5}))
+    plan = plan_changes(desired(*onto), state_of(*before), NODES)
+    assert [c.address for c in plan.actionable] == ["backend.cand", "endpoint.e"]
