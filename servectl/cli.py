@@ -19,6 +19,8 @@ from servectl.drift import DriftReport
 from servectl.sensitive import redact
 from servectl.render import render_drift
 from servectl.render_status import render_status
+from servectl.render_rollout import RichDisplay, render_outcome
+from servectl import rollout as rollouts
 from servectl.workspace import Workspace
 
 app = typer.Typer(
@@ -143,13 +145,18 @@ def plan(
         out.print_json(json.dumps(redact(planned.plan.to_dict())))
     else:
         render_plan(out, planned.plan)
+        _note_rollouts(out, planned)
     if out_path:
         workspace.save_plan(planned, out_path)
         if not as_json:
             out.print(f"\nSaved the plan to {escape(out_path)}. To carry out exactly these changes, run:\n"
                       f"  servectl -C {escape(workspace.config_dir)} apply {escape(out_path)}")
-    if detailed_exitcode and planned.plan.has_changes():
+    unfinished = [name for name, declared in rollouts.declared(planned.desired) if declared["status"] in UNFINISHED]
+    if detailed_exitcode and (planned.plan.has_changes() or unfinished):
         raise typer.Exit(2)
+
+
+UNFINISHED = (rollouts.PENDING, rollouts.PROGRESSING, rollouts.PAUSED)  # `plan --detailed-exitcode` counts them as work
 
 
 def _approve(what: str) -> None:
@@ -171,23 +178,59 @@ TimeoutOption = typer.Option(300.0, "--timeout", help="Seconds to wait for each 
 
 
 def _plan_and_apply(
-    var: Optional[List[str]], auto_approve: bool, timeout: float, destroy: bool, targets: Optional[List[str]] = None
-) -> None:
+    var: Optional[List[str]], auto_approve: bool, timeout: float, destroy: bool, targets: Optional[List[str]] = None,
+    console: Optional[Console] = None,
+) -> Workspace:
+    shown = console or out
     workspace = _workspace(var)
     planned = workspace.plan(destroy=destroy, targets=targets)
     _warn_targeting(targets)
-    render_plan(out, planned.plan)
+    render_plan(shown, planned.plan)
+    if not destroy:
+        _note_rollouts(shown, planned)
     if planned.plan.has_changes() and not auto_approve:
         _approve("destroy all these resources" if destroy else "apply these changes")
     if not planned.plan.has_changes() and not destroy:
         recorded = workspace.record_applied_version(planned)
         if recorded is not None:
-            out.print(f"Recorded the applied version (state serial {recorded}) in the history: its apply was "
-                      "interrupted before it could.")
-        return
-    document = workspace.apply(planned, _progress, timeout)
+            shown.print(f"Recorded the applied version (state serial {recorded}) in the history: its apply was "
+                        "interrupted before it could.")
+        return workspace
+    document = workspace.apply(planned, _progress_to(shown), timeout)
     verb = "Destroy" if destroy else "Apply"
-    out.print(f"\n[green bold]{verb} complete![/green bold] {planned.plan.tally()}; state serial {document.serial}.")
+    shown.print(f"\n[green bold]{verb} complete![/green bold] {planned.plan.tally()}; state serial {document.serial}.")
+    return workspace
+
+
+def _progress_to(console: Console) -> Callable[[str], None]:
+    return lambda message: console.print(f"[cyan]›[/cyan] {escape(message)}")
+
+
+def _note_rollouts(console: Console, planned: Any) -> None:
+    for endpoint, declared in rollouts.declared(planned.desired):
+        status = declared["status"]
+        where = f"endpoint {escape(endpoint)}: {escape(rollouts.describe(declared))}"
+        if status in (rollouts.PENDING, rollouts.PROGRESSING):
+            at = "" if status == rollouts.PENDING else f", now at {declared['weight']:.1%}"
+            console.print(f"[bold]Rollout[/bold] {where} ({status}{at}); `servectl apply` or `servectl rollout` runs it.")
+        elif status == rollouts.PAUSED:
+            console.print(f"[yellow bold]Rollout paused[/yellow bold] at {declared['weight']:.1%}, {where}: "
+                          f"{escape(declared['reason'])}; `servectl rollout --resume` or `--abort`.")
+        elif status == rollouts.ABORTED:
+            console.print(f"[red]Rollout aborted[/red], {where}: {escape(declared['reason'])}; all traffic is on "
+                          f"{escape(declared['stable'])} (`servectl rollout --retry` starts it again).")
+
+
+def _drive_rollouts(
+    workspace: Workspace, console: Console, timeout: float, resume: bool = False, abort: bool = False,
+    retry: bool = False,
+) -> list[rollouts.RolloutReport]:
+    runner = rollouts.RolloutRunner(workspace, _progress_to(console), RichDisplay(console), timeout)
+    reports = runner.run(resume=resume, abort=abort, retry=retry)
+    for report in reports:
+        if report.acted:
+            render_outcome(console, report)
+    return reports
 
 
 @app.command()
@@ -221,7 +264,11 @@ def apply(
         out.print(f"\n[green bold]Refresh complete![/green bold] The state records the live values; state serial {document.serial}.")
         return
     if plan_file is None:
-        _plan_and_apply(var, auto_approve, timeout, destroy=False, targets=target)
+        workspace = _plan_and_apply(var, auto_approve, timeout, destroy=False, targets=target)
+        if not target and rollouts.declared(workspace.load()):  # a declared rollout runs with the apply
+            line = rollouts.failure(_drive_rollouts(workspace, out, timeout))
+            if line:
+                raise ServectlError(line)
         return
     if var:
         raise ServectlError("--var cannot be used with a saved plan: its variables were fixed when it was planned")
@@ -230,6 +277,48 @@ def apply(
         out.print("[green]No changes.[/green] The saved plan had nothing to do.")
         return
     out.print(f"\n[green bold]Apply complete![/green bold] {plan.tally()}; state serial {document.serial}.")
+
+
+@app.command("rollout")
+@command
+def rollout_command(
+    var: Optional[List[str]] = VarOption,
+    auto_approve: bool = ApproveOption,
+    timeout: float = TimeoutOption,
+    resume: bool = typer.Option(False, "--resume", help="Go on from a paused rollout to its next step."),
+    abort: bool = typer.Option(False, "--abort", help="Send all traffic back to the stable backend; stop the rollout."),
+    retry: bool = typer.Option(False, "--retry", help="Start an aborted rollout again from its first step."),
+    as_json: bool = typer.Option(False, "--json", help="Print what happened as JSON (progress goes to stderr)."),
+) -> None:
+    """Apply the config, then move each declared Rollout step by step, gated by its analysis.
+
+    Exit 0 when every rollout completed (or there was nothing to do); 1 when one was aborted or paused by
+    its gates, with the reason.
+    """
+    if sum((resume, abort, retry)) > 1:
+        raise ServectlError("give one of --resume, --abort and --retry")
+    shown = err if as_json else out
+    workspace = _workspace(var)
+    if not rollouts.declared(workspace.load()):
+        raise ServectlError(
+            "the config declares no Rollout(...): add one, e.g. Rollout(endpoint=api, new=v2, steps=[0.1, 0.5, 1.0])"
+        )
+    if not abort:
+        if as_json and not auto_approve and workspace.plan().plan.has_changes():
+            raise ServectlError("the config has changes to apply first: pass --auto-approve with --json")
+        workspace = _plan_and_apply(var, auto_approve, timeout, destroy=False, console=shown)
+    reports = _drive_rollouts(workspace, shown, timeout, resume=resume, abort=abort, retry=retry)
+    if as_json:
+        out.print_json(json.dumps({
+            "format_version": rollouts.ROLLOUT_JSON_VERSION, "rollouts": [report.to_dict() for report in reports],
+        }))
+    else:
+        for report in reports:
+            if not report.acted:
+                render_outcome(out, report)
+    line = rollouts.failure(reports)
+    if line:
+        raise ServectlError(line)
 
 
 @app.command()

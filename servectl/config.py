@@ -36,6 +36,7 @@ class Registry:
     providers: list["LocalRay"] = field(default_factory=list)
     state_backends: list["S3State"] = field(default_factory=list)
     variables: dict[str, "Variable"] = field(default_factory=dict)
+    rollouts: list[Any] = field(default_factory=list)  # servectl.rollout_config.Rollout
 
 
 _active: contextvars.ContextVar[Optional[Registry]] = contextvars.ContextVar("servectl_registry", default=None)

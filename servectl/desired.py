@@ -33,7 +33,7 @@ INFRA_KINDS = (
 IN_PLACE_BACKEND_ATTRIBUTES = frozenset(
     {"num_replicas", "autoscaling", "max_concurrent_queries", "user_config", "max_batch_size", "batch_wait_timeout_s"}
 )
-IN_PLACE_ENDPOINT_ATTRIBUTES = frozenset({"route", "traffic", "shadow"})
+IN_PLACE_ENDPOINT_ATTRIBUTES = frozenset({"route", "traffic", "shadow", "rollout"})
 
 # The module name main.py runs under while loading; workers import the same file as `main`.
 CONFIG_MODULE_RUN_NAME = "__servectl_config__"
@@ -434,3 +434,53 @@ def endpoint_attributes(endpoint: Endpoint, backend_names: set[str]) -> dict[str
         if proportion > 0:  # a proportion of 0 means: stop shadowing
             shadow[name] = float(proportion)
     return {"route": endpoint.route, "traffic": dict(sorted(traffic.items())), "shadow": dict(sorted(shadow.items()))}
+
+
+def candidate_digest(attributes: dict[str, Any]) -> str:
+    """What a rollout's new backend is, for telling one candidate from the next: everything that restarts it."""
+    restarting = {key: value for key, value in attributes.items() if key not in IN_PLACE_BACKEND_ATTRIBUTES}
+    return hashlib.sha256(json.dumps(restarting, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def declare_rollouts(rollouts: list[Any], resources: dict[str, ResourceSpec]) -> None:
+    """Each ``Rollout`` becomes its endpoint's ``rollout`` attribute, starting pending: all traffic on stable.
+
+    ``servectl.rollout.resolve`` then puts in the position the state records.
+    """
+    claimed: dict[str, str] = {}
+    endpoints = sorted(spec.name for spec in resources.values() if spec.kind == ENDPOINT)
+    backends = sorted(spec.name for spec in resources.values() if spec.kind == BACKEND)
+    for rollout in rollouts:
+        site, name, new = rollout.declared_at, rollout.endpoint_name, rollout.new_name
+        spec = resources.get(address_of(ENDPOINT, name))
+        if spec is None:
+            raise ConfigError(f"{site}: Rollout: unknown endpoint {name!r} (declared endpoints: {', '.join(endpoints) or 'none'})")
+        if name in claimed:
+            raise ConfigError(f"{site}: Rollout: endpoint {name!r} already has a rollout (declared at {claimed[name]})")
+        claimed[name] = site
+        candidate = resources.get(address_of(BACKEND, new))
+        if candidate is None:
+            raise ConfigError(f"{site}: Rollout: unknown backend {new!r} (declared backends: {', '.join(backends) or 'none'})")
+        traffic = spec.attributes["traffic"]
+        if len(traffic) != 1:
+            raise ConfigError(
+                f"{site}: Rollout: endpoint {name!r} splits its traffic ({', '.join(sorted(traffic))}); a rollout moves "
+                "it from one backend: declare the endpoint with backend=<the stable one>"
+            )
+        (stable,) = traffic
+        if stable == new:
+            raise ConfigError(
+                f"{site}: Rollout: backend {new!r} already takes all of endpoint {name!r}'s traffic: remove the Rollout "
+                "(a completed rollout ends this way) or name another new backend"
+            )
+        if new in spec.attributes["shadow"]:
+            raise ConfigError(f"{site}: Rollout: backend {new!r} is a shadow of endpoint {name!r}; a backend cannot be both")
+        spec.attributes["rollout"] = {
+            "stable": stable, "new": new, "candidate": candidate_digest(candidate.attributes),
+            "steps": [float(step) for step in rollout.steps], "pause_s": float(rollout.pause_s),
+            "max_wait_s": float(rollout.wait_limit_s),
+            "analysis": rollout.gates(), "on_failure": rollout.on_failure,
+            "status": "pending", "weight": 0.0, "reason": "",
+        }
+        spec.attributes["traffic"] = dict(sorted({stable: 1.0, new: 0.0}.items()))
+        spec.depends_on.append(candidate.address)

@@ -22,6 +22,7 @@ from servectl.desired import (
     StateBackendSpec,
     address_of,
     backend_attributes,
+    declare_rollouts,
     endpoint_attributes,
     provider_spec,
     aws_provider_spec,
@@ -151,6 +152,7 @@ def load_config(config_dir: str, variables: Optional[Mapping[str, str]] = None) 
             depends_on=[address_of(BACKEND, name) for name in {**attributes["traffic"], **attributes["shadow"]}],
             declared_at=endpoint.declared_at,
         )
+    declare_rollouts(registry.rollouts, resources)
     if isinstance(declared, AwsRay):
         backends = [spec for spec in resources.values() if spec.kind == BACKEND]
         agent_digest = bundle_digest(freeze_servectl())

@@ -8,7 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Optional
 
-from servectl import __version__, bundle, drift, history, planfile
+from servectl import __version__, bundle, drift, history, planfile, rollout
 from servectl.apply import apply_plan
 from servectl.desired import BACKEND, DesiredState, address_of
 from servectl.errors import ConfigError, PlanError, StateError
@@ -136,11 +136,18 @@ class Workspace:
         finally:
             local.unlock(local_lock)
 
-    def plan(self, destroy: bool = False, targets: Optional[list[str]] = None) -> Planned:
+    def plan(
+        self, destroy: bool = False, targets: Optional[list[str]] = None,
+        rollout_moves: Optional[dict[str, dict]] = None,
+    ) -> Planned:
+        """Plan the config against the state. ``rollout_moves`` ({endpoint address: status, weight, reason}) is
+        how a rollout plans its next step; otherwise declared rollouts stay where the state says they are."""
         desired = self.load()
         state = self.read_state()
         if destroy and state is not None and state.resources and state.provider:
             desired = recorded_provider(desired, state)
+        if not destroy:
+            desired = rollout.resolve(desired, state, rollout_moves)
         provider = provider_for(desired.provider, self.config_dir)
         view = provider.cluster()
         plan = plan_changes(desired, state, view.nodes, view.source, destroy=destroy, targets=targets)
@@ -294,46 +301,50 @@ class Workspace:
         """Apply ``planned`` under the state lock; refuse if the state moved since it was planned."""
         lock = self.store.lock("apply" if not planned.plan.destroy else "destroy")
         try:
-            locate.remember(self._backend, self.config_dir)
-            current = self.read_state()
-            lineage = current.lineage if current else None
-            serial = current.serial if current else 0
-            if lineage != planned.plan.state_lineage and planned.plan.state_lineage is not None:
-                raise StateError(
-                    f"the state was replaced since this plan was made (lineage {planned.plan.state_lineage} → "
-                    f"{lineage}); run plan again"
-                )
-            if lineage != planned.plan.state_lineage or serial != planned.plan.state_serial:
-                raise StateError(
-                    f"the state changed since this plan was made (serial {planned.plan.state_serial} → {serial}); "
-                    "run plan again"
-                )
-            if planned.saved:
-                live = planned.provider.fingerprint()
-                if live != planned.live_fingerprint:
-                    raise StateError(
-                        "the live system changed since this plan was made (Serve's applications, the cluster's "
-                        "nodes or the front proxy differ from what the plan saw); run plan again"
-                    )
-            frozen = b""
-            if planned.plan.has_changes() and not planned.plan.destroy:
-                frozen = planned.bundle if planned.bundle is not None else self._freeze()
-            if planned.plan.has_changes() or current is None:
-                document = apply_plan(
-                    planned.plan, planned.desired, current, self.store, planned.provider, progress, timeout_s
-                )
-            else:
-                document = current
-            if planned.plan.has_changes():
-                operation = "destroy" if planned.plan.destroy else planned.operation
-                self.store.append_history(history.entry_for(
-                    document.serial, document.lineage, operation, planned.plan.tally(),
-                    None if planned.plan.destroy else planned.desired, frozen,
-                ))
-            elif not planned.plan.destroy:
-                self._record_version(document, planned)
-            if planned.plan.destroy:  # also when nothing was left to delete: the cluster may still run
-                planned.provider.teardown(progress)
-            return document
+            return self.apply_locked(planned, progress, timeout_s)
         finally:
             self.store.unlock(lock)
+
+    def apply_locked(self, planned: Planned, progress: Callable[[str], None], timeout_s: float = 300.0) -> StateDocument:
+        """``apply`` for a caller that holds the state lock already (a rollout, across its steps)."""
+        locate.remember(self._backend, self.config_dir)
+        current = self.read_state()
+        lineage = current.lineage if current else None
+        serial = current.serial if current else 0
+        if lineage != planned.plan.state_lineage and planned.plan.state_lineage is not None:
+            raise StateError(
+                f"the state was replaced since this plan was made (lineage {planned.plan.state_lineage} → "
+                f"{lineage}); run plan again"
+            )
+        if lineage != planned.plan.state_lineage or serial != planned.plan.state_serial:
+            raise StateError(
+                f"the state changed since this plan was made (serial {planned.plan.state_serial} → {serial}); "
+                "run plan again"
+            )
+        if planned.saved:
+            live = planned.provider.fingerprint()
+            if live != planned.live_fingerprint:
+                raise StateError(
+                    "the live system changed since this plan was made (Serve's applications, the cluster's "
+                    "nodes or the front proxy differ from what the plan saw); run plan again"
+                )
+        frozen = b""
+        if planned.plan.has_changes() and not planned.plan.destroy:
+            frozen = planned.bundle if planned.bundle is not None else self._freeze()
+        if planned.plan.has_changes() or current is None:
+            document = apply_plan(
+                planned.plan, planned.desired, current, self.store, planned.provider, progress, timeout_s
+            )
+        else:
+            document = current
+        if planned.plan.has_changes():
+            operation = "destroy" if planned.plan.destroy else planned.operation
+            self.store.append_history(history.entry_for(
+                document.serial, document.lineage, operation, planned.plan.tally(),
+                None if planned.plan.destroy else planned.desired, frozen,
+            ))
+        elif not planned.plan.destroy:
+            self._record_version(document, planned)
+        if planned.plan.destroy:  # also when nothing was left to delete: the cluster may still run
+            planned.provider.teardown(progress)
+        return document

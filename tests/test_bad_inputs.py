@@ -29,6 +29,9 @@ a = Backend("bad_a", "models:M", num_replicas=var("replicas", default=1), ray_ac
 b = Backend("bad_b", "models:M", ray_actor_options={"num_cpus": 0.1})
 Endpoint("bad", route="/bad", traffic={a: 0.5, b: 0.5})
 """
+# The GOOD config's endpoint on one backend, and a Rollout of it (for the rollout cases).
+SINGLE = GOOD.replace('Endpoint("bad", route="/bad", traffic={a: 0.5, b: 0.5})', 'Endpoint("one", route="/bad", backend=a)')
+ROLLOUT = "from servectl import Rollout, ErrorRate\nRollout(endpoint={endpoint}, new={new}, steps=[0.1, 1.0]{extra})\n"
 MODELS = "class M:\n    def __call__(self, request):\n        return 'ok'\n"
 STATE = "servectl.state.json"
 
@@ -152,6 +155,21 @@ def cases(closed_port: int, failing_dashboard: str) -> list[Case]:
                   "load_balancer=LoadBalancer(allowed_cidrs=['203.0.113.0/33']))\n"),
         Case("http location change", ["plan"], "http_location changed ('HeadOnly' → 'EveryNode') while resources are deployed",
              main=GOOD.replace("LocalRay()", 'LocalRay(http_location="EveryNode")')),
+        Case("rollout of a split endpoint", ["plan"], "endpoint 'bad' splits its traffic (bad_a, bad_b)",
+             main=GOOD + ROLLOUT.format(endpoint="'bad'", new="a", extra="")),
+        Case("rollout to an unknown backend", ["plan"], "Rollout: unknown backend 'nope'",
+             main=SINGLE + ROLLOUT.format(endpoint="'one'", new="'nope'", extra="")),
+        Case("rollout of an unknown endpoint", ["plan"], "Rollout: unknown endpoint 'nope'",
+             main=SINGLE + ROLLOUT.format(endpoint="'nope'", new="b", extra="")),
+        Case("rollout steps not rising to 1", ["plan"], "steps: the last step must be 1.0",
+             main=SINGLE + ROLLOUT.format(endpoint="'one'", new="b", extra="").replace("[0.1, 1.0]", "[0.1, 0.5]")),
+        Case("rollout to the backend it has", ["plan"], "backend 'bad_a' already takes all of endpoint 'one'",
+             main=SINGLE + ROLLOUT.format(endpoint="'one'", new="a", extra="")),
+        Case("rollout gate out of range", ["plan"], "ErrorRate: max: Input should be less than or equal to 1",
+             main=SINGLE + ROLLOUT.format(endpoint="'one'", new="b", extra=", analysis=[ErrorRate(max=5)]")),
+        Case("rollout with both flags", ["rollout", "--resume", "--abort"], "give one of --resume, --abort and --retry",
+             main=SINGLE + ROLLOUT.format(endpoint="'one'", new="b", extra="")),
+        Case("rollout without a Rollout", ["rollout", "--auto-approve"], "the config declares no Rollout(...)"),
         # --- the command line -----------------------------------------------------------------------------------
         Case("var without value", ["plan", "--var", "replicas"], "--var 'replicas': expected NAME=VALUE"),
         Case("var of the wrong type", ["plan", "--var", "replicas=many"], "--var replicas='many': not a valid int"),

@@ -1,0 +1,282 @@
+"""Progressive delivery: a declared ``Rollout`` moves an endpoint's traffic step by step, gated by metrics.
+
+Where a rollout stands is part of the endpoint's attributes (``rollout``:
+status, weight, reason), so every step is an ordinary in-place endpoint
+update: a state serial with a history entry, seen by `plan`, `history` and
+`rollback`. The config says where a rollout starts (``status: pending``,
+all traffic on the stable backend); ``resolve`` carries the recorded
+position over from the state, so planning an unchanged config mid-rollout
+changes nothing. A changed candidate (the new backend's code, init
+arguments or resources: what restarts it) starts over.
+
+``RolloutRunner`` drives it under the state lock: move to the next weight
+(apply), watch the window (``pause_s``) through ``analysis``, then go on,
+pause, or abort (all traffic back to stable). The state is true after every
+move, so a runner killed anywhere resumes on the next command (after
+`force-unlock`): it re-watches the step it was in.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
+
+from servectl.analysis import FAIL, PASS, WAIT, Verdict, Window, evaluate, window
+from servectl.desired import ENDPOINT, DesiredState, address_of
+from servectl.errors import ServectlError
+from servectl.state.document import StateDocument
+from servectl.status import scrape_all
+
+if TYPE_CHECKING:
+    from servectl.workspace import Planned, Workspace
+
+PENDING, PROGRESSING, PAUSED, COMPLETED, ABORTED = "pending", "progressing", "paused", "completed", "aborted"
+# What makes a recorded position belong to the declared rollout: the same pair and the same candidate.
+IDENTITY = ("stable", "new", "candidate")
+ROLLOUT_JSON_VERSION = 1  # of `rollout --json`; see the README's JSON section
+TICK_S = 1.0
+
+
+class RolloutError(ServectlError):
+    """A rollout that could not finish: aborted by its gates, or paused for a person."""
+
+
+def weights(stable: str, new: str, weight: float) -> dict[str, float]:
+    return dict(sorted({stable: round(1.0 - weight, 6), new: round(weight, 6)}.items()))
+
+
+def position(rollout: dict[str, Any]) -> float:
+    """The new backend's weight at this status."""
+    status = rollout["status"]
+    if status == COMPLETED:
+        return 1.0
+    if status in (PENDING, ABORTED):
+        return 0.0
+    return float(rollout["weight"])
+
+
+def resolve(
+    desired: DesiredState, state: Optional[StateDocument], moves: Optional[dict[str, dict[str, Any]]] = None
+) -> DesiredState:
+    """Give every declared rollout its recorded position (or ``moves``' new one), and its endpoint the weights."""
+    recorded = state.resources if state else {}
+    for spec in desired.endpoints():
+        rollout = spec.attributes.get("rollout")
+        if not rollout:
+            continue
+        before = recorded.get(spec.address)
+        was = (before.attributes.get("rollout") if before else None) or {}
+        if all(was.get(key) == rollout[key] for key in IDENTITY):
+            rollout.update({key: was[key] for key in ("status", "weight", "reason") if key in was})
+        rollout.update((moves or {}).get(spec.address, {}))
+        rollout["weight"] = position(rollout)
+        spec.attributes["traffic"] = weights(rollout["stable"], rollout["new"], rollout["weight"])
+    return desired
+
+
+def declared(desired: DesiredState) -> list[tuple[str, dict[str, Any]]]:
+    """(endpoint name, rollout attributes) for every endpoint with a rollout, in declaration order."""
+    return [(spec.name, spec.attributes["rollout"]) for spec in desired.endpoints() if spec.attributes.get("rollout")]
+
+
+def describe(rollout: dict[str, Any]) -> str:
+    steps = " → ".join(f"{step:.0%}" if step * 100 == int(step * 100) else f"{step:.1%}" for step in rollout["steps"])
+    return f"{rollout['stable']} → {rollout['new']} in steps {steps}, {rollout['pause_s']:g}s each"
+
+
+@dataclass
+class StepReport:
+    step: int  # 1-based index into steps
+    weight: float
+    window_s: float
+    new: dict[str, Any]
+    stable: dict[str, Any]
+    verdict: str
+    reasons: list[str]
+
+
+@dataclass
+class RolloutReport:
+    endpoint: str
+    stable: str
+    new: str
+    outcome: str  # completed, aborted, paused, or the status it was left in (nothing to do)
+    reason: str = ""
+    weight: float = 0.0
+    state_serial: int = 0
+    steps: list[StepReport] = field(default_factory=list)
+    failed: bool = False  # this run stopped it short (its gates, or too few requests): the command exits 1
+    acted: bool = False  # this run moved it (a step, a pause, an abort, the completion)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Display(Protocol):
+    """What the runner shows while it works (the CLI draws it with rich; tests may collect it)."""
+
+    def moved(self, endpoint: str, step: int, steps: int, weight: float, serial: int) -> None: ...
+
+    def watching(
+        self, endpoint: str, step: int, steps: int, weight: float, elapsed: float, window_s: float,
+        new: Window, stable: Window, verdict: Verdict,
+    ) -> None: ...
+
+    def judged(self, endpoint: str, report: StepReport) -> None: ...
+
+
+class RolloutRunner:
+    """Drives the declared rollouts of one workspace, under its state lock."""
+
+    def __init__(
+        self,
+        workspace: "Workspace",
+        progress: Callable[[str], None],
+        display: Display,
+        timeout_s: float = 300.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.workspace = workspace
+        self.progress = progress
+        self.display = display
+        self.timeout_s = timeout_s
+        self.sleep = sleep
+
+    def run(self, resume: bool = False, abort: bool = False, retry: bool = False) -> list[RolloutReport]:
+        store = self.workspace.store
+        lock = store.lock("rollout")
+        try:
+            reports = []
+            for endpoint, rollout in declared(self._planned().desired):
+                reports.append(self._drive(endpoint, rollout, resume=resume, abort=abort, retry=retry))
+            return reports
+        finally:
+            store.unlock(lock)
+
+    # -- one rollout ---------------------------------------------------------------------------------------------
+
+    def _drive(self, endpoint: str, rollout: dict[str, Any], resume: bool, abort: bool, retry: bool) -> RolloutReport:
+        report = RolloutReport(endpoint=endpoint, stable=rollout["stable"], new=rollout["new"], outcome=rollout["status"],
+                               reason=rollout.get("reason", ""), weight=rollout["weight"])
+        steps = [float(step) for step in rollout["steps"]]
+        status, weight = rollout["status"], float(rollout["weight"])
+        if abort:
+            if status in (PENDING, PROGRESSING, PAUSED):
+                return self._abort(report, "aborted by hand (`servectl rollout --abort`)", failed=False)
+            return self._left(report)
+        if status == ABORTED and retry:
+            status, weight = PENDING, 0.0
+        if status == PAUSED and not resume or status in (COMPLETED, ABORTED):
+            return self._left(report)
+        watch = status == PROGRESSING  # a runner that stopped mid-window watches that step again
+        if status == PAUSED:  # --resume: a person judged this step; go on to the next
+            watch = False
+        if status == PENDING:
+            weight = 0.0
+        while True:
+            if watch:
+                index = _index(steps, weight)
+                step = self._watch(endpoint, rollout, index + 1, len(steps), weight)
+                report.steps.append(step)
+                if step.verdict == FAIL and rollout["on_failure"] == "rollback":
+                    return self._abort(report, f"step {index + 1} ({weight:.1%}): {'; '.join(step.reasons)}")
+                if step.verdict != PASS:
+                    why = "; ".join(step.reasons)
+                    reason = (f"step {index + 1} ({weight:.1%}) failed its gates: {why}" if step.verdict == FAIL
+                              else f"step {index + 1} ({weight:.1%}) could not be judged: {why}")
+                    return self._stop(report, PAUSED, weight, reason)
+            following = [step for step in steps if step > weight + 1e-9]
+            weight = following[0] if following else 1.0  # steps edited below the weight it reached: finish
+            index = _index(steps, weight)
+            if weight >= 1.0:
+                self._move(endpoint, COMPLETED, 1.0, "", f"rollout {endpoint}: {rollout['new']} at 100% (completed)")
+                self.display.moved(endpoint, index + 1, len(steps), 1.0, self._serial())
+                report.outcome, report.weight, report.reason, report.acted = COMPLETED, 1.0, "", True
+                report.state_serial = self._serial()
+                return report
+            self._move(endpoint, PROGRESSING, weight, "",
+                       f"rollout {endpoint}: {rollout['new']} at {weight:.1%} (step {index + 1} of {len(steps)})")
+            self.display.moved(endpoint, index + 1, len(steps), weight, self._serial())
+            report.acted, report.outcome, report.weight = True, PROGRESSING, weight
+            watch = True
+
+    def _watch(self, endpoint: str, rollout: dict[str, Any], step: int, steps: int, weight: float) -> StepReport:
+        """Scrape at the start of the window and every tick; judge at ``pause_s`` (or, short of requests, as soon as
+        there are enough, up to ``max_wait_s``); stop early on a failed error-rate gate."""
+        urls = self._planned().provider.observe().metrics_urls
+        before, _ = scrape_all(urls)
+        started = time.monotonic()
+        window_s = float(rollout["pause_s"])
+        limit_s = max(window_s, float(rollout.get("max_wait_s", 3 * window_s)))
+        gates = list(rollout["analysis"])
+        while True:
+            elapsed = time.monotonic() - started
+            self.sleep(min(TICK_S, max(0.0, window_s - elapsed)) if elapsed < window_s else TICK_S)
+            elapsed = time.monotonic() - started
+            after, _ = scrape_all(urls)
+            new = window(before, after, endpoint, rollout["new"])
+            stable = window(before, after, endpoint, rollout["stable"])
+            verdict = evaluate(gates, new, stable, final=elapsed >= window_s)
+            final = verdict.outcome != WAIT and elapsed >= window_s or elapsed >= limit_s
+            self.display.watching(endpoint, step, steps, weight, elapsed, window_s, new, stable, verdict)
+            if verdict.outcome == FAIL or final:
+                result = StepReport(step=step, weight=weight, window_s=round(elapsed, 1), new=new.to_dict(),
+                                    stable=stable.to_dict(), verdict=verdict.outcome, reasons=verdict.reasons)
+                self.display.judged(endpoint, result)
+                return result
+
+    # -- moves: each one an in-place endpoint update, a state serial and a history entry -------------------------
+
+    def _planned(self, moves: Optional[dict[str, dict[str, Any]]] = None) -> "Planned":
+        return self.workspace.plan(rollout_moves=moves)
+
+    def _move(self, endpoint: str, status: str, weight: float, reason: str, operation: str) -> None:
+        address = address_of(ENDPOINT, endpoint)
+        planned = self.workspace.plan(
+            targets=[address], rollout_moves={address: {"status": status, "weight": weight, "reason": reason}}
+        )
+        planned.operation = operation
+        if planned.plan.has_changes():
+            self.workspace.apply_locked(planned, self.progress, self.timeout_s)
+
+    def _serial(self) -> int:
+        state = self.workspace.read_state()
+        return state.serial if state else 0
+
+    def _abort(self, report: RolloutReport, reason: str, failed: bool = True) -> RolloutReport:
+        self._move(report.endpoint, ABORTED, 0.0, reason,
+                   f"rollout {report.endpoint}: aborted, all traffic back on {report.stable}")
+        report.outcome, report.reason, report.weight, report.state_serial = ABORTED, reason, 0.0, self._serial()
+        report.failed, report.acted = failed, True
+        return report
+
+    def _stop(self, report: RolloutReport, status: str, weight: float, reason: str) -> RolloutReport:
+        self._move(report.endpoint, status, weight, reason, f"rollout {report.endpoint}: {status} at {weight:.1%}")
+        report.outcome, report.reason, report.weight, report.state_serial = status, reason, weight, self._serial()
+        report.failed, report.acted = True, True
+        return report
+
+    def _left(self, report: RolloutReport) -> RolloutReport:
+        report.state_serial = self._serial()
+        return report
+
+
+def _index(steps: list[float], weight: float) -> int:
+    """The step a weight belongs to: the first step at or above it."""
+    for index, step in enumerate(steps):
+        if step >= weight - 1e-9:
+            return index
+    return len(steps) - 1
+
+
+def failure(reports: list[RolloutReport]) -> Optional[str]:
+    """The one line a command exits 1 with, when a rollout it drove stopped short."""
+    for report in reports:
+        if report.failed and report.outcome == ABORTED:
+            return (f"rollout of {report.new} on endpoint {report.endpoint} aborted at {report.reason}; all traffic is "
+                    f"back on {report.stable} (state serial {report.state_serial})")
+        if report.failed:
+            return (f"rollout of {report.new} on endpoint {report.endpoint} paused: {report.reason}; "
+                    "`servectl rollout --resume` goes on to the next step, `servectl rollout --abort` sends all "
+                    f"traffic back to {report.stable}")
+    return None
