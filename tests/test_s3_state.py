@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import uuid
 import threading
 
 import pytest
@@ -16,7 +17,9 @@ _buckets = itertools.count()
 
 
 def new_bucket(moto_server, versioned: bool = True) -> str:
-    name = f"state-{next(_buckets)}-{id(moto_server) % 10000}"
+    # Unique per call: a name made from a counter repeats when this module is imported twice (by pytest, and by
+    # test_s3_state_e2e), and a reused bucket holds another test's objects.
+    name = f"state-{next(_buckets)}-{uuid.uuid4().hex[:12]}"
     s3 = moto_server.client("s3")
     s3.create_bucket(Bucket=name)
     if versioned:
