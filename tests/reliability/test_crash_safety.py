@@ -39,7 +39,7 @@ from servectl import Backend, Endpoint, LocalRay, var
 LocalRay()
 phase = var("phase", default=0)
 small = {"num_cpus": 0.1}
-x = Backend("cs_x", "models:Slow", "x", num_replicas=1 + phase, ray_actor_options=small)
+x = Backend("cs_x", "models:Slow", "x", user_config={"phase": phase}, ray_actor_options=small)
 y = Backend("cs_y", "models:Slow", f"y{phase}", ray_actor_options=small)
 other = Backend("cs_z" if phase == 0 else "cs_w", "models:Slow", "zw", ray_actor_options=small)
 Endpoint("cs", route="/cs", traffic={x: 0.3 + 0.4 * phase, y: 0.7 - 0.4 * phase})
@@ -53,6 +53,9 @@ class Slow:
     def __init__(self, name):
         time.sleep(0.3)  # with the worker's start, a health wait long enough to be killed in
         self.name = name
+
+    def reconfigure(self, config):
+        time.sleep(0.5)  # an in-place change with a health wait to be killed in
 
     def __call__(self, request):
         return self.name
