@@ -62,5 +62,10 @@ def render_status(console: Console, report: StatusReport) -> None:
         note = "No window measured (--window 0): errors are since the replicas started"
     console.print(f"[dim]{note}; * latency since the replicas started (no requests in the window); "
                   f"metrics from {report.nodes_scraped} node(s).[/dim]")
+    for e in report.endpoints:
+        if e.rollout:
+            r = e.rollout
+            reason = f": {r['reason']}" if r.get("reason") else ""
+            console.print(f"rollout {e.name}: {r['stable']} → {r['new']} {r['status']} at {float(r['weight']):.1%}{reason}")
     for problem in report.scrape_errors:
         console.print(f"[yellow]metrics not read from {problem}[/yellow]")

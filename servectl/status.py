@@ -59,6 +59,7 @@ class EndpointStatus:
     shadow: dict[str, float]
     traffic: Traffic
     shadow_copies_total: float = 0.0
+    rollout: Optional[dict[str, Any]] = None  # {stable, new, status, weight, reason} when one is declared
 
 
 @dataclass
@@ -168,6 +169,13 @@ def collect(
                     shadow=dict(resource.attributes.get("shadow") or {}),
                     traffic=traffic,
                     shadow_copies_total=after.total(SHADOW_SENT, endpoint=resource.name),
+                    rollout=_rollout_summary(resource.attributes.get("rollout")),
                 )
             )
     return report
+
+
+def _rollout_summary(rollout: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    if not rollout:
+        return None
+    return {key: rollout.get(key) for key in ("stable", "new", "status", "weight", "reason")}

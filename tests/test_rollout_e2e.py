@@ -122,6 +122,8 @@ def test_good_candidate_reaches_everyone_and_bad_ones_are_rolled_back_by_their_g
         assert "Rollout complete! rollout api (model_v1 → model_v2)" in good.output
         assert [line for line in good.output.splitlines() if "step" in line and "→ pass" in line], good.output
         assert rollout_of(config)["status"] == "completed"
+        shown = run_cli(config, "status", "--window", "0")
+        assert "rollout api: model_v1 → model_v2 completed at 100.0%" in shown.output, shown.output
         assert state_of(config).resources["endpoint.api"].attributes["traffic"] == {"model_v1": 0.0, "model_v2": 1.0}
         operations = history_operations(config)
         assert operations[-3:] == [
