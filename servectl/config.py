@@ -286,9 +286,13 @@ class _Block(_Resource):
             super().__init__(declared_at=site, **settings)
         except ValidationError as err:
             raise ConfigError(f"{site}: {type(self).__name__}: {_first_error(err)}") from None
+        self._check(site)
         registry = active_registry()
         if registry is not None:
             getattr(registry, self.registry_field).append(self)
+
+    def _check(self, site: str) -> None:
+        """Checks across settings that pydantic's validators cannot phrase; raise ConfigError naming ``site``."""
 
 
 class LocalRay(_Block):

@@ -9,11 +9,11 @@ Rollout(endpoint=api, new=v2, steps=[0.01, 0.1, 0.5, 1.0], pause_s=60,
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from servectl.config import Backend, Endpoint, _first_error, _Resource, active_registry, declaration_site
+from servectl.config import Backend, Endpoint, _Block, _first_error, declaration_site
 from servectl.errors import ConfigError
 
 
@@ -78,8 +78,10 @@ def _gate(gate: _Gate, **settings: Any) -> None:
 Gate = Union[ErrorRate, LatencyP99, MinRequests]
 
 
-class Rollout(_Resource):
+class Rollout(_Block):
     """Move ``endpoint`` from its backend to ``new`` in ``steps``, each watched for ``pause_s`` through ``analysis``."""
+
+    registry_field: ClassVar[str] = "rollouts"
 
     endpoint: Any = Field(description="the Endpoint (or its name); it must send all its traffic to one backend")
     new: Any = Field(description="the Backend (or its name) that takes the traffic over")
@@ -90,14 +92,8 @@ class Rollout(_Resource):
     )
     analysis: list[Any] = Field(default_factory=list, description="gates: ErrorRate, LatencyP99, MinRequests")
     on_failure: Literal["rollback", "pause"] = "rollback"
-    declared_at: str = ""
 
-    def __init__(self, **settings: Any) -> None:
-        site = declaration_site()
-        try:
-            super().__init__(declared_at=site, **settings)
-        except ValidationError as err:
-            raise ConfigError(f"{site}: Rollout: {_first_error(err)}") from None
+    def _check(self, site: str) -> None:
         if not isinstance(self.endpoint, (Endpoint, str)):
             raise ConfigError(f"{site}: Rollout: endpoint must be an Endpoint or an endpoint name, got {self.endpoint!r}")
         if not isinstance(self.new, (Backend, str)):
@@ -109,9 +105,6 @@ class Rollout(_Resource):
                 raise ConfigError(
                     f"{site}: Rollout: analysis takes ErrorRate(...), LatencyP99(...) and MinRequests(...), got {gate!r}"
                 )
-        registry = active_registry()
-        if registry is not None:
-            registry.rollouts.append(self)
 
     @field_validator("steps")
     @classmethod
