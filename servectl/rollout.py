@@ -168,6 +168,12 @@ class RolloutRunner:
             status, weight = PENDING, 0.0
         if status == PAUSED and not resume or status in (COMPLETED, ABORTED):
             return self._left(report)
+        if rollout["analysis"] and not self._planned().provider.observe().metrics_urls:
+            raise RolloutError(
+                f"rollout {endpoint}: this provider gives servectl no metrics endpoint to judge the gates by (the AWS "
+                "provider reads no node metrics yet); nothing was moved. Declare the rollout without analysis to step "
+                "by time alone, or run it on a LocalRay cluster"
+            )
         watch = status == PROGRESSING  # a runner that stopped mid-window watches that step again
         if status == PAUSED:  # --resume: a person judged this step; go on to the next
             watch = False
