@@ -12,6 +12,7 @@ import sys
 import traceback
 from typing import Mapping, Optional
 
+from servectl.composition import check_cycles, handle_calls
 from servectl.config import Registry, reset_registry, set_registry
 from servectl.desired import (
     BACKEND,
@@ -153,6 +154,13 @@ def load_config(config_dir: str, variables: Optional[Mapping[str, str]] = None) 
             declared_at=endpoint.declared_at,
         )
     declare_rollouts(registry.rollouts, resources)
+    check_cycles(
+        {b.name: handle_calls(b, resources[address_of(BACKEND, b.name)].attributes["code"], registry.config_dir)
+         for b in registry.backends},
+        {spec.name: sorted({*spec.attributes["traffic"], *spec.attributes["shadow"]})
+         for spec in resources.values() if spec.kind == ENDPOINT},
+        {b.name: b.declared_at for b in registry.backends},
+    )
     if isinstance(declared, AwsRay):
         backends = [spec for spec in resources.values() if spec.kind == BACKEND]
         agent_digest = bundle_digest(freeze_servectl())

@@ -155,6 +155,10 @@ def cases(closed_port: int, failing_dashboard: str) -> list[Case]:
                   "load_balancer=LoadBalancer(allowed_cidrs=['203.0.113.0/33']))\n"),
         Case("http location change", ["plan"], "http_location changed ('HeadOnly' → 'EveryNode') while resources are deployed",
              main=GOOD.replace("LocalRay()", 'LocalRay(http_location="EveryNode")')),
+        Case("cyclic composition", ["plan"],
+             "cyclic composition: backend 'bad_a' calls endpoint 'bad' (models.py:6), which routes to backend 'bad_a'",
+             models="import servectl\n\n\nclass M:\n    def __init__(self):\n        self.again = servectl.get_handle('bad')\n\n"
+                    "    def __call__(self, request):\n        return 'ok'\n"),
         Case("rollout of a split endpoint", ["plan"], "endpoint 'bad' splits its traffic (bad_a, bad_b)",
              main=GOOD + ROLLOUT.format(endpoint="'bad'", new="a", extra="")),
         Case("rollout to an unknown backend", ["plan"], "Rollout: unknown backend 'nope'",
