@@ -20,6 +20,10 @@ PASS, FAIL, WAIT = "pass", "fail", "wait"
 # machine it moves by tens of ms on noise alone. A comparison with the stable
 # backend fails only on a difference larger than this.
 NOISE_FLOOR_MS = 25.0
+# Below this many requests a p99 is simply their slowest one (a cold first
+# call to a new replica, a busy moment on the node), so the comparison with
+# the stable backend waits for this many; ``max_ms`` applies from the first.
+VS_STABLE_MIN_REQUESTS = 100
 
 
 @dataclass
@@ -93,6 +97,9 @@ def _latency(gate: dict[str, Any], new: Window, stable: Window, passes: list[str
         (failures if new.p99_ms > gate["max_ms"] else passes).append(line)
     # Compared only when the stable backend served in the same window: at 100 % it has no traffic to compare.
     if gate.get("vs_stable") is not None and stable.p99_ms is not None and stable.requests > 0:
+        if new.requests < VS_STABLE_MIN_REQUESTS:
+            passes.append(f"p99 not compared with stable's: {new.requests:.0f} of {VS_STABLE_MIN_REQUESTS} requests")
+            return failures
         limit = gate["vs_stable"] * stable.p99_ms
         line = f"p99 {new.p99_ms:.0f} ms vs stable's {stable.p99_ms:.0f} ms (limit {gate['vs_stable']:g}×)"
         slower = new.p99_ms > limit and new.p99_ms - stable.p99_ms > NOISE_FLOOR_MS

@@ -55,5 +55,7 @@ def test_latency_against_stable_ignores_noise_and_a_stable_without_traffic():
     assert evaluate(GATES, Window(200, 0, 30.0), Window(1000, 0, 8.0)).outcome == PASS  # 22 ms apart: noise
     assert evaluate(GATES, Window(200, 0, 120.0), Window(1000, 0, 60.0)).outcome == FAIL  # 2× and 60 ms slower
     assert evaluate(GATES, Window(200, 0, 120.0), Window(0, 0, None)).outcome == PASS  # at 100 %: nothing to compare
+    few = evaluate([GATES[1]], Window(40, 0, 91.0), Window(400, 0, 31.0))  # a p99 of 40 requests is their slowest
+    assert few.outcome == PASS and "p99 not compared with stable's: 40 of 100 requests" in few.reasons
     verdict = evaluate(GATES, Window(200, 1, 20.0), Window(1000, 0, 20.0))
     assert verdict.outcome == PASS and verdict.reasons[-1] == "200 requests"
