@@ -12,6 +12,8 @@ code bucket that every node's agent applies to its front proxy
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 import time
 from typing import Any, Optional
@@ -27,6 +29,7 @@ from servectl.providers import serve_apps, serve_health
 from servectl.providers.aws_routing import RoutingStore
 from servectl.providers.base import ClusterView, LiveView, Progress, Provider
 from servectl.providers.dashboard import RayDashboard
+from servectl.runtime.sealed import key_from_token
 from servectl.sensitive import MARK, reveal
 from servectl.state.document import ResourceState
 
@@ -56,6 +59,10 @@ class AwsRayProvider(Provider):
         if "ray_token" not in self.recorded:
             self.recorded["ray_token"] = {MARK: secrets.token_hex(32)}
         return str(reveal(self.recorded["ray_token"]))
+
+    def sealing_key(self) -> bytes:
+        """Derived from the cluster's Ray token, which every node reads at boot: replicas open what this seals."""
+        return key_from_token(self.token())
 
     def cluster(self) -> ClusterView:
         return ClusterView(nodes=[], source="projected")  # the planner sizes node groups itself
@@ -183,7 +190,8 @@ class AwsRayProvider(Provider):
         config = {
             "proxy_location": serve_apps.PROXY_LOCATIONS["EveryNode"],
             "http_options": {"host": "0.0.0.0", "port": serve_port},
-            "applications": reveal(applications),  # the one place sensitive values are revealed
+            # Sensitive values go sealed: Serve logs builder arguments and Ray every runtime_env.
+            "applications": serve_apps.sealed(applications, self.sealing_key),
         }
         try:
             rest.deploy(config)
@@ -219,7 +227,8 @@ class AwsRayProvider(Provider):
         details = rest.serve_details()
         document = self._routing().current() or {}
         return LiveView(
-            backends=serve_health.live_backends(details), metrics_urls=[],
+            backends=serve_health.live_backends(details, self.sealing_key() if "ray_token" in self.recorded else None),
+            metrics_urls=[],
             endpoints=dict(document.get("endpoints") or {}), nodes=len(rest.nodes()), infra=self._observe_infra(),
         )
 
@@ -237,7 +246,16 @@ class AwsRayProvider(Provider):
         return seen
 
     def fingerprint(self) -> Optional[str]:
-        return None
+        """A digest of Serve's applications on the head and the routing document's version; None while no head
+        answers (a cluster not created yet). A saved plan is refused when it moved."""
+        rest = self._dashboard(wait_s=0)
+        if rest is None:
+            return None
+        apps = {name: app.get("deployed_app_config")
+                for name, app in sorted((rest.serve_details().get("applications") or {}).items())}
+        routing = (self._routing().current() or {}).get("version")
+        body = json.dumps({"apps": apps, "routing": routing}, sort_keys=True, default=str)
+        return hashlib.sha256(body.encode()).hexdigest()
 
     def teardown(self, progress: Progress) -> None:
         """After a destroy the nodes are gone with their groups; only the routing document and reports may remain."""

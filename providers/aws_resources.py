@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import shlex
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from servectl import names
+from servectl.aws_infra import token_parameter_name
 from servectl.errors import ProviderError
 
 TAG = "servectl:cluster"
@@ -194,14 +198,22 @@ def delete_security_group(ctx: AwsContext, live: Live) -> None:
 # --- IAM --------------------------------------------------------------------------------------------------------------
 
 def create_iam_role(ctx: AwsContext, attrs: dict[str, Any], bucket: str) -> Live:
+    """The nodes' role: read this cluster's objects and token, report routing, find the head, size its own groups."""
     iam = ctx.client("iam")
     name = attrs["name"]
+    names.require(names.BUCKET, bucket, "code bucket")
+    parameter = token_parameter_name(ctx.cluster)
     call("create the nodes' IAM role", iam.create_role, RoleName=name, AssumeRolePolicyDocument=json.dumps(EC2_TRUST),
          Tags=ctx.tags("node-role"))
     policy = {
         "Version": "2012-10-17",
         "Statement": [
-            {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": [f"arn:aws:s3:::{bucket}/*"]},
+            # This cluster's objects only (code zips, servectl's zip, the routing document): a bucket shared with
+            # other clusters or data stays out of the nodes' reach.
+            {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": [f"arn:aws:s3:::{bucket}/{ctx.cluster}/*"]},
+            # The cluster's Ray token, read at boot (a SecureString under the account's aws/ssm key).
+            {"Effect": "Allow", "Action": ["ssm:GetParameter"],
+             "Resource": [f"arn:aws:ssm:{ctx.region}:*:parameter{parameter}"]},
             # The node agents' reports of the routing version they serve; nothing else is writable.
             {"Effect": "Allow", "Action": ["s3:PutObject"], "Resource": [f"arn:aws:s3:::{bucket}/{ctx.cluster}/agents/*"]},
             {"Effect": "Allow", "Action": ["ec2:DescribeInstances", "ec2:DescribeTags",
@@ -229,6 +241,20 @@ def delete_iam_role(ctx: AwsContext, live: Live) -> None:
     _gone(iam.delete_role, ("NoSuchEntity",), RoleName=name)
 
 
+# --- the cluster's token -------------------------------------------------------------------------------------------
+
+def put_token(ctx: AwsContext, attrs: dict[str, Any], token: str) -> Live:
+    """The Ray token as a SecureString parameter (encrypted at rest; readable only by who may decrypt it)."""
+    name = token_parameter_name(ctx.cluster)  # the name the nodes' role and boot script are given
+    call("keep the cluster's token in SSM", ctx.client("ssm").put_parameter, Name=name, Value=token,
+         Type="SecureString", Overwrite=True, Description=f"servectl: Ray auth token of cluster {ctx.cluster}")
+    return {"name": name}
+
+
+def delete_token(ctx: AwsContext, live: Live) -> None:
+    _gone(ctx.client("ssm").delete_parameter, ("ParameterNotFound",), Name=live["name"])
+
+
 # --- code --------------------------------------------------------------------------------------------------------------
 
 def create_bucket(ctx: AwsContext, attrs: dict[str, Any]) -> Live:
@@ -250,12 +276,14 @@ def delete_bucket(ctx: AwsContext, live: Live) -> None:
     from botocore.exceptions import ClientError
 
     try:
-        versions = s3.list_object_versions(Bucket=live["bucket"])
+        pages = list(s3.get_paginator("list_object_versions").paginate(Bucket=live["bucket"]))
     except ClientError:
         return  # already gone
-    doomed = [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in versions.get("Versions", []) + versions.get("DeleteMarkers", [])]
-    if doomed:
-        call("empty the code bucket", s3.delete_objects, Bucket=live["bucket"], Delete={"Objects": doomed})
+    doomed = [{"Key": v["Key"], "VersionId": v["VersionId"]}
+              for page in pages for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+    for start in range(0, len(doomed), 1000):  # DeleteObjects takes at most 1,000 keys a call
+        call("empty the code bucket", s3.delete_objects, Bucket=live["bucket"],
+             Delete={"Objects": doomed[start:start + 1000], "Quiet": True})
     _gone(s3.delete_bucket, ("NoSuchBucket",), Bucket=live["bucket"])
 
 
@@ -273,10 +301,10 @@ def delete_code(ctx: AwsContext, live: Live) -> None:
 
     family = live["key"].rsplit("-", 1)[0] + "-"  # <cluster>/code- or <cluster>/servectl-
     try:
-        listing = s3.list_objects_v2(Bucket=live["bucket"], Prefix=family)
+        pages = list(s3.get_paginator("list_objects_v2").paginate(Bucket=live["bucket"], Prefix=family))
     except ClientError:
         return  # the bucket is gone
-    for item in listing.get("Contents", []):
+    for item in (item for page in pages for item in page.get("Contents", [])):
         _gone(s3.delete_object, ("NoSuchKey", "NoSuchBucket"), Bucket=live["bucket"], Key=item["Key"])
 
 
@@ -289,58 +317,126 @@ def image_id(ctx: AwsContext, attrs: dict[str, Any]) -> str:
     return str(found["Parameter"]["Value"])
 
 
-def user_data(ctx: AwsContext, label: str, attrs: dict[str, Any], token: str) -> str:
-    """The boot script: install Ray and servectl, write the cluster's token, start Ray and the node agent.
+RAY_VERSION_RULE = re.compile(r"\d+\.\d+\.\d+")
+UNIT = """[Unit]
+Description={description}
+After=network-online.target{after}
+Wants=network-online.target
 
-    A worker finds the head by tag; every node runs the node agent, which
-    keeps its front proxy (the target group's port) on the routing policy.
-    """
-    resources = json.dumps({k: v for k, v in attrs["ray_resources"].items() if k not in ("CPU", "GPU")})
-    cpus = int(attrs["ray_resources"].get("CPU", 0))
-    gpus = int(attrs["ray_resources"].get("GPU", 0))
-    bucket = ctx.of("aws_s3_object.agent", "bucket")
-    is_head = attrs["role"] == "head"
-    common = f"""#!/bin/bash
+[Service]
+ExecStart={exec_start}
+Restart=always
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+"""
+# What both start scripts do first: Ray's token from SSM (into a 0600 file), servectl's zip, this node's address.
+SCRIPT_HEAD = """#!/bin/bash
 set -euo pipefail
-dnf install -y python3.11 python3.11-pip awscli
-python3.11 -m pip install 'ray[serve,default]=={attrs["ray_version"]}' 'smart_open[s3]' boto3
 umask 077
-mkdir -p /etc/ray /opt/servectl /var/lib/servectl && printf '%s' '{token}' > /etc/ray/token
-aws s3 cp --region {ctx.region} s3://{bucket}/{attrs["agent_key"]} /opt/servectl/servectl.zip
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=/etc/ray/token PYTHONPATH=/opt/servectl/servectl.zip
+aws ssm get-parameter --region {region} --name {parameter} --with-decryption --query Parameter.Value --output text > /etc/ray/token.new
+mv /etc/ray/token.new /etc/ray/token
+aws s3 cp --region {region} {agent_uri} /opt/servectl/servectl.zip
 IMDS=$(curl -s -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' http://169.254.169.254/latest/api/token)
 NODE_IP=$(curl -s -H "X-aws-ec2-metadata-token: $IMDS" http://169.254.169.254/latest/meta-data/local-ipv4)
-export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=/etc/ray/token PYTHONPATH=/opt/servectl/servectl.zip
 """
-    agent = (
-        "systemd-run --unit servectl-agent --property Restart=always "
-        "--setenv RAY_AUTH_MODE=token --setenv RAY_AUTH_TOKEN_PATH=/etc/ray/token "
-        "--setenv PYTHONPATH=/opt/servectl/servectl.zip "
-        f"python3.11 -m servectl.node_agent --region {ctx.region} --bucket {bucket} --cluster {ctx.cluster} "
-        f'--node-ip "$NODE_IP" --listen 0.0.0.0:{attrs["proxy_port"]}'
+
+
+def _port(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+        raise ValueError(f"{what} {value!r} is not a port number")
+    return value
+
+
+def _count(value: Any, what: str) -> int:
+    number = float(value)
+    if not number.is_integer() or not 0 <= number <= 100_000:
+        raise ValueError(f"{what} {value!r} is not a whole count")
+    return int(number)
+
+
+def user_data(ctx: AwsContext, label: str, attrs: dict[str, Any]) -> str:
+    """The boot script: install Ray and servectl, then run Ray and the node agent as systemd services.
+
+    Nothing secret is in it (it is readable with ec2:DescribeLaunchTemplateVersions): the cluster's Ray token
+    is read from SSM Parameter Store by the node's role, at every start of Ray. Every value that goes in is
+    checked by the config language's rules (``servectl.names``) and quoted with ``shlex.quote``, never formatted
+    in. The services restart on failure and after a reboot; a worker looks the head up by its tags at every
+    start, so it finds a replaced head. Raises ValueError for a value that breaks a rule.
+    """
+    q = shlex.quote
+    region = names.require(names.REGION, ctx.region, "region")
+    cluster = names.require(names.CLUSTER_NAME, ctx.cluster, "cluster name")
+    bucket = names.require(names.BUCKET, ctx.of("aws_s3_object.agent", "bucket"), "code bucket")
+    agent_key = names.require(names.OBJECT_KEY, attrs["agent_key"], "servectl's object key")
+    ray_version = names.require(RAY_VERSION_RULE, attrs["ray_version"], "Ray version")
+    proxy_port = _port(attrs["proxy_port"], "proxy_port")
+    custom = {names.require(names.RESOURCE, key, "resource name"): float(amount)
+              for key, amount in attrs["ray_resources"].items() if key not in ("CPU", "GPU")}
+    cpus = _count(attrs["ray_resources"].get("CPU", 0), "CPU count")
+    gpus = _count(attrs["ray_resources"].get("GPU", 0), "GPU count")
+    is_head = attrs["role"] == "head"
+    head = SCRIPT_HEAD.format(region=q(region), parameter=q(token_parameter_name(cluster)),
+                              agent_uri=q(f"s3://{bucket}/{agent_key}"))
+    if is_head:
+        ray = head + (
+            f'exec ray start --head --block --node-ip-address "$NODE_IP" --port 6379 --dashboard-host 0.0.0.0 '
+            f"--num-cpus {cpus} --num-gpus {gpus}\n"
+        )
+    else:
+        find_head = (
+            f"aws ec2 describe-instances --region {q(region)} --filters "
+            f"{q(f'Name=tag:{TAG},Values={cluster}')} Name=tag:servectl:role,Values=head "
+            "Name=instance-state-name,Values=running --query 'Reservations[0].Instances[0].PrivateIpAddress' --output text"
+        )
+        ray = head + (
+            f'until HEAD=$({find_head}) && [ "$HEAD" != None ]; do sleep 5; done\n'
+            f'exec ray start --block --address "$HEAD:6379" --node-ip-address "$NODE_IP" --num-cpus {cpus} '
+            f"--num-gpus {gpus} --resources {q(json.dumps(custom, sort_keys=True))}\n"
+        )
+    agent = head + (
+        f"exec python3.11 -m servectl.node_agent --region {q(region)} --bucket {q(bucket)} --cluster {q(cluster)} "
+        f'--node-ip "$NODE_IP" --listen {q(f"0.0.0.0:{proxy_port}")}'
         + (' --ray-address "$NODE_IP:6379" --scale' if is_head else "") + "\n"
     )
-    if is_head:
-        return common + (
-            f'ray start --head --node-ip-address "$NODE_IP" --port 6379 --dashboard-host 0.0.0.0 '
-            f"--num-cpus {cpus} --num-gpus {gpus}\n" + agent
-        )
-    find_head = (
-        "HEAD=$(aws ec2 describe-instances --region " + ctx.region + " --filters "
-        f"Name=tag:{TAG},Values={ctx.cluster} Name=tag:servectl:role,Values=head Name=instance-state-name,Values=running "
-        "--query 'Reservations[0].Instances[0].PrivateIpAddress' --output text)"
-    )
-    return common + f"""until {find_head} && [ "$HEAD" != None ]; do sleep 5; done
-ray start --address "$HEAD:6379" --node-ip-address "$NODE_IP" --num-cpus {cpus} --num-gpus {gpus} --resources '{resources}'
-""" + agent
+    files = {
+        "/opt/servectl/start-ray.sh": ray,
+        "/opt/servectl/start-agent.sh": agent,
+        "/etc/systemd/system/servectl-ray.service": UNIT.format(
+            description="servectl: Ray node", after="", exec_start="/opt/servectl/start-ray.sh"),
+        "/etc/systemd/system/servectl-agent.service": UNIT.format(
+            description="servectl: node agent (front proxy)", after=" servectl-ray.service",
+            exec_start="/opt/servectl/start-agent.sh"),
+    }
+    script = [
+        "#!/bin/bash",
+        "set -euo pipefail",
+        "dnf install -y python3.11 python3.11-pip awscli",
+        f"python3.11 -m pip install {q(f'ray[serve,default]=={ray_version}')} 'smart_open[s3]' boto3 'cryptography>=42,<49'",
+        "umask 077",
+        "mkdir -p /etc/ray /opt/servectl /var/lib/servectl",
+    ]
+    for path, content in files.items():
+        script.append(f"cat > {q(path)} <<'SERVECTL_FILE'\n{content.rstrip()}\nSERVECTL_FILE")
+    script += [
+        "chmod 0700 /opt/servectl/start-ray.sh /opt/servectl/start-agent.sh",
+        "chmod 0644 /etc/systemd/system/servectl-ray.service /etc/systemd/system/servectl-agent.service",
+        "systemctl daemon-reload",
+        "systemctl enable --now servectl-ray.service servectl-agent.service",
+    ]
+    return "\n".join(script) + "\n"
 
 
-def _template_data(ctx: AwsContext, label: str, attrs: dict[str, Any], token: str) -> dict[str, Any]:
+def _template_data(ctx: AwsContext, label: str, attrs: dict[str, Any]) -> dict[str, Any]:
+    """A launch template's data: image, type, role, the cluster's security group, the boot script (no token in it)."""
     data: dict[str, Any] = {
         "ImageId": image_id(ctx, attrs),
         "InstanceType": attrs["instance_type"],
         "IamInstanceProfile": {"Arn": ctx.of("aws_iam_role.node", "instance_profile_arn")},
         "SecurityGroupIds": [ctx.of("aws_security_group.cluster", "group_id")],
-        "UserData": base64.b64encode(user_data(ctx, label, attrs, token).encode()).decode(),
+        "UserData": base64.b64encode(_boot_script(ctx, label, attrs).encode()).decode(),
         "MetadataOptions": {"HttpTokens": "required"},
         "TagSpecifications": [{"ResourceType": "instance", "Tags": ctx.tags(label) + [
             {"Key": "servectl:role", "Value": attrs["role"]}]}],
@@ -350,18 +446,25 @@ def _template_data(ctx: AwsContext, label: str, attrs: dict[str, Any], token: st
     return data
 
 
-def create_launch_template(ctx: AwsContext, label: str, attrs: dict[str, Any], token: str) -> Live:
+def _boot_script(ctx: AwsContext, label: str, attrs: dict[str, Any]) -> str:
+    try:
+        return user_data(ctx, label, attrs)
+    except ValueError as err:
+        raise ProviderError(f"aws_launch_template.{label}: {err}; nothing was sent to AWS") from None
+
+
+def create_launch_template(ctx: AwsContext, label: str, attrs: dict[str, Any]) -> Live:
     ec2 = ctx.client("ec2")
-    data = _template_data(ctx, label, attrs, token)
+    data = _template_data(ctx, label, attrs)
     made = call(f"create launch template {label}", ec2.create_launch_template, LaunchTemplateName=ctx.name(label),
                 LaunchTemplateData=data, TagSpecifications=[{"ResourceType": "launch-template", "Tags": ctx.tags(label)}])
     return {"launch_template_id": made["LaunchTemplate"]["LaunchTemplateId"], "image_id": data["ImageId"]}
 
 
-def update_launch_template(ctx: AwsContext, label: str, attrs: dict[str, Any], live: Live, token: str) -> Live:
+def update_launch_template(ctx: AwsContext, label: str, attrs: dict[str, Any], live: Live) -> Live:
     """A new version, made the default: the node group launches ``$Latest``, so every node from now on boots with it."""
     ec2 = ctx.client("ec2")
-    data = _template_data(ctx, label, attrs, token)
+    data = _template_data(ctx, label, attrs)
     made = call(f"add a version to launch template {label}", ec2.create_launch_template_version,
                 LaunchTemplateId=live["launch_template_id"], LaunchTemplateData=data)
     version = made["LaunchTemplateVersion"]["VersionNumber"]
@@ -527,12 +630,14 @@ def create(ctx: AwsContext, kind: str, label: str, attrs: dict[str, Any], code: 
         return create_iam_role(ctx, attrs, attrs["code_bucket"])
     if kind == "aws_s3_bucket":
         return create_bucket(ctx, attrs)
+    if kind == "aws_ssm_parameter":
+        return put_token(ctx, attrs, token)
     if kind == "aws_s3_object":
         return put_code(ctx, attrs, code)
     if kind == "aws_lb_target_group":
         return create_target_group(ctx, attrs)
     if kind == "aws_launch_template":
-        return create_launch_template(ctx, label, attrs, token)
+        return create_launch_template(ctx, label, attrs)
     if kind == "node_group":
         return create_node_group(ctx, label, attrs)
     if kind == "aws_lb":
@@ -545,7 +650,7 @@ def create(ctx: AwsContext, kind: str, label: str, attrs: dict[str, Any], code: 
 def update(ctx: AwsContext, kind: str, label: str, attrs: dict[str, Any], live: Live, token: str) -> Live:
     """The in-place changes the planner allows (IN_PLACE_INFRA_ATTRIBUTES); anything else is a replace."""
     if kind == "aws_launch_template":
-        return update_launch_template(ctx, label, attrs, live, token)
+        return update_launch_template(ctx, label, attrs, live)
     if kind == "node_group":
         return update_node_group(ctx, attrs, live)
     if kind == "aws_security_group":
@@ -560,6 +665,7 @@ def delete(ctx: AwsContext, kind: str, live: Live) -> None:
         "aws_network": delete_network,
         "aws_security_group": delete_security_group,
         "aws_iam_role": delete_iam_role,
+        "aws_ssm_parameter": delete_token,
         "aws_s3_bucket": delete_bucket,
         "aws_s3_object": delete_code,
         "aws_lb_target_group": delete_target_group,
@@ -598,6 +704,8 @@ def find_live(ctx: AwsContext, kind: str, label: str, attrs: dict[str, Any]) -> 
         return {"group_id": found["SecurityGroups"][0]["GroupId"]} if found["SecurityGroups"] else {}
     if kind == "aws_iam_role":
         return {"role_name": attrs["name"]}
+    if kind == "aws_ssm_parameter":
+        return {"name": token_parameter_name(ctx.cluster)}
     if kind == "aws_s3_bucket":
         return {"bucket": attrs["bucket"]}
     if kind == "aws_s3_object":

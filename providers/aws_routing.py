@@ -112,7 +112,11 @@ class RoutingStore:
         deadline = time.monotonic() + timeout_s
         behind = list(node_ips)
         while True:
-            behind = [ip for ip in behind if int((self.report_of(ip) or {}).get("version", 0)) < version]
+            reports = {ip: self.report_of(ip) or {} for ip in behind}
+            for ip, report in sorted(reports.items()):
+                if report.get("version") == version and str(report.get("detail", "")).startswith("refused"):
+                    raise ProviderError(f"node {ip} {report['detail']}; nothing changed on it")
+            behind = [ip for ip in behind if int(reports[ip].get("version", 0)) < version]
             if not behind:
                 return
             if time.monotonic() > deadline:

@@ -54,6 +54,17 @@ class Provider(ABC):
         applies (the AWS cluster's Ray token) reads it here.
         """
 
+    def sealing_problem(self) -> Optional[str]:
+        """Why this provider could not seal sensitive values for its cluster (None: it can). Asked at plan time."""
+        return None
+
+    @abstractmethod
+    def sealing_key(self) -> bytes:
+        """The key sensitive values are sealed under for this cluster (``servectl.runtime.sealed``).
+
+        Raises ProviderError when the cluster has no Ray auth token to derive it from.
+        """
+
     @abstractmethod
     def cluster(self) -> ClusterView:
         """The cluster's nodes for placement. Must not start or change anything."""

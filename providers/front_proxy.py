@@ -12,6 +12,7 @@ no connection is refused and no request dropped.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -20,12 +21,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from servectl import names
 from servectl.errors import ProviderError
-from servectl.providers.embedded_cluster import descendants, pid_alive, port_open
-from servectl.runtime.headers import ENDPOINT_HEADER, ROLE_HEADER, SHADOW_HEADER, SHARD_KEY_HEADER
-from servectl.traffic import Segments
+from servectl.providers.embedded_cluster import port_open
+from servectl.providers.processes import ProcessIdentity, identify, is_running, session_members, signal_verified, stop_session
+from servectl.runtime.headers import ENDPOINT_HEADER, PROOF_HEADER, ROLE_HEADER, SHADOW_HEADER, SHARD_KEY_HEADER
+from servectl.traffic import KEY_SPACE, Segments
 
 INTERNAL_PREFIX = "/_servectl/"
+HEALTH_PATH = "/-/healthz"  # Serve's proxy health route: the load balancer's check passes through
 DRAIN_TIMEOUT_S = 30
 
 
@@ -59,7 +63,19 @@ def routed_endpoints(policies: dict[str, dict[str, Any]]) -> list[RoutedEndpoint
     ]
 
 
-def render_config(bind_host: str, bind_port: int, serve_port: int, endpoints: list[RoutedEndpoint], pidfile: str) -> str:
+def render_config(
+    bind_host: str, bind_port: int, serve_port: int, endpoints: list[RoutedEndpoint], pidfile: str, proof: str = "",
+) -> str:
+    """The front proxy's whole HAProxy configuration: endpoints by longest route, each request's backend chosen by
+    its policy, then rewritten onto that backend's internal route with the route ``proof``
+    (``servectl.runtime.proof``; empty on a cluster without token auth).
+
+    Every value is checked here, where it becomes configuration text, by the
+    rules of ``servectl.names`` (the same the config language applies): the
+    node agents render this from a document read over the network. Raises
+    ValueError on the first value that breaks a rule.
+    """
+    check_inputs(bind_host, bind_port, serve_port, endpoints, pidfile, proof)
     lines = [
         "global",
         "    master-worker",
@@ -77,8 +93,13 @@ def render_config(bind_host: str, bind_port: int, serve_port: int, endpoints: li
         "    retries 3",
         "frontend servectl",
         f"    bind {bind_host}:{bind_port}",
-        f"    http-request deny deny_status 404 if {{ path_beg {INTERNAL_PREFIX} }}",
+        # Internal routes and Serve's own (the route listing) are not for clients; its health check is the LB's.
+        # Serve routes on the decoded path, so these look at it decoded (%5F is "_"); the route proof below is
+        # what holds when a rule misses a form.
+        f"    http-request deny deny_status 404 if {{ path,url_dec -m beg {INTERNAL_PREFIX} }} || "
+        f"{{ path,url_dec -m beg /-/ }} !{{ path,url_dec -m str {HEALTH_PATH} }}",
         # Only the proxy decides these: never trust them from a client.
+        f"    http-request del-header {PROOF_HEADER}",
         f"    http-request del-header {SHADOW_HEADER}",
         f"    http-request del-header {ENDPOINT_HEADER}",
         f"    http-request del-header {ROLE_HEADER}",
@@ -115,6 +136,7 @@ def render_config(bind_host: str, bind_port: int, serve_port: int, endpoints: li
         )
     lines += [
         "    http-request set-header x-servectl-backend %[var(txn.sc_b)] if { var(txn.sc_b) -m found }",
+        *([f"    http-request set-header {PROOF_HEADER} {proof} if {{ var(txn.sc_b) -m found }}"] if proof else []),
         "    default_backend serve",
         "backend serve",
         f"    server serve 127.0.0.1:{serve_port}",
@@ -123,33 +145,70 @@ def render_config(bind_host: str, bind_port: int, serve_port: int, endpoints: li
     return "\n".join(lines)
 
 
+def check_inputs(
+    bind_host: str, bind_port: int, serve_port: int, endpoints: list[RoutedEndpoint], pidfile: str, proof: str,
+) -> None:
+    """Refuse, with ValueError, anything render_config would write that is not what it must be."""
+    if not isinstance(bind_host, str) or not re.fullmatch(r"[A-Za-z0-9.:-]{1,253}|", bind_host):
+        raise ValueError(f"listen host {bind_host!r} is not a host name or address")
+    for port in (bind_port, serve_port):
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise ValueError(f"port {port!r} is not a port number")
+    if not isinstance(pidfile, str) or not re.fullmatch(r"/[\w./-]{1,4000}", pidfile):
+        raise ValueError(f"pidfile {pidfile!r} is not a plain absolute path")
+    if not isinstance(proof, str) or not re.fullmatch(r"[0-9a-f]{64}|", proof):
+        raise ValueError("the route proof is not 64 hex digits")
+    for endpoint in endpoints:
+        names.require(names.NAME, endpoint.name, "endpoint name")
+        names.require(names.ROUTE, endpoint.route, f"endpoint {endpoint.name}'s route")
+        if not isinstance(endpoint.segments, dict) or not isinstance(endpoint.shadow, dict):
+            raise ValueError(f"endpoint {endpoint.name}'s segments and shadow must be mappings")
+        for backend, segments in endpoint.segments.items():
+            names.require(names.NAME, backend, f"endpoint {endpoint.name}'s backend")
+            for segment in segments:
+                lo, hi = segment
+                if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)) or not 0 <= lo < hi <= KEY_SPACE:
+                    raise ValueError(f"endpoint {endpoint.name}: segment {segment!r} of {backend} is not within 0..{KEY_SPACE}")
+        for backend, proportion in endpoint.shadow.items():
+            names.require(names.NAME, backend, f"endpoint {endpoint.name}'s shadow")
+            if not isinstance(proportion, (int, float)) or isinstance(proportion, bool) or not 0 <= proportion <= 1:
+                raise ValueError(f"endpoint {endpoint.name}: shadow proportion {proportion!r} is not within 0..1")
+
+
 class FrontProxy:
-    """One HAProxy master (and its worker) per config directory, managed by PID."""
+    """One HAProxy master (and its workers) per config directory, known by the identity recorded at its start."""
 
     def __init__(self, runtime_dir: str) -> None:
         self.runtime_dir = os.path.abspath(runtime_dir)
         self.config_path = os.path.join(self.runtime_dir, "haproxy.cfg")
         self.pidfile = os.path.join(self.runtime_dir, "haproxy.pid")
+        self.identity_path = os.path.join(self.runtime_dir, "haproxy.json")
         self.log_path = os.path.join(self.runtime_dir, "haproxy.log")
 
-    def master_pid(self) -> Optional[int]:
+    def _identity(self) -> Optional[ProcessIdentity]:
         try:
-            with open(self.pidfile, encoding="utf-8") as handle:
-                pid = int(handle.read().split()[0])
-        except (OSError, ValueError, IndexError):
+            with open(self.identity_path, encoding="utf-8") as handle:
+                return ProcessIdentity.from_dict(json.load(handle))
+        except (OSError, ValueError):
             return None
-        return pid if pid_alive(pid) else None
+
+    def master_pid(self) -> Optional[int]:
+        """The master's PID while the process recorded at start still runs; None otherwise (whoever has the PID now)."""
+        identity = self._identity()
+        return identity.pid if identity is not None and is_running(identity) else None
 
     def workers(self) -> set[int]:
-        master = self.master_pid()
-        return {p for p in descendants(master) if pid_alive(p)} if master else set()
+        identity = self._identity()
+        if identity is None or not is_running(identity):
+            return set()
+        return set(session_members(identity)) - {identity.pid}
 
     def apply(self, config: str, bind_host: str, bind_port: int) -> None:
         """Install ``config``: start HAProxy, or reload it and wait until the old worker has drained."""
         os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
         candidate = self.config_path + ".new"
-        with open(candidate, "w", encoding="utf-8") as handle:
-            handle.write(config)
+        with os.fdopen(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as handle:
+            handle.write(config)  # 0600: it holds the route proof
         check = subprocess.run([haproxy_binary(), "-c", "-f", candidate], capture_output=True, text=True)
         if check.returncode != 0:
             alerts = [line for line in (check.stderr + check.stdout).splitlines() if "ALERT" in line]
@@ -169,11 +228,18 @@ class FrontProxy:
         probe_host = "127.0.0.1" if bind_host in ("0.0.0.0", "::", "") else bind_host
         if port_open(probe_host, bind_port):
             raise ProviderError(f"cannot start the front proxy: {bind_host}:{bind_port} is already in use")
-        with open(self.log_path, "ab") as log:
-            subprocess.Popen(
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "ab") as log:
+            process = subprocess.Popen(
                 [haproxy_binary(), "-W", "-db", "-f", self.config_path],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
+        identity = identify(process.pid)
+        if identity is not None:
+            tmp = self.identity_path + ".tmp"
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+                json.dump(identity.to_dict(), handle)
+            os.replace(tmp, self.identity_path)
         deadline = time.time() + 15
         while time.time() < deadline:
             if self.master_pid() and port_open(probe_host, bind_port):
@@ -183,7 +249,8 @@ class FrontProxy:
 
     def _reload(self, master: int) -> None:
         old = self.workers()
-        os.kill(master, signal.SIGUSR2)
+        if not signal_verified(master, signal.SIGUSR2, self._identity()):
+            raise ProviderError("the front proxy stopped while reloading; run apply again to start it")
         deadline = time.time() + DRAIN_TIMEOUT_S + 10
         while time.time() < deadline:
             now = self.workers()
@@ -193,20 +260,13 @@ class FrontProxy:
         raise ProviderError(f"the front proxy did not finish reloading within {DRAIN_TIMEOUT_S + 10}s; see {self.log_path}")
 
     def stop(self) -> None:
-        master = self.master_pid()
-        if master is None:
+        """Stop the master and its workers (the session it leads), if the recorded process still runs."""
+        identity = self._identity()
+        if identity is None:
             return
-        targets = set(descendants(master)) | {master}
-        for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 3.0)):
-            for pid in targets:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.time() + wait_s
-            while time.time() < deadline and any(pid_alive(p) for p in targets):
-                time.sleep(0.1)
-        for path in (self.pidfile,):
+        if is_running(identity) or session_members(identity):
+            stop_session(identity, grace_s=5.0, kill_s=3.0)
+        for path in (self.pidfile, self.identity_path):
             try:
                 os.unlink(path)
             except FileNotFoundError:

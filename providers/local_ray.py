@@ -12,16 +12,19 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import tempfile
+import threading
 import time
 from typing import Any, Optional
 
-from servectl.bundle import EXCLUDED
+from servectl import bundle
 from servectl.providers.base import ClusterView, LiveView, Progress, Provider
 from servectl.desired import BACKEND, ProviderSpec
 from servectl.errors import ProviderError
 from servectl.placement import NodeCapacity
-from servectl.sensitive import reveal
+from servectl.runtime.proof import route_proof
+from servectl.runtime.sealed import SealError, key_from_token
 from servectl.plan import Action, ResourceChange
 from servectl.state.document import ResourceState
 
@@ -32,8 +35,6 @@ from servectl.providers.embedded_cluster import RUNTIME_DIR, EmbeddedCluster, fr
 from servectl.providers.front_proxy import FrontProxy, render_config, routed_endpoints
 from servectl.policy import POLICY_TTL_S, applied_endpoints, read_policies, write_policies
 
-# Never shipped to workers: the same files a bundle leaves out (state may hold secrets).
-UPLOAD_EXCLUDES = list(EXCLUDED)
 _connected: dict[str, Optional[str]] = {"address": None}
 
 
@@ -52,10 +53,17 @@ def connect(address: str, token_path: Optional[str]) -> None:
         _use_token(token_path)
     for name in ("ray", "ray.serve"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # A Ray driver installs its own SIGTERM handler (exit 15, a native stack dump): keep the caller's.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, configure_logging=False)
     except Exception as err:  # noqa: BLE001 - Ray raises many kinds; the user needs one line
         raise ProviderError(f"cannot connect to the Ray cluster at {address}: {type(err).__name__}: {err}") from None
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
     _connected["address"] = address
 
 
@@ -118,6 +126,45 @@ class LocalRayProvider(Provider):
             return self.spec.address, self.spec.auth_token_path  # type: ignore[return-value]
         record = self.embedded.record()
         return (record.gcs_address, record.token_path) if record else None
+
+    def _token_path(self) -> Optional[str]:
+        if self.embedded is None:
+            return self.spec.auth_token_path
+        record = self.embedded.record()
+        return record.token_path if record else self.embedded.token_path
+
+    def sealing_problem(self) -> Optional[str]:
+        if self._token_path() is None:
+            return (
+                f"the Ray cluster at {self.spec.address} is given without a token (LocalRay(auth_token_path=…) or "
+                "SERVECTL_RAY_AUTH_TOKEN_PATH): sensitive values are sealed with a key from the cluster's token, so "
+                "without token auth they cannot be kept out of Ray's logs; give the token file"
+            )
+        return None
+
+    def _token(self) -> Optional[str]:
+        path = self._token_path()
+        if path is None:
+            return None
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read().strip()
+        except OSError as err:
+            raise ProviderError(f"cannot read the cluster's token {path}: {err}") from None
+
+    def _route_proof(self) -> str:
+        """What the front proxy shows replicas that an endpoint routed a request (none without token auth)."""
+        token = self._token()
+        return route_proof(token) if token else ""
+
+    def sealing_key(self) -> bytes:
+        problem = self.sealing_problem()
+        if problem:
+            raise ProviderError(problem)
+        try:
+            return key_from_token(self._token() or "")
+        except SealError as err:
+            raise ProviderError(f"cannot seal sensitive values: {err}") from None
 
     def _projected_nodes(self) -> list[NodeCapacity]:
         cpus = self.spec.num_cpus if self.spec.num_cpus is not None else float(os.cpu_count() or 1)
@@ -241,7 +288,7 @@ class LocalRayProvider(Provider):
         details = self._live_details(target)
         import ray
 
-        backends = serve_health.live_backends(details)
+        backends = serve_health.live_backends(details, self.sealing_key() if self.sealing_problem() is None else None)
         alive = [node for node in ray.nodes() if node.get("Alive")]
         urls = [
             f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
@@ -280,11 +327,10 @@ class LocalRayProvider(Provider):
             quiet.setLevel(logging.ERROR)
             try:
                 with tempfile.TemporaryDirectory(prefix="servectl-upload-") as scratch:
+                    # Exactly the bundle's files (what history and saved plans keep), never a second listing.
+                    shipped = bundle.thaw(bundle.freeze(self.code_dir), os.path.join(scratch, "code"))
                     env = upload_working_dir_if_needed(
-                        {"working_dir": self.code_dir, "excludes": UPLOAD_EXCLUDES},
-                        include_gitignore=False,
-                        scratch_dir=scratch,
-                        logger=quiet,
+                        {"working_dir": shipped}, include_gitignore=False, scratch_dir=scratch, logger=quiet,
                     )
             except Exception as err:  # noqa: BLE001 - Ray wraps OS and size errors alike
                 raise ProviderError(f"cannot upload {self.code_dir} to the cluster: {err}") from None
@@ -315,8 +361,8 @@ class LocalRayProvider(Provider):
         config = {
             "proxy_location": PROXY_LOCATIONS[self.spec.http_location],
             "http_options": {"host": "127.0.0.1", "port": self._serve_port},
-            # The one place sensitive values are revealed: what the cluster must run with.
-            "applications": reveal(applications),
+            # Sensitive values go sealed: Serve logs builder arguments and Ray every runtime_env.
+            "applications": serve_apps.sealed(applications, self.sealing_key),
         }
         return config, backends_live
 
@@ -348,7 +394,8 @@ class LocalRayProvider(Provider):
         self._policy_written_at = time.monotonic()
         if self.spec.http_location != "NoServer":
             proxy_config = render_config(
-                self.spec.http_host, self.spec.http_port, int(self._serve_port or 0), routed, self.front_proxy.pidfile
+                self.spec.http_host, self.spec.http_port, int(self._serve_port or 0), routed, self.front_proxy.pidfile,
+                self._route_proof(),
             )
             self.front_proxy.apply(proxy_config, self.spec.http_host, self.spec.http_port)
         return live

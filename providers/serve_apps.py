@@ -12,6 +12,8 @@ from typing import Any, Callable
 from servectl.desired import BACKEND, ENDPOINT
 from servectl.providers.front_proxy import internal_route
 from servectl.state.document import ResourceState
+from servectl.runtime.sealed import seal
+from servectl.sensitive import holds_sensitive
 from servectl.traffic import allocate
 
 APP_BUILDER = "servectl.runtime.application:build"
@@ -22,15 +24,33 @@ AUTOSCALING_KEYS = ("min_replicas", "max_replicas", "target_ongoing_requests")
 
 
 def runtime_env(package_uri: str, attrs: dict[str, Any]) -> dict[str, Any]:
-    """A backend's Ray runtime_env: its code package, environment and private dependencies."""
+    """A backend's Ray runtime_env: its code package, environment and private dependencies.
+
+    Sensitive environment variables are left out: Ray's runtime-env agent logs
+    every runtime_env it sets up. They travel sealed in the application's
+    arguments instead (``sensitive_env``) and the replica sets them before it
+    imports the backend's code.
+    """
     env: dict[str, Any] = {"working_dir": package_uri}
-    if attrs.get("env_vars"):
-        env["env_vars"] = attrs["env_vars"]
+    plain_env = {name: value for name, value in (attrs.get("env_vars") or {}).items() if not holds_sensitive(value)}
+    if plain_env:
+        env["env_vars"] = plain_env
     if attrs.get("pip"):
         env["pip"] = {"packages": list(attrs["pip"]), "pip_check": False}
     if attrs.get("conda"):
         env["conda"] = attrs["conda"]
     return env
+
+
+def sensitive_env(attrs: dict[str, Any]) -> dict[str, Any]:
+    """A backend's sensitive environment variables (still marked: the provider seals them)."""
+    return {name: value for name, value in sorted((attrs.get("env_vars") or {}).items()) if holds_sensitive(value)}
+
+
+def sealed(applications: list[dict[str, Any]], key: Callable[[], bytes]) -> list[dict[str, Any]]:
+    """The applications as sent to Serve: every sensitive value sealed under the cluster's ``key()`` (asked for only
+    when there is one), never in clear."""
+    return seal(applications, key()) if holds_sensitive(applications) else applications
 
 
 def replica_count(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -75,6 +95,7 @@ def applications(
                 "init_args": attrs["init_args"],
                 "init_kwargs": attrs["init_kwargs"],
                 "batched": attrs.get("max_batch_size") is not None,
+                "sensitive_env": sensitive_env(attrs),
             },
             "deployments": [{
                 "name": resource.name,

@@ -18,6 +18,7 @@ from servectl.plan import Action, ResourceChange
 from servectl.providers import serve_apps
 from servectl.providers.base import LiveBackend
 from servectl.providers.front_proxy import internal_route
+from servectl.runtime.sealed import SealError, unseal
 
 WAIT_POLL_S = 0.25
 
@@ -124,8 +125,12 @@ def failure_reason(messages: list[str]) -> str:
     return "no message from Serve"
 
 
-def live_backends(details: dict[str, Any]) -> dict[str, LiveBackend]:
-    """Every Serve application as the backend it runs: health, replica counts, the settings drift compares."""
+def live_backends(details: dict[str, Any], key: Optional[bytes] = None) -> dict[str, LiveBackend]:
+    """Every Serve application as the backend it runs: health, replica counts, the settings drift compares.
+
+    With the cluster's sealing ``key``, sealed values are opened, so drift
+    compares a sensitive setting by value (and reports only that it changed).
+    """
     backends = {}
     for name, app in (details.get("applications") or {}).items():
         deployment = (app.get("deployments") or {}).get(name) or {}
@@ -140,9 +145,18 @@ def live_backends(details: dict[str, Any]) -> dict[str, LiveBackend]:
             running=states.count("RUNNING"),
             replicas=len(states),
             message=str(deployment.get("message") or app.get("message") or ""),
-            settings=serve_apps.live_settings(app.get("deployed_app_config") or {}),
+            settings=serve_apps.live_settings(_opened(app.get("deployed_app_config") or {}, key)),
         )
     return backends
+
+
+def _opened(app_config: dict[str, Any], key: Optional[bytes]) -> dict[str, Any]:
+    if key is None:
+        return app_config
+    try:
+        return unseal(app_config, key)
+    except SealError:
+        return app_config  # sealed under another token: it reads as changed, which it is
 
 
 def routes_problem(serve_port: int, apps: set[str], host: str = "127.0.0.1") -> Optional[str]:

@@ -15,6 +15,7 @@ from servectl import __version__
 from servectl.desired import DesiredState
 from servectl.errors import ApplyError, ServectlError
 from servectl.plan import Action, Plan, ResourceChange
+from servectl.planner import check_placement
 from servectl.providers.base import Provider
 from servectl.state.document import APPLIED, APPLYING, FAILED, ResourceState, StateDocument
 from servectl.state.store import StateStore
@@ -57,6 +58,10 @@ def apply_plan(
     provider.recall(dict((document.provider or {}).get("live") or {}))
     provider_live = provider.prepare(progress)
     document.provider = {**plan.provider, "live": provider_live}
+    if plan.cluster_source == "projected" and desired is not None and not plan.destroy:
+        view = provider.cluster()  # the cluster this apply started: its real nodes, memory included
+        if view.source == "live":
+            check_placement(desired, view.nodes)
     recorded_apps = {r.name for r in document.resources.values() if r.kind == "backend"}
     strangers = provider.unmanaged_conflicts(recorded_apps)
     if strangers:
@@ -124,11 +129,13 @@ def _record_failure(
 ) -> None:
     """Put the live system back as it was before ``change`` and record the change as failed."""
     progress(f"{change.address}: failed — reverting it on the cluster")
+    reverted = False
     try:
         provider.converge(_deployable(document.resources), ResourceChange(
             address=change.address, kind=change.kind, name=change.name, action=Action.NOOP,
             before=change.after, after=change.before,
         ), 120.0, progress)
+        reverted = True
     except ServectlError as revert_err:
         progress(f"{change.address}: revert did not finish: {revert_err}")
     previous = document.resources.get(change.address)
@@ -136,6 +143,10 @@ def _record_failure(
         document.resources[change.address] = ResourceState(
             kind=change.kind, name=change.name, attributes=change.after or {}, live={}, status=FAILED, error=str(err)
         )
+    elif reverted and previous.live:
+        # It runs exactly what the state records again: nothing to retry, so the next plan (and drift) shows only
+        # how the config differs from that, never a replace with an empty diff.
+        previous.status, previous.error = APPLIED, None
     else:
         previous.status, previous.error = FAILED, str(err)
     document.stamp(__version__)

@@ -12,10 +12,13 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from servectl.config import NAME_PATTERN, _Block, _first_error, declaration_site
+from servectl import names
+from servectl.config import _Block, _first_error, declaration_site
 from servectl.errors import ConfigError
 
 RESERVED_RESOURCES = ("memory", "object_store_memory")
+MAX_WORKERS = 1_000  # per node type: an Auto Scaling group's size
+MAX_NODE_RESOURCE = 100_000.0
 
 
 class NodeType(BaseModel):
@@ -26,9 +29,11 @@ class NodeType(BaseModel):
     name: str
     instance_type: str = Field(..., min_length=3, description="EC2 instance type, e.g. m6i.xlarge")
     resources: dict[str, float] = Field(..., description='what Ray may schedule on one node: {"CPU": 4, "GPU": 1, ...}')
-    min_workers: int = Field(0, ge=0)
-    max_workers: int = Field(10, ge=0)
-    hourly_price: Optional[float] = Field(None, ge=0, description="USD per node-hour, for the plan's cost lines")
+    min_workers: int = Field(0, ge=0, le=MAX_WORKERS)
+    max_workers: int = Field(10, ge=0, le=MAX_WORKERS)
+    hourly_price: Optional[float] = Field(
+        None, ge=0, le=10_000, allow_inf_nan=False, description="USD per node-hour, for the plan's cost lines"
+    )
 
     def __init__(self, name: Optional[str] = None, /, **settings: Any) -> None:
         if name is not None:
@@ -42,8 +47,15 @@ class NodeType(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not NAME_PATTERN.match(value):
+        if not names.matches(names.NAME, value):
             raise ValueError("use letters, digits, '-' or '_', starting with a letter")
+        return value
+
+    @field_validator("instance_type")
+    @classmethod
+    def _instance_type(cls, value: str) -> str:
+        if not names.matches(names.INSTANCE_TYPE, value):
+            raise ValueError("not an EC2 instance type like m6i.xlarge")
         return value
 
     @field_validator("resources")
@@ -52,10 +64,12 @@ class NodeType(BaseModel):
         if "CPU" not in value:
             raise ValueError('give the node\'s CPUs as resources={"CPU": N, ...}')
         for key, amount in value.items():
+            if key not in ("CPU", "GPU") and not names.matches(names.RESOURCE, key):
+                raise ValueError(f"resource name {key!r}: use letters, digits, '_', '.', ':' or '-', starting with a letter")
             if key in RESERVED_RESOURCES:
                 raise ValueError(f"{key!r} is measured by Ray on the node; leave it out")
-            if amount < 0:
-                raise ValueError(f"resource {key!r} must be non-negative")
+            if not 0 <= amount <= MAX_NODE_RESOURCE:
+                raise ValueError(f"resource {key!r} must be between 0 and {MAX_NODE_RESOURCE:g}")
         if "GPU" in value and not float(value["GPU"]).is_integer():
             raise ValueError("a node has a whole number of GPUs")
         return value
@@ -129,23 +143,66 @@ class AwsRay(_Block):
     @field_validator("cluster_name")
     @classmethod
     def _cluster_name(cls, value: str) -> str:
-        if not re.match(r"^[a-z][a-z0-9-]{0,23}$", value):
+        if not names.matches(names.CLUSTER_NAME, value):
             raise ValueError("lowercase letters, digits and '-', at most 24, starting with a letter (it names AWS resources)")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        if not names.matches(names.REGION, value):
+            raise ValueError("not an AWS region like us-east-1")
+        return value
+
+    @field_validator("image_id")
+    @classmethod
+    def _image(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not names.matches(names.IMAGE_ID, value):
+            raise ValueError("not an AMI id like ami-0123456789abcdef0")
+        return value
+
+    @field_validator("key_name")
+    @classmethod
+    def _key_name(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not names.matches(names.KEY_PAIR, value):
+            raise ValueError("an EC2 key pair name of letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("code_bucket")
+    @classmethod
+    def _code_bucket(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and (not names.matches(names.BUCKET, value) or ".." in value):
+            raise ValueError("not a valid S3 bucket name (3-63 lowercase letters, digits, dots, hyphens)")
+        return value
+
+    @field_validator("vpc_id")
+    @classmethod
+    def _vpc(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not re.fullmatch(r"vpc-[0-9a-f]{8,17}", value):
+            raise ValueError("not a VPC id like vpc-0123456789abcdef0")
+        return value
+
+    @field_validator("subnet_ids")
+    @classmethod
+    def _subnets(cls, value: list[str]) -> list[str]:
+        for subnet in value:
+            if not re.fullmatch(r"subnet-[0-9a-f]{8,17}", subnet):
+                raise ValueError(f"{subnet!r} is not a subnet id like subnet-0123456789abcdef0")
         return value
 
     @model_validator(mode="after")
     def _consistent(self) -> "AwsRay":
-        names = [t.name for t in self.node_types]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        type_names = [t.name for t in self.node_types]
+        duplicates = sorted({n for n in type_names if type_names.count(n) > 1})
         if duplicates:
             raise ValueError(f"node type {duplicates[0]!r} is declared twice")
-        if "head" in names:
+        if "head" in type_names:
             raise ValueError("'head' names the head node; call the worker type something else")
         if bool(self.vpc_id) != bool(self.subnet_ids):
             raise ValueError("give vpc_id and subnet_ids together (or neither, and servectl creates the network)")
         if self.proxy_port == self.serve_port:
             raise ValueError(f"proxy_port and serve_port are both {self.serve_port}; the front proxy forwards to Serve")
-        if self.dashboard_url is not None and not re.match(r"^https?://[^/\s]+/?$", self.dashboard_url):
+        if self.dashboard_url is not None and not re.fullmatch(r"https?://[A-Za-z0-9.\[\]:-]+/?", self.dashboard_url):
             raise ValueError(f"dashboard_url {self.dashboard_url!r} is not an http(s)://host:port address")
         if self.subnet_ids and len(self.subnet_ids) < 2:
             raise ValueError("a load balancer needs subnet_ids in at least two availability zones")

@@ -19,6 +19,7 @@ from servectl.placement import ReplicaDemand
 NETWORK = "aws_network"
 SECURITY_GROUP = "aws_security_group"
 IAM_ROLE = "aws_iam_role"
+TOKEN_PARAMETER = "aws_ssm_parameter"
 LAUNCH_TEMPLATE = "aws_launch_template"
 CODE_BUCKET = "aws_s3_bucket"
 CODE_OBJECT = "aws_s3_object"
@@ -99,6 +100,11 @@ def size_node_groups(block: AwsRay, backends: list[ResourceSpec]) -> dict[str, d
     return sizes
 
 
+def token_parameter_name(cluster: str) -> str:
+    """The SSM Parameter Store name of a cluster's Ray token."""
+    return f"/servectl/{cluster}/ray-token"
+
+
 def code_bucket(block: dict[str, Any]) -> str:
     """The bucket holding the code zips and the routing policy: the given one, or the one servectl creates."""
     return str(block.get("code_bucket") or f"{block['cluster_name']}-code-{block['region']}")
@@ -139,9 +145,11 @@ def infra_resources(
     role = add(IAM_ROLE, "node", {
         "name": f"{name}-node",
         "code_bucket": bucket,
-        "policies": ["s3:GetObject on the code bucket", f"s3:PutObject on {name}/agents/ (node agents' reports)",
-                     "ec2:DescribeInstances for finding the head"],
+        "policies": [f"s3:GetObject on {name}/ in the code bucket", f"s3:PutObject on {name}/agents/ (node agents' reports)",
+                     f"ssm:GetParameter on {token_parameter_name(name)}", "ec2:DescribeInstances for finding the head"],
     }, [])
+    # The cluster's Ray token: a SecureString the nodes read at boot, never in their user data.
+    token = add(TOKEN_PARAMETER, "ray_token", {"name": token_parameter_name(name), "type": "SecureString"}, [])
     depends_code: list[str] = []
     if block.code_bucket is None:
         depends_code = [add(CODE_BUCKET, "code", {"bucket": bucket, "versioning": True, "public_access": "blocked"}, [])]
@@ -173,7 +181,7 @@ def infra_resources(
             "agent_key": f"{name}/servectl-{agent_sha256[:16]}.zip",
             "proxy_port": block.proxy_port,
             "serve_port": block.serve_port,
-        }, [cluster_sg, role, agent])
+        }, [cluster_sg, role, agent, token])
         group: dict[str, Any]
         if is_head:
             group = {"min_size": 1, "desired_capacity": 1, "max_size": 1, "replicas": {}}

@@ -1,52 +1,136 @@
-"""A config directory frozen as bytes: what a saved plan and a history entry carry.
+"""A config directory frozen as bytes: what a saved plan, a history entry and the cluster's code upload carry.
 
 A saved plan applies the code it was planned with, and a rollback deploys the
 code it rolls back to, even after the files on disk changed or are gone. The
-bundle holds the config dir's files (not the state, not servectl's runtime
-files, not caches) in a zip with fixed timestamps, so the same files give the
-same bytes and the same digest.
+bundle holds the config dir's files in a zip with fixed timestamps, so the
+same files give the same bytes and the same digest; the code Ray and AWS
+receive is this same set of files, never a second listing.
+
+What stays out: servectl's own files (state, history, the runtime dir, saved
+plans — found by their content, whatever their name — and the S3 state
+pointer), caches, ``.git``, and whatever ``.servectlignore`` names in
+gitignore syntax (as ``.gitignore``, read with the ``pathspec`` library):
+keys, credentials and data a backend does not need belong there.
 """
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import io
 import os
 import zipfile
+from dataclasses import dataclass, field
 from typing import Iterator
 
-# Never frozen nor uploaded: state, history and saved plans may hold secrets (and a
-# plan file inside the config would nest in the next one); runtime files and caches
+IGNORE_FILE = ".servectlignore"
+# Never frozen nor uploaded, whatever the ignore file says (a "!" cannot bring them back): state, history and saved
+# plans may hold secrets (and a plan file inside the config would nest in the next one); runtime files and caches
 # change nothing.
-EXCLUDED = ("servectl.state.json*", "servectl.backend.json", ".servectl.state.*", ".servectl", "__pycache__", "*.pyc", ".git", "*.plan", "plan.bin")
+ALWAYS_EXCLUDED = (
+    "servectl.state.json*", "servectl.backend.json", ".servectl.state.*", ".servectl/", "__pycache__/", "*.pyc",
+    ".git/", "*.plan", "plan.bin", ".servectl-plan.*",
+)
+SAVED_PLAN_PREFIX = b'{"format": "servectl-plan"'
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
 
-def _excluded(name: str) -> bool:
-    return any(fnmatch.fnmatch(name, pattern) for pattern in EXCLUDED)
+class BundleError(ValueError):
+    """The config dir cannot be frozen: too large, or an unreadable ignore file."""
 
 
-def _files(config_dir: str) -> Iterator[tuple[str, str]]:
+@dataclass
+class Listing:
+    """Which files of a config dir the bundle holds, and which it leaves out and why (relative paths, sorted)."""
+
+    included: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # named by .servectlignore
+    saved_plans: list[str] = field(default_factory=list)  # plan files, found by content
+
+    def summary(self) -> dict[str, object]:
+        """Plain data for the plan: how many files ship, and what the user's files left out are."""
+        return {"files": len(self.included), "ignored": list(self.ignored), "saved_plans": list(self.saved_plans)}
+
+
+def _spec(patterns: list[str]):  # -> pathspec.GitIgnoreSpec
+    import pathspec
+
+    return pathspec.GitIgnoreSpec.from_lines(patterns)
+
+
+def _is_saved_plan(path: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(SAVED_PLAN_PREFIX)) == SAVED_PLAN_PREFIX
+    except OSError:
+        return False
+
+
+def listing(config_dir: str) -> Listing:
+    """Walk ``config_dir`` and sort its files into shipped and left out. Raises BundleError on a bad ignore file."""
+    always = _spec(list(ALWAYS_EXCLUDED))
+    ignore_path = os.path.join(config_dir, IGNORE_FILE)
+    user_patterns: list[str] = []
+    if os.path.isfile(ignore_path):
+        try:
+            with open(ignore_path, encoding="utf-8") as handle:
+                user_patterns = handle.read().splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise BundleError(f"cannot read {IGNORE_FILE}: {err}") from None
+    try:
+        user = _spec(user_patterns)
+    except Exception as err:  # noqa: BLE001 - pathspec raises several kinds for a bad pattern
+        raise BundleError(f"{IGNORE_FILE}: a pattern is not gitignore syntax: {err}") from None
+    result = Listing()
+    for relative, path in _walk(config_dir, always, user, result):
+        if _is_saved_plan(path):
+            result.saved_plans.append(relative)
+        else:
+            result.included.append(relative)
+    return result
+
+
+def _walk(config_dir: str, always, user, result: Listing) -> Iterator[tuple[str, str]]:
     for root, dirs, files in os.walk(config_dir):
-        dirs[:] = sorted(d for d in dirs if not _excluded(d))
-        for name in sorted(files):
-            if _excluded(name):
+        base = os.path.relpath(root, config_dir)
+        prefix = "" if base == "." else base.replace(os.sep, "/") + "/"
+        kept_dirs = []
+        for name in sorted(dirs):
+            relative = f"{prefix}{name}/"
+            if always.match_file(relative):
                 continue
+            if user.match_file(relative):
+                result.ignored.append(relative)
+                continue
+            kept_dirs.append(name)
+        dirs[:] = kept_dirs
+        for name in sorted(files):
+            relative = f"{prefix}{name}"
             path = os.path.join(root, name)
-            if os.path.isfile(path) and not os.path.islink(path):
-                yield os.path.relpath(path, config_dir), path
+            if always.match_file(relative) or not os.path.isfile(path) or os.path.islink(path):
+                continue
+            if user.match_file(relative):
+                result.ignored.append(relative)
+                continue
+            yield relative, path
 
 
 def freeze(config_dir: str) -> bytes:
+    """The config dir's shipped files (``listing``) as a zip with fixed timestamps: same files, same bytes.
+
+    Raises BundleError above MAX_BUNDLE_BYTES (64 MiB) or on a bad ignore file.
+    """
     buffer = io.BytesIO()
     total = 0
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for relative, path in _files(config_dir):
+        for relative in listing(config_dir).included:
+            path = os.path.join(config_dir, *relative.split("/"))
             total += os.path.getsize(path)
             if total > MAX_BUNDLE_BYTES:
-                raise ValueError(f"the config dir holds over {MAX_BUNDLE_BYTES // 2**20} MiB of files; keep models out of it")
-            info = zipfile.ZipInfo(relative.replace(os.sep, "/"), date_time=_FIXED_TIME)
+                raise BundleError(
+                    f"the config dir holds over {MAX_BUNDLE_BYTES // 2**20} MiB of files; keep models out of it "
+                    f"(or list them in {IGNORE_FILE})"
+                )
+            info = zipfile.ZipInfo(relative, date_time=_FIXED_TIME)
             info.external_attr = 0o644 << 16
             with open(path, "rb") as handle:
                 archive.writestr(info, handle.read(), compress_type=zipfile.ZIP_DEFLATED)

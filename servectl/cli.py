@@ -4,6 +4,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
+import sys
 import traceback
 from typing import Any, Callable, List, Optional
 
@@ -16,7 +18,7 @@ from servectl.errors import ConfigError, ServectlError
 from servectl.loader import load_config
 from servectl.render import render_plan, render_state
 from servectl.drift import DriftReport
-from servectl.sensitive import redact
+from servectl.sensitive import MaskedStream, redact
 from servectl.render import render_drift
 from servectl.render_status import render_status
 from servectl.render_rollout import RichDisplay, render_outcome
@@ -133,7 +135,7 @@ def plan(
             raise ServectlError("--out cannot be used with --refresh-only")
         _, items = workspace.detect_drift()
         if as_json:
-            out.print_json(json.dumps(DriftReport(drift=items).to_json()))
+            _print_json(DriftReport(drift=items).to_json())
         else:
             render_drift(out, items, refreshing=True)
         if detailed_exitcode and items:
@@ -142,7 +144,7 @@ def plan(
     planned = workspace.plan(targets=target)
     _warn_targeting(target)  # once the targets are known to exist: a bad one is the only line
     if as_json:
-        out.print_json(json.dumps(redact(planned.plan.to_dict())))
+        _print_json(redact(planned.plan.to_dict()))
     else:
         render_plan(out, planned.plan)
         _note_rollouts(out, planned)
@@ -174,7 +176,21 @@ def _progress(message: str) -> None:
 
 
 ApproveOption = typer.Option(False, "--auto-approve", help="Skip the confirmation.")
-TimeoutOption = typer.Option(300.0, "--timeout", help="Seconds to wait for each change to become healthy.")
+TimeoutOption = typer.Option(300.0, "--timeout", help="Seconds to wait for each change to become healthy (1 to 86400).")
+
+
+def _print_json(body: Any) -> None:
+    """Machine output: the JSON text as is (no pretty-printer re-parsing it: a 10,000-change plan stays fast),
+    through the same sensitive-value mask as everything else."""
+    sys.stdout.write(json.dumps(body, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def _bounded(flag: str, value: float, low: float, high: float) -> float:
+    """``value`` if ``low <= value <= high`` (and a number); ServectlError naming ``flag`` and the range otherwise."""
+    if not low <= value <= high:  # NaN fails this too
+        raise ServectlError(f"{flag} {value:g} is out of range: give {low:g} to {high:g}")
+    return value
 
 
 def _plan_and_apply(
@@ -248,6 +264,7 @@ def apply(
     With PLANFILE: carry out exactly that saved plan, without planning again or asking.
     With --refresh-only: record the live system's values in the state (accept drift); change nothing live.
     """
+    timeout = _bounded("--timeout", timeout, 1, 86_400)
     if refresh_only:
         if plan_file is not None:
             raise ServectlError("--refresh-only cannot be used with a saved plan")
@@ -295,6 +312,7 @@ def rollout_command(
     Exit 0 when every rollout completed (or there was nothing to do); 1 when one was aborted or paused by
     its gates, with the reason.
     """
+    timeout = _bounded("--timeout", timeout, 1, 86_400)
     if sum((resume, abort, retry)) > 1:
         raise ServectlError("give one of --resume, --abort and --retry")
     shown = err if as_json else out
@@ -309,9 +327,9 @@ def rollout_command(
         workspace = _plan_and_apply(var, auto_approve, timeout, destroy=False, console=shown)
     reports = _drive_rollouts(workspace, shown, timeout, resume=resume, abort=abort, retry=retry)
     if as_json:
-        out.print_json(json.dumps({
+        _print_json({
             "format_version": rollouts.ROLLOUT_JSON_VERSION, "rollouts": [report.to_dict() for report in reports],
-        }))
+        })
     else:
         for report in reports:
             if not report.acted:
@@ -325,6 +343,7 @@ def rollout_command(
 @command
 def destroy(var: Optional[List[str]] = VarOption, auto_approve: bool = ApproveOption, timeout: float = TimeoutOption) -> None:
     """Remove every resource the config created; stop the embedded Ray cluster."""
+    timeout = _bounded("--timeout", timeout, 1, 86_400)
     _plan_and_apply(var, auto_approve, timeout, destroy=True)
 
 
@@ -334,7 +353,7 @@ def show(as_json: bool = typer.Option(False, "--json", help="Print the state as 
     """Show what the state records."""
     document = _workspace().read_state()
     if as_json:
-        out.print_json(json.dumps(redact(json.loads(document.to_json()))) if document else json.dumps(None))
+        _print_json(redact(json.loads(document.to_json())) if document else None)
     else:
         render_state(out, document)
 
@@ -348,7 +367,7 @@ def drift_command(
     """Read-only check for CI: drift (live ≠ state) and pending changes (config ≠ state). Exit 0 clean, 2 either, 1 error."""
     report = _workspace(var).drift()
     if as_json:
-        out.print_json(json.dumps(report.to_json()))
+        _print_json(report.to_json())
     else:
         render_drift(out, report.drift, refreshing=False)
         if report.pending:
@@ -366,13 +385,13 @@ def drift_command(
 def status(
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
     window: float = typer.Option(
-        5.0, "--window", min=0, help="Seconds between the two metrics scrapes that rates come from (0: no rates)."
+        5.0, "--window", help="Seconds between the two metrics scrapes that rates come from (0: no rates; at most 3600).",
     ),
 ) -> None:
     """Show what runs now: replicas, health, request and error rates, latency, traffic weights."""
-    report = _workspace().status(window)
+    report = _workspace().status(_bounded("--window", window, 0, 3600))
     if as_json:
-        out.print_json(json.dumps(report.to_json()))
+        _print_json(report.to_json())
     else:
         render_status(out, report)
 
@@ -387,7 +406,7 @@ def state_history(as_json: bool = typer.Option(False, "--json", help="Print the 
         for e in entries
     ]
     if as_json:
-        out.print_json(json.dumps({"format_version": 1, "history": rows}))
+        _print_json({"format_version": 1, "history": rows})
         return
     if not rows:
         out.print("No history: nothing has been applied here.")
@@ -408,6 +427,7 @@ def rollback(
     timeout: float = TimeoutOption,
 ) -> None:
     """Plan and apply a return to the previous applied version (or --to SERIAL), with its own code."""
+    timeout = _bounded("--timeout", timeout, 1, 86_400)
     workspace = _workspace()
     with workspace.rollback(to) as planned:
         render_plan(out, planned.plan)
@@ -460,7 +480,16 @@ def force_unlock(lock_id: str = typer.Argument(..., help="The lock ID the error 
 
 
 def main() -> None:
+    """The ``servectl`` entry point: every text it writes passes through the sensitive-value mask."""
+    sys.stdout = MaskedStream(sys.stdout)  # type: ignore[assignment]
+    sys.stderr = MaskedStream(sys.stderr)  # type: ignore[assignment]
+    signal.signal(signal.SIGTERM, _terminated)  # a CI runner's cancel, `kill`: as Ctrl-C, never a stack dump
     app()
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    """SIGTERM ends a command the way SIGINT does: the state keeps every finished change, the lock is released."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

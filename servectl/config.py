@@ -17,11 +17,24 @@ from typing import Any, Callable, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from servectl.sensitive import Sensitive
+from servectl.sensitive import REDACTED, Sensitive, remember
 from servectl.errors import ConfigError
+from servectl import names
 
-NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+NAME_PATTERN = names.NAME  # kept for callers; the rule lives in servectl.names
 WEIGHT_TOLERANCE = 1e-6
+# Every number a user gives is bounded: a typo of 10**12 replicas is one clear line, never a plan that runs forever.
+MAX_REPLICAS = 10_000  # per backend (Ray Serve's largest documented deployments are in the thousands)
+MAX_CONCURRENT_QUERIES = 100_000
+MAX_CPUS = 1_024  # per replica
+MAX_GPUS = 64  # per replica
+MAX_MEMORY_BYTES = 2**50  # per replica: 1 PiB
+MAX_RESOURCE_AMOUNT = 1_000_000.0
+MAX_DELAY_S = 86_400.0  # autoscaling periods and delays: a day
+MAX_BATCH_WAIT_S = 60.0
+MAX_THREADS = 1_024
+MAX_NODE_CPUS = 100_000.0  # the embedded head's
+MAX_NODE_GPUS = 1_024
 HTTP_LOCATIONS = ("HeadOnly", "EveryNode", "NoServer")
 
 
@@ -85,7 +98,7 @@ def _first_error(err: ValidationError) -> str:
 
 
 class _Resource(BaseModel):
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=False)
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=False, allow_inf_nan=False)
 
     def __hash__(self) -> int:  # resources are keys in traffic dicts: identity is the object
         return id(self)
@@ -97,11 +110,11 @@ class _Resource(BaseModel):
 class RayActorOptions(BaseModel):
     """Per-replica resources, as Ray's ``ray_actor_options``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    num_cpus: float = Field(1.0, ge=0, description="CPUs per replica (fractions allowed)")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica; below 1 shares a GPU")
-    memory: Optional[int] = Field(None, ge=0, description="bytes of memory reserved per replica")
+    num_cpus: float = Field(1.0, ge=0, le=MAX_CPUS, description="CPUs per replica (fractions allowed)")
+    num_gpus: float = Field(0.0, ge=0, le=MAX_GPUS, description="GPUs per replica; below 1 shares a GPU")
+    memory: Optional[int] = Field(None, ge=0, le=MAX_MEMORY_BYTES, description="bytes of memory reserved per replica")
     resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources")
 
     @field_validator("num_gpus")
@@ -115,8 +128,8 @@ class RayActorOptions(BaseModel):
     @classmethod
     def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
         for key, amount in value.items():
-            if amount < 0:
-                raise ValueError(f"resource {key!r} must be non-negative")
+            if not 0 <= amount <= MAX_RESOURCE_AMOUNT:
+                raise ValueError(f"resource {key!r} must be between 0 and {MAX_RESOURCE_AMOUNT:g}")
             if key in ("CPU", "GPU", "memory"):
                 raise ValueError(f"use num_cpus/num_gpus/memory instead of resources[{key!r}]")
         return value
@@ -125,16 +138,18 @@ class RayActorOptions(BaseModel):
 class Autoscaling(BaseModel):
     """Ray Serve's replica autoscaling: replicas follow the requests in flight per replica."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(..., ge=1)
-    target_ongoing_requests: float = Field(2.0, gt=0, description="requests in flight per replica to aim for")
-    initial_replicas: Optional[int] = Field(None, ge=0)
-    metrics_interval_s: float = Field(10.0, gt=0)
-    look_back_period_s: float = Field(30.0, gt=0)
-    upscale_delay_s: float = Field(30.0, ge=0)
-    downscale_delay_s: float = Field(600.0, ge=0)
+    min_replicas: int = Field(1, ge=0, le=MAX_REPLICAS)
+    max_replicas: int = Field(..., ge=1, le=MAX_REPLICAS)
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, le=MAX_CONCURRENT_QUERIES, description="requests in flight per replica to aim for"
+    )
+    initial_replicas: Optional[int] = Field(None, ge=0, le=MAX_REPLICAS)
+    metrics_interval_s: float = Field(10.0, gt=0, le=MAX_DELAY_S)
+    look_back_period_s: float = Field(30.0, gt=0, le=MAX_DELAY_S)
+    upscale_delay_s: float = Field(30.0, ge=0, le=MAX_DELAY_S)
+    downscale_delay_s: float = Field(600.0, ge=0, le=MAX_DELAY_S)
 
     @model_validator(mode="after")
     def _ordered(self) -> "Autoscaling":
@@ -155,19 +170,22 @@ class Backend(_Resource):
     code: Any = Field(description='import path "module:attr" resolved in the config dir, or a class/function')
     init_args: tuple[Any, ...] = ()
     init_kwargs: dict[str, Any] = Field(default_factory=dict)
-    num_replicas: int = Field(1, ge=0, description="replica count; changing it is an in-place update")
+    num_replicas: int = Field(1, ge=0, le=MAX_REPLICAS, description="replica count; changing it is an in-place update")
     autoscaling: Optional[Autoscaling] = Field(
         None, description="replicas between min_replicas and max_replicas, following load (instead of num_replicas)"
     )
     ray_actor_options: RayActorOptions = Field(default_factory=RayActorOptions)
-    max_concurrent_queries: int = Field(100, ge=1, description="in-flight requests per replica")
+    max_concurrent_queries: int = Field(100, ge=1, le=MAX_CONCURRENT_QUERIES, description="in-flight requests per replica")
     user_config: Any = Field(None, description="passed to reconfigure(config) on every replica")
     max_batch_size: Optional[int] = Field(
-        None, ge=1, description="batch up to this many requests: __call__ gets a list and returns a list"
+        None, ge=1, le=MAX_CONCURRENT_QUERIES,
+        description="batch up to this many requests: __call__ gets a list and returns a list",
     )
-    batch_wait_timeout_s: float = Field(0.01, ge=0, description="how long a partial batch waits for more requests")
+    batch_wait_timeout_s: float = Field(
+        0.01, ge=0, le=MAX_BATCH_WAIT_S, description="how long a partial batch waits for more requests"
+    )
     omp_num_threads: Optional[int] = Field(
-        None, ge=1, description="OMP/MKL/OpenBLAS threads per replica, set before user code imports numpy/torch"
+        None, ge=1, le=MAX_THREADS, description="OMP/MKL/OpenBLAS threads per replica, set before user code imports numpy/torch"
     )
     env_vars: dict[str, Union[str, Sensitive]] = Field(
         default_factory=dict, description="environment variables of the replica processes (values may be sensitive(...))"
@@ -187,18 +205,25 @@ class Backend(_Resource):
             super().__init__(name=name, code=code, init_args=tuple(init_args), declared_at=site, **settings)
         except ValidationError as err:
             raise ConfigError(f"{site}: backend {name!r}: {_first_error(err)}") from None
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        if not isinstance(name, str) or not names.matches(names.NAME, name):
             raise ConfigError(
                 f"{site}: backend name {name!r} is invalid: use letters, digits, '-' or '_', starting with a letter"
             )
         if not (isinstance(code, str) or callable(code)):
             raise ConfigError(f"{site}: backend {name!r}: code must be an import path 'module:attr' or a class/function")
-        if isinstance(code, str) and not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$", code):
+        if isinstance(code, str) and not names.matches(names.IMPORT_PATH, code):
             raise ConfigError(f"{site}: backend {name!r}: import path {code!r} must look like 'module:attr'")
         if self.autoscaling is not None and "num_replicas" in settings:
             raise ConfigError(
                 f"{site}: backend {name!r}: give num_replicas or autoscaling={{...}}, not both "
                 "(autoscaling's min_replicas and max_replicas bound the count)"
+            )
+        if self.max_batch_size is not None and self.max_batch_size > self.max_concurrent_queries:
+            raise ConfigError(
+                f"{site}: backend {name!r}: max_batch_size {self.max_batch_size} is above max_concurrent_queries "
+                f"{self.max_concurrent_queries}: Serve sends a replica at most that many requests at once, so such a "
+                "batch never fills and each one waits out batch_wait_timeout_s; lower max_batch_size or raise "
+                "max_concurrent_queries"
             )
         if self.pip and self.conda:
             raise ConfigError(
@@ -233,7 +258,7 @@ class Endpoint(_Resource):
         shadow: Optional[dict[Union[Backend, str], float]] = None,
     ) -> None:
         site = declaration_site()
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        if not isinstance(name, str) or not names.matches(names.NAME, name):
             raise ConfigError(
                 f"{site}: endpoint name {name!r} is invalid: use letters, digits, '-' or '_', starting with a letter"
             )
@@ -243,7 +268,7 @@ class Endpoint(_Resource):
             traffic = {backend: 1.0}
         if not isinstance(traffic, dict) or not traffic:
             raise ConfigError(f"{site}: endpoint {name!r}: traffic must be a non-empty dict of backend -> weight")
-        if route is not None and (not isinstance(route, str) or not re.match(r"^/[A-Za-z0-9._~/-]*$", route)):
+        if route is not None and not names.matches(names.ROUTE, route):
             raise ConfigError(f"{site}: endpoint {name!r}: route {route!r} must be a path starting with '/'")
         if route is not None and len(route) > 1 and route.endswith("/"):
             raise ConfigError(f"{site}: endpoint {name!r}: route {route!r} must not end with '/'")
@@ -307,19 +332,21 @@ class LocalRay(_Block):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=1, le=65535)
     http_location: Literal["HeadOnly", "EveryNode", "NoServer"] = "HeadOnly"
-    num_cpus: Optional[float] = Field(None, ge=0, description="CPUs of the embedded head (default: this machine's)")
-    num_gpus: int = Field(0, ge=0, description="GPUs of the embedded head (logical GPUs work on CPU machines)")
+    num_cpus: Optional[float] = Field(
+        None, ge=0, le=MAX_NODE_CPUS, allow_inf_nan=False, description="CPUs of the embedded head (default: this machine's)"
+    )
+    num_gpus: int = Field(0, ge=0, le=MAX_NODE_GPUS, description="GPUs of the embedded head (logical GPUs work on CPU machines)")
     resources: dict[str, float] = Field(default_factory=dict)
     auth_token_path: Optional[str] = Field(None, description="token file for an existing cluster with token auth")
 
     @model_validator(mode="after")
     def _address_shape(self) -> "LocalRay":
-        if self.address is not None and not re.match(r"^[\w.-]+:\d+$", self.address):
+        if self.address is not None and not re.fullmatch(r"[\w.-]+:\d{1,5}", self.address):
             raise ValueError(f"address {self.address!r} must be host:port")
         return self
 
 
-BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+BUCKET_PATTERN = names.BUCKET
 
 
 class S3State(_Block):
@@ -341,7 +368,7 @@ class S3State(_Block):
     @field_validator("bucket")
     @classmethod
     def _bucket_name(cls, value: str) -> str:
-        if not BUCKET_PATTERN.match(value) or ".." in value:
+        if not names.matches(names.BUCKET, value) or ".." in value:
             raise ValueError("not a valid S3 bucket name (3-63 lowercase letters, digits, dots, hyphens)")
         return value
 
@@ -392,9 +419,9 @@ def var(
     variable = Variable(name=name, default=None if default is _MISSING else default, description=description, declared_at=site)
     from_env = ENV_VARIABLE_PREFIX + name
     if name in registry.variables_given:
-        variable.value = _convert(name, registry.variables_given[name], target_type, site)
+        variable.value = _convert(name, registry.variables_given[name], target_type, site, secret=sensitive)
     elif from_env in os.environ:  # as Terraform's TF_VAR_name: CI sets it once for every command
-        variable.value = _convert(name, os.environ[from_env], target_type, site, source=from_env)
+        variable.value = _convert(name, os.environ[from_env], target_type, site, source=from_env, secret=sensitive)
     elif default is _MISSING:
         raise ConfigError(f"{site}: variable {name!r} has no default: pass --var {name}=VALUE (or set {from_env})")
     else:
@@ -405,7 +432,10 @@ def var(
     return variable.value
 
 
-def _convert(name: str, raw: str, target: type, site: str, source: str = "") -> Any:
+def _convert(name: str, raw: str, target: type, site: str, source: str = "", secret: bool = False) -> Any:
+    """``raw`` (from --var or the environment) as ``target``; a sensitive variable's value is never echoed."""
+    if secret:
+        remember(raw)
     try:
         if target is bool:
             lowered = raw.strip().lower()
@@ -416,7 +446,12 @@ def _convert(name: str, raw: str, target: type, site: str, source: str = "") -> 
             return target(raw)
         import json
 
-        return json.loads(raw)
+        value = json.loads(raw)
+        if target in (dict, list) and not isinstance(value, target):  # JSON of the default's own shape
+            raise TypeError(raw)
+        return value
     except (ValueError, TypeError):
-        given = f"{source}={raw!r}" if source else f"--var {name}={raw!r}"
-        raise ConfigError(f"{given}: not a valid {target.__name__} (declared at {site})") from None
+        shown = REDACTED if secret else repr(raw)
+        given = f"{source}={shown}" if source else f"--var {name}={shown}"
+        shape = {"dict": "JSON object", "list": "JSON array"}.get(target.__name__, target.__name__)
+        raise ConfigError(f"{given}: not a valid {shape} (declared at {site})") from None

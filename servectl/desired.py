@@ -25,7 +25,8 @@ ENDPOINT = "endpoint"
 # Provider resources (AWS): planned, stated and applied like backends, in this creation order.
 NODE_GROUP = "node_group"
 INFRA_KINDS = (
-    "aws_network", "aws_security_group", "aws_iam_role", "aws_s3_bucket", "aws_s3_object", "aws_lb_target_group",
+    "aws_network", "aws_security_group", "aws_iam_role", "aws_ssm_parameter", "aws_s3_bucket", "aws_s3_object",
+    "aws_lb_target_group",
     "aws_launch_template", NODE_GROUP, "aws_lb", "aws_lb_listener",
 )
 

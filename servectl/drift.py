@@ -140,7 +140,7 @@ def detect(state: Optional[StateDocument], live: LiveView) -> list[DriftItem]:
 def pending_changes(plan: Plan) -> list[dict[str, Any]]:
     return [
         {"address": c.address, "action": c.action.value, "reasons": list(c.reasons),
-         "diffs": [{"path": d.path, "before": d.before, "after": d.after} for d in c.diffs]}
+         "diffs": [{"path": d.path, "before": redact(d.before), "after": redact(d.after)} for d in c.diffs]}
         for c in plan.actionable
     ]
 

@@ -102,24 +102,27 @@ def pack_fleet(demands: list[tuple[ReplicaDemand, int]], shapes: list[NodeShape]
             (shape for shape in shapes if fits_empty(shape, demand)), key=lambda s: _opening_cost(s, demand)
         )
         missing = 0
-        for _ in range(count):
-            index = resume.get(key, 0)
-            while index < len(rooms) and not rooms[index].try_take(demand):
-                index += 1
-            if index == len(rooms):
-                shape = next((s for s in candidates if opened[s.name] < s.max_nodes), None)
-                if shape is None:
-                    missing += 1
-                    resume[key] = index
-                    continue
-                room = _NodeRoom.of(shape.capacity(opened[shape.name]))
-                opened[shape.name] += 1
-                room.try_take(demand)
-                rooms.append(room)
-                room_type.append(shape.name)
-            resume[key] = index
-            per_type = replicas[room_type[index]]
-            per_type[demand.backend] = per_type.get(demand.backend, 0) + 1
+        left = count
+        index = resume.get(key, 0)
+        while left:
+            while index < len(rooms) and left:
+                took = rooms[index].take_many(demand, left)
+                if took:
+                    per_type = replicas[room_type[index]]
+                    per_type[demand.backend] = per_type.get(demand.backend, 0) + took
+                    left -= took
+                if left:
+                    index += 1
+            if not left:
+                break
+            shape = next((s for s in candidates if opened[s.name] < s.max_nodes), None)
+            if shape is None:
+                missing = left
+                break
+            rooms.append(_NodeRoom.of(shape.capacity(opened[shape.name])))  # the next loop fills it from `index`
+            room_type.append(shape.name)
+            opened[shape.name] += 1
+        resume[key] = index
         if missing:
             unplaced.append((demand, missing))
     nodes = {shape.name: max(shape.min_nodes, opened[shape.name]) for shape in shapes}

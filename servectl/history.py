@@ -18,6 +18,7 @@ from servectl.bundle import digest
 from servectl.desired import DesiredState
 from servectl.errors import StateError
 from servectl.planfile import desired_from_dict, desired_to_dict
+from servectl.sensitive import learn
 
 HISTORY_FORMAT_VERSION = 1
 
@@ -52,6 +53,7 @@ class HistoryEntry:
         version = body.get("format_version")
         if not isinstance(version, int) or version > HISTORY_FORMAT_VERSION:
             raise StateError(f"{source}: history entry format {version} is newer than this servectl reads; upgrade servectl")
+        learn(body.get("desired"))
         try:
             entry = cls(
                 serial=int(body["serial"]), lineage=str(body["lineage"]), time=str(body["time"]), who=str(body["who"]),

@@ -29,7 +29,7 @@ from servectl.desired import (
     aws_provider_spec,
 )
 from servectl.aws_config import AwsRay
-from servectl.aws_infra import infra_resources
+from servectl.aws_infra import code_bucket, infra_resources
 from servectl.bundle import digest as bundle_digest, freeze_servectl
 from servectl.sensitive import to_plain
 from servectl.errors import ConfigError, ServectlError
@@ -113,6 +113,14 @@ def load_config(config_dir: str, variables: Optional[Mapping[str, str]] = None) 
     if len(registry.state_backends) > 1:
         raise ConfigError(f"{registry.state_backends[1].declared_at}: a second state backend; declare S3State(...) once")
     state_backend = StateBackendSpec.from_block(registry.state_backends[0]) if registry.state_backends else None
+    if isinstance(declared, AwsRay) and state_backend is not None:
+        bucket = code_bucket(declared.model_dump())
+        if bucket == state_backend.bucket:
+            raise ConfigError(
+                f"{declared.declared_at}: AwsRay: the code bucket {bucket!r} is also the S3State bucket: every node may "
+                "read the code bucket, and the state holds the cluster's token and every sensitive value; give "
+                "code_bucket (or S3State) another bucket"
+            )
 
     resources: dict[str, ResourceSpec] = {}
     seen: dict[str, str] = {}

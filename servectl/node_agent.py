@@ -19,10 +19,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from servectl import names
 from servectl.node_scaler import IDLE_S, HeadScaling, NodeScaler
 from servectl.providers import serve_health
 from servectl.providers.aws_routing import RoutingStore
 from servectl.providers.front_proxy import FrontProxy, render_config, routed_endpoints
+from servectl.runtime.proof import route_proof
 
 log = logging.getLogger("servectl.node_agent")
 
@@ -42,19 +44,33 @@ class NodeAgent:
     _etag: Optional[str] = None
 
     def step(self) -> None:
-        """One poll: take a new document if there is one, then report once Serve answers for it."""
-        document, self._etag = self.store.read(self._etag)
+        """One poll: take a new document if there is one, then report once Serve answers for it.
+
+        A document is checked whole before anything is written (the same rules
+        as the config language's, ``front_proxy.check_inputs``); one that breaks
+        a rule is refused and reported, and the proxy keeps what it serves. The
+        document's ETag is kept only once it is applied or refused, so a failed
+        reload is retried on the next poll.
+        """
+        document, etag = self.store.read(self._etag)
         if document is not None and document.get("version") != (self.applied or {}).get("version"):
-            endpoints = document.get("endpoints") or {}
-            config = render_config(
-                self.listen_host, self.listen_port, int(document["serve_port"]), routed_endpoints(endpoints),
-                self.proxy.pidfile,
-            )
+            try:
+                version, serve_port, endpoints, backends = checked_document(document)
+                config = render_config(
+                    self.listen_host, self.listen_port, serve_port, routed_endpoints(endpoints),
+                    self.proxy.pidfile, self._route_proof(),
+                )
+            except (ValueError, KeyError, TypeError) as err:
+                log.error("refused routing document version %r: %s", document.get("version"), err)
+                self.store.report(self.node_ip, _version_of(document), False, f"refused the routing document: {err}")
+                self._etag = etag  # the same bytes would be refused again
+                return
             self.proxy.apply(config, self.listen_host, self.listen_port)
             if self.ray_address:
                 self._share_with_handles(endpoints)
-            self.applied = document
-            log.info("front proxy on routing version %s", document["version"])
+            self.applied = {**document, "version": version, "serve_port": serve_port, "backends": backends}
+            log.info("front proxy on routing version %s", version)
+        self._etag = etag
         if self.applied is None:
             return
         if self.scaling is not None:
@@ -74,6 +90,13 @@ class NodeAgent:
             self.store.report(self.node_ip, version, serving, problem or "")
             self.reported = (version, serving)
 
+    def _route_proof(self) -> str:
+        """The proof replicas expect of this node's front proxy, from the cluster's token (this node's copy)."""
+        if not self.token_path:
+            return ""
+        with open(self.token_path, encoding="utf-8") as handle:
+            return route_proof(handle.read().strip())
+
     def _share_with_handles(self, endpoints: dict[str, dict[str, Any]]) -> None:
         from servectl.policy import applied_endpoints, write_policies
         from servectl.providers.local_ray import connect
@@ -88,6 +111,33 @@ class NodeAgent:
             except Exception as err:  # noqa: BLE001 - an agent outlives one bad poll (S3 blip, Serve restarting)
                 log.warning("poll failed: %s: %s", type(err).__name__, err)
             time.sleep(interval_s)
+
+
+def _version_of(document: dict[str, Any]) -> int:
+    version = document.get("version")
+    return version if isinstance(version, int) and not isinstance(version, bool) else 0
+
+
+def checked_document(document: Any) -> tuple[int, int, dict[str, dict[str, Any]], list[str]]:
+    """The routing document's version, Serve's port, endpoints and backends, each checked; ValueError otherwise."""
+    if not isinstance(document, dict):
+        raise ValueError("the document is not a JSON object")
+    version, serve_port = document.get("version"), document.get("serve_port")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"version {version!r} is not a positive integer")
+    if not isinstance(serve_port, int) or isinstance(serve_port, bool) or not 1 <= serve_port <= 65535:
+        raise ValueError(f"serve_port {serve_port!r} is not a port number")
+    endpoints = document.get("endpoints") or {}
+    backends = document.get("backends") or []
+    if not isinstance(endpoints, dict) or not isinstance(backends, list):
+        raise ValueError("endpoints must be an object and backends a list")
+    for name, policy in endpoints.items():
+        names.require(names.NAME, name, "endpoint name")
+        if not isinstance(policy, dict):
+            raise ValueError(f"endpoint {name}'s policy is not an object")
+    for backend in backends:
+        names.require(names.NAME, backend, "backend name")
+    return version, serve_port, endpoints, backends
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -104,6 +104,42 @@ class _NodeRoom:
         self.replicas[demand.backend] = self.replicas.get(demand.backend, 0) + 1
         return True
 
+    def take_many(self, demand: ReplicaDemand, count: int) -> int:
+        """Take up to ``count`` replicas of ``demand`` at once; returns how many this node took.
+
+        Without GPUs every replica of a shape takes the same amounts, so the
+        number that fits is a division per resource, whatever ``count`` is (a
+        shape that asks for nothing fits any number). A GPU replica picks its GPU
+        (best fit), so those go one at a time; each takes part of a finite GPU,
+        so the loop is bounded by the node's GPUs, not by ``count``.
+        """
+        if count <= 0:
+            return 0
+        if demand.gpus > 0:
+            taken = 0
+            while taken < count and self.try_take(demand):
+                taken += 1
+            return taken
+        fits = count
+        cpus = units(demand.cpus)
+        if cpus > 0:
+            fits = min(fits, self.cpus // cpus)
+        if demand.memory and self.memory is not None:
+            fits = min(fits, self.memory // int(demand.memory))
+        for key, amount in demand.resources.items():
+            need = units(amount)
+            if need > 0:
+                fits = min(fits, self.resources.get(key, 0) // need)
+        fits = max(0, fits)
+        if fits:
+            self.cpus -= cpus * fits
+            if demand.memory and self.memory is not None:
+                self.memory -= int(demand.memory) * fits
+            for key, amount in demand.resources.items():
+                self.resources[key] -= units(amount) * fits
+            self.replicas[demand.backend] = self.replicas.get(demand.backend, 0) + fits
+        return fits
+
     def _gpu_choice(self, gpus: float) -> Optional[list[tuple[int, int]]]:
         if gpus <= 0:
             return []
@@ -170,7 +206,11 @@ class Placement:
 
 
 def pack(demands: list[tuple[ReplicaDemand, int]], nodes: list[NodeCapacity]) -> Placement:
-    """First-fit decreasing: the largest replicas first, each onto the first node that holds it."""
+    """First-fit decreasing: the largest replicas first, each onto the first node that holds it.
+
+    Work is per shape and node, not per replica: a count of any size is placed
+    (or found not to fit) in time that grows with the nodes and GPUs only.
+    """
     rooms = [_NodeRoom.of(node) for node in nodes]
     order = sorted(
         demands,
@@ -182,14 +222,14 @@ def pack(demands: list[tuple[ReplicaDemand, int]], nodes: list[NodeCapacity]) ->
     resume: dict[tuple, int] = {}
     for demand, count in order:
         shape = (demand.cpus, demand.gpus, demand.memory, tuple(sorted(demand.resources.items())))
-        missing = 0
-        for _ in range(count):
-            index = resume.get(shape, 0)
-            while index < len(rooms) and not rooms[index].try_take(demand):
+        left = count
+        index = resume.get(shape, 0)
+        while left and index < len(rooms):
+            left -= rooms[index].take_many(demand, left)
+            if left:
                 index += 1
-            resume[shape] = index
-            if index == len(rooms):
-                missing += 1
+        resume[shape] = index
+        missing = left
         if missing:
             unplaced.append((demand, missing))
     placed = []

@@ -73,6 +73,9 @@ class Plan:
     destroy: bool = False
     targets: list[str] = field(default_factory=list)  # --target: only these (and what they need) are planned
     replicas_max_after: Optional[int] = None  # above replicas_after when backends autoscale
+    # The code that ships (servectl.bundle.Listing.summary): file count, what .servectlignore and the saved-plan
+    # rule leave out. Empty for a destroy, a rollback or a saved plan (their code is already frozen).
+    bundle: dict[str, Any] = field(default_factory=dict)
 
     @property
     def actionable(self) -> list[ResourceChange]:
@@ -109,6 +112,7 @@ class Plan:
             destroy=bool(body.get("destroy", False)),
             targets=list(body.get("targets") or []),
             replicas_max_after=body.get("replicas_max_after"),
+            bundle=dict(body.get("bundle") or {}),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,6 +130,7 @@ class Plan:
             "replicas_max_after": self.replicas_max_after,
             "destroy": self.destroy,
             "targets": self.targets,
+            "bundle": self.bundle,
             "summary": {
                 "add": self.count(Action.CREATE),
                 "change": self.count(Action.UPDATE),

@@ -23,6 +23,7 @@ from servectl.bundle import digest
 from servectl.desired import DesiredState, ProviderSpec, ResourceSpec, StateBackendSpec
 from servectl.errors import ServectlError
 from servectl.plan import Plan
+from servectl.sensitive import learn
 
 PLAN_FORMAT = "servectl-plan"
 PLAN_FORMAT_VERSION = 1
@@ -110,6 +111,7 @@ def read(path: str) -> SavedPlan:
         raise PlanFileError(f"{path}: not a servectl plan file (unreadable or not JSON)") from None
     if not isinstance(body, dict) or body.get("format") != PLAN_FORMAT:
         raise PlanFileError(f"{path}: not a servectl plan file")
+    learn(body)
     version = body.get("format_version")
     if not isinstance(version, int) or version > PLAN_FORMAT_VERSION:
         raise PlanFileError(

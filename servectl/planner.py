@@ -25,7 +25,7 @@ from servectl.aws_infra import IN_PLACE_INFRA_ATTRIBUTES, group_cost
 from servectl.errors import PlanError
 from servectl.placement import NodeCapacity, ReplicaDemand, describe_cluster, pack
 from servectl.plan import Action, AttributeDiff, Plan, ResourceChange
-from servectl.sensitive import is_marked
+from servectl.sensitive import REDACTED, is_marked, redact
 from servectl.state.document import APPLYING, FAILED, ResourceState, StateDocument
 
 
@@ -68,6 +68,10 @@ def attribute_diffs(kind: str, before: dict[str, Any], after: dict[str, Any]) ->
 
 
 def _short(value: Any) -> str:
+    """A value as a plan reason shows it: sha256s shortened, sensitive values as ``(sensitive)``."""
+    value = redact(value)
+    if value == REDACTED:
+        return REDACTED
     if isinstance(value, str) and len(value) == 64:
         return value[:12]  # sha256
     return repr(value) if isinstance(value, str) else str(value)
@@ -103,8 +107,9 @@ def _change_for(spec: ResourceSpec, recorded: Optional[ResourceState]) -> Resour
     if recorded.status in (FAILED, APPLYING):
         why = (f"last apply failed: {recorded.error}" if recorded.status == FAILED
                else "the last apply stopped before this change finished")
-        # Retry what was interrupted: an in-place change stays in place (the replicas may already run it).
-        in_place = recorded.live and diffs and not any(d.forces_replacement for d in diffs) and spec.kind in (BACKEND, ENDPOINT)
+        # Retry what was interrupted: an in-place change stays in place (the replicas may already run it), and a
+        # resource that runs with nothing to change is sent again as it is.
+        in_place = recorded.live and not any(d.forces_replacement for d in diffs) and spec.kind in (BACKEND, ENDPOINT)
         return ResourceChange(
             action=Action.UPDATE if in_place else Action.REPLACE,
             before=recorded.attributes,
@@ -222,17 +227,7 @@ def plan_changes(
                      fleet_summary(result), fleet_summary(recorded.values()))
     placement = pack(_demands(result), nodes)
     placement_before = pack(_demands(recorded.values()), nodes)
-    if placement.unplaced:
-        demand, missing = placement.unplaced[0]
-        spec = wanted[f"{BACKEND}.{demand.backend}"]
-        wanted_count = initial_replicas(spec.attributes)
-        raise PlanError(
-            f"{spec.declared_at}: backend.{demand.backend}: {missing} of {wanted_count} "
-            f"replica{'s' if wanted_count != 1 else ''} needing {{{demand.describe()}}} each cannot be placed on the cluster ({describe_cluster(nodes)}"
-            f"{', shape projected from LocalRay settings' if cluster_source == 'projected' else ''}); "
-            f"lower {'autoscaling min_replicas' if spec.attributes.get('autoscaling') else 'num_replicas'} or "
-            "ray_actor_options, or give the cluster more resources"
-        )
+    _refuse_unplaced(placement, wanted, nodes, cluster_source)
 
     return _plan(changes, recorded, desired, state, cluster_source, destroy, targets, result,
                  placement.summary(), placement_before.summary())
@@ -260,6 +255,28 @@ def _plan(
         placement_before=placement_before,
         destroy=destroy,
     )
+
+
+def _refuse_unplaced(placement: Any, wanted: dict[str, Any], nodes: list[NodeCapacity], cluster_source: str) -> None:
+    if not placement.unplaced:
+        return
+    demand, missing = placement.unplaced[0]
+    spec = wanted[f"{BACKEND}.{demand.backend}"]
+    wanted_count = initial_replicas(spec.attributes)
+    raise PlanError(
+        f"{spec.declared_at}: backend.{demand.backend}: {missing} of {wanted_count} "
+        f"replica{'s' if wanted_count != 1 else ''} needing {{{demand.describe()}}} each cannot be placed on the cluster ({describe_cluster(nodes)}"
+        f"{', shape projected from LocalRay settings' if cluster_source == 'projected' else ''}); "
+        f"lower {'autoscaling min_replicas' if spec.attributes.get('autoscaling') else 'num_replicas'} or "
+        "ray_actor_options, or give the cluster more resources"
+    )
+
+
+def check_placement(desired: DesiredState, nodes: list[NodeCapacity]) -> None:
+    """Place ``desired``'s backends on the live ``nodes`` again (a plan made before the cluster existed could only
+    use its projected shape, which knows nothing of memory); raises PlanError naming what does not fit."""
+    wanted = {address: spec for address, spec in desired.resources.items() if spec.kind == BACKEND}
+    _refuse_unplaced(pack(_demands(wanted.values()), nodes), wanted, nodes, "live")
 
 
 def fleet_summary(resources: Any) -> dict[str, Any]:

@@ -6,6 +6,9 @@ from typing import Any, Optional
 
 from rich.console import Console
 from rich.markup import escape
+from rich.color import ColorSystem
+from rich.style import Style
+from rich.text import Text
 
 from servectl.plan import Action, Plan, ResourceChange
 from servectl.planner import flatten
@@ -38,26 +41,79 @@ def value(v: Any) -> str:
     return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v)
 
 
-def render_change(console: Console, change: ResourceChange) -> None:
+def change_text(change: ResourceChange, text: Optional[Text] = None) -> Text:
+    """One change as styled text (appended to ``text`` when given): headline, attribute diff, reasons.
+
+    Built as one ``Text`` without markup parsing, so a plan of 10,000 changes
+    is one print, not 70,000 (that was most of a large plan's time).
+    """
+    text = text if text is not None else Text()
     symbol, color = SYMBOLS[change.action]
-    console.print(f"  [bold]# {change.address}[/bold] {HEADLINES[change.action]}")
-    console.print(f"  [{color}]{escape(symbol)}[/{color}] {change.kind} {value(change.name)} {{")
+    text.append("  ")
+    text.append(f"# {change.address}", style="bold")
+    text.append(f" {HEADLINES[change.action]}\n  ")
+    text.append(symbol, style=color)
+    text.append(f" {change.kind} {value(change.name)} {{\n")
     if change.action is Action.CREATE:
         for path, v in flatten(change.after or {}).items():
-            console.print(f"      [green]+[/green] {path} = {escape(value(v))}")
+            text.append("      ")
+            text.append("+", style="green")
+            text.append(f" {path} = {value(v)}\n")
     elif change.action is Action.DELETE:
         for path, v in flatten(change.before or {}).items():
-            console.print(f"      [red]-[/red] {path} = {escape(value(v))}")
+            text.append("      ")
+            text.append("-", style="red")
+            text.append(f" {path} = {value(v)}\n")
     else:
         for diff in change.diffs:
-            forced = "  [magenta]# forces replacement[/magenta]" if diff.forces_replacement else ""
-            console.print(
-                f"      [yellow]~[/yellow] {diff.path} = {escape(value(diff.before))} → {escape(value(diff.after))}{forced}"
-            )
-    console.print("    }")
+            text.append("      ")
+            text.append("~", style="yellow")
+            text.append(f" {diff.path} = {value(diff.before)} → {value(diff.after)}")
+            if diff.forces_replacement:
+                text.append("  # forces replacement", style="magenta")
+            text.append("\n")
+    text.append("    }\n")
     if change.action in (Action.UPDATE, Action.REPLACE) and change.reasons:
-        console.print(f"    [dim]because: {escape('; '.join(change.reasons))}[/dim]")
-    console.print()
+        text.append(f"    because: {'; '.join(change.reasons)}\n", style="dim")
+    text.append("\n")
+    return text
+
+
+COLOR_SYSTEMS = {"standard": ColorSystem.STANDARD, "256": ColorSystem.EIGHT_BIT, "truecolor": ColorSystem.TRUECOLOR,
+                 "windows": ColorSystem.WINDOWS}
+
+
+def write_text(console: Console, text: Text) -> None:
+    """Write a large styled ``Text`` (non-overlapping spans, no wrapping) straight to the console's file.
+
+    Rich lays a Text out segment by segment, which took most of a 10,000-change
+    plan's time; here each span is styled once with rich's own ``Style``, or
+    left plain when the console has no colour (a pipe, a file, NO_COLOR).
+    """
+    plain = text.plain
+    system = COLOR_SYSTEMS.get(console.color_system or "") if not console.no_color else None
+    if system is None:
+        console.file.write(plain)
+        console.file.flush()
+        return
+    parts, cursor = [], 0
+    for span in sorted(text.spans, key=lambda s: s.start):
+        if span.start > cursor:
+            parts.append(plain[cursor:span.start])
+        style = span.style if isinstance(span.style, Style) else Style.parse(str(span.style))
+        parts.append(style.render(plain[span.start:span.end], color_system=system))
+        cursor = max(cursor, span.end)
+    parts.append(plain[cursor:])
+    console.file.write("".join(parts))
+    console.file.flush()
+
+
+def render_change(console: Console, change: ResourceChange) -> None:
+    """Print one change (see ``change_text``)."""
+    write_text(console, change_text(change))
+
+
+TRAFFIC_MOVES_SHOWN = 10  # the summary is one line: each change above shows its own traffic
 
 
 def summary_line(plan: Plan) -> str:
@@ -84,7 +140,9 @@ def summary_line(plan: Plan) -> str:
         )
     traffic = traffic_moves(plan)
     if traffic:
-        parts.append("traffic: " + ", ".join(traffic))
+        shown = traffic[:TRAFFIC_MOVES_SHOWN]
+        more = f" (and {len(traffic) - len(shown)} more)" if len(traffic) > len(shown) else ""
+        parts.append("traffic: " + ", ".join(shown) + more)
     return "; ".join(parts)
 
 
@@ -133,15 +191,33 @@ def traffic_moves(plan: Plan) -> list[str]:
     return moves
 
 
+def bundle_line(plan: Plan) -> str:
+    """``Code shipped: 4 files; left out: secrets.env (.servectlignore), prod.tfplan (a saved plan)``, when anything of
+    the user's is left out; empty otherwise."""
+    ignored = plan.bundle.get("ignored") or []
+    plans = plan.bundle.get("saved_plans") or []
+    if not ignored and not plans:
+        return ""
+    left = [f"{path} (.servectlignore)" for path in ignored] + [f"{path} (a saved plan)" for path in plans]
+    return f"Code shipped: {plan.bundle.get('files', 0)} files; left out: {', '.join(left)}"
+
+
 def render_plan(console: Console, plan: Plan) -> None:
     if not plan.has_changes():
         console.print("[green]No changes.[/green] The recorded state matches the config.")
         console.print(summary_line(plan))
+        if bundle_line(plan):
+            console.print(escape(bundle_line(plan)))
         return
-    console.print("servectl will perform the following actions:\n")
+    text = Text("servectl will perform the following actions:\n\n")
     for change in plan.actionable:
-        render_change(console, change)
-    console.print(f"[bold]{escape(summary_line(plan))}[/bold]")
+        change_text(change, text)
+    text.append(summary_line(plan), style="bold")
+    text.append("\n")
+    write_text(console, text)
+    shipped = bundle_line(plan)
+    if shipped:
+        console.print(escape(shipped))
     sharing = gpu_sharing(plan)
     if sharing:
         console.print("GPUs after apply:")

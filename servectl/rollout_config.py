@@ -85,10 +85,10 @@ class Rollout(_Block):
 
     endpoint: Any = Field(description="the Endpoint (or its name); it must send all its traffic to one backend")
     new: Any = Field(description="the Backend (or its name) that takes the traffic over")
-    steps: list[float] = Field(description="the new backend's weight at each step, rising to 1.0")
-    pause_s: float = Field(60.0, ge=0, description="how long each step is watched before the next")
+    steps: list[float] = Field(max_length=100, description="the new backend's weight at each step, rising to 1.0")
+    pause_s: float = Field(60.0, ge=0, le=86_400, description="how long each step is watched before the next (≤ a day)")
     max_wait_s: Optional[float] = Field(
-        None, ge=0, description="how long a step may watch in all for MinRequests (default 3 × pause_s); then it pauses"
+        None, ge=0, le=7 * 86_400, description="how long a step may watch in all for MinRequests (default 3 × pause_s); then it pauses"
     )
     analysis: list[Any] = Field(default_factory=list, description="gates: ErrorRate, LatencyP99, MinRequests")
     on_failure: Literal["rollback", "pause"] = "rollback"

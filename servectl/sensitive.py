@@ -2,13 +2,23 @@
 
 In the desired state and the state file a sensitive value is held as
 ``{"__servectl_sensitive__": value}``: diffs and hashes still see it change,
-the state (0600) keeps it to apply it, the provider reveals it only in what it
-sends to the cluster, and plan, show, drift and their JSON print
-``(sensitive)`` instead.
+the state (0600) keeps it to apply it, the provider seals it (see
+``servectl.runtime.sealed``) in what it sends to the cluster, and plan, show,
+drift and their JSON print ``(sensitive)`` instead.
+
+Two layers keep it out of what servectl prints, as Terraform's redaction and
+GitHub Actions' log masking do together: every renderer redacts marked values
+structurally, and every text the CLI writes passes through ``mask``, which
+replaces any sensitive value servectl has seen in this process (from the
+config, a state, a saved plan or a history entry) — so an error message from
+Ray or a bug in a renderer cannot print one either.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import io
+import json
+import threading
+from typing import Any, Callable, TextIO
 
 MARK = "__servectl_sensitive__"
 REDACTED = "(sensitive)"
@@ -21,6 +31,7 @@ class Sensitive:
 
     def __init__(self, value: Any) -> None:
         self.value = value
+        remember(value)
 
     def __repr__(self) -> str:
         return "sensitive(…)"
@@ -74,3 +85,83 @@ def holds_sensitive(value: Any) -> bool:
     if isinstance(value, list):
         return any(holds_sensitive(inner) for inner in value)
     return False
+
+
+# Values shorter than this are redacted structurally only: masking "1" or "true"
+# in every line would garble the output and hide nothing worth hiding.
+MIN_MASKED_LENGTH = 6
+_known: set[str] = set()
+_known_lock = threading.Lock()
+_pattern_cache: list[str] = []
+
+
+def _texts(value: Any) -> list[str]:
+    """Every form in which ``value`` could appear in a line of text: as written, JSON-escaped, repr-escaped."""
+    if isinstance(value, Sensitive):
+        return _texts(value.value)
+    if is_marked(value):
+        return _texts(value[MARK])
+    if isinstance(value, dict):
+        return [text for inner in value.values() for text in _texts(inner)]
+    if isinstance(value, (list, tuple)):
+        return [text for inner in value for text in _texts(inner)]
+    if value is None or isinstance(value, bool):
+        return []
+    text = str(value)
+    return [text, json.dumps(text)[1:-1], repr(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]]
+
+
+def remember(value: Any) -> None:
+    """Mask ``value`` (every leaf of it) in everything this process prints from now on."""
+    texts = {text for text in _texts(value) if len(text) >= MIN_MASKED_LENGTH}
+    if not texts - _known:
+        return
+    with _known_lock:
+        _known.update(texts)
+        _pattern_cache[:] = sorted(_known, key=len, reverse=True)  # longest first: no partial leftovers
+
+
+def learn(body: Any) -> None:
+    """Remember every marked value inside a JSON body read from disk (a state, a saved plan, a history entry)."""
+    if is_marked(body):
+        remember(body[MARK])
+    elif isinstance(body, dict):
+        for inner in body.values():
+            learn(inner)
+    elif isinstance(body, list):
+        for inner in body:
+            learn(inner)
+
+
+def mask(text: str) -> str:
+    """``text`` with every remembered sensitive value replaced by ``(sensitive)``."""
+    if not _pattern_cache or not text:
+        return text
+    for secret in list(_pattern_cache):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+class MaskedStream(io.TextIOBase):
+    """A text stream that masks sensitive values in everything written to it (the CLI's stdout and stderr)."""
+
+    def __init__(self, inner: TextIO) -> None:
+        self.inner = inner
+
+    def write(self, text: str) -> int:
+        self.inner.write(mask(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def isatty(self) -> bool:
+        return self.inner.isatty()
+
+    def fileno(self) -> int:
+        return self.inner.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.inner, "encoding", "utf-8")

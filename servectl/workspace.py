@@ -14,6 +14,7 @@ from servectl.desired import BACKEND, DesiredState, address_of
 from servectl.errors import ConfigError, PlanError, StateError
 from servectl.loader import load_config
 from servectl.plan import Action, Plan
+from servectl.sensitive import holds_sensitive
 from servectl.planner import plan_changes
 from servectl.providers import Provider, provider_for
 from servectl.state.document import StateDocument
@@ -47,12 +48,19 @@ def recorded_provider(desired: DesiredState, state: StateDocument) -> DesiredSta
 
 
 def check_environments(plan: Plan, desired: DesiredState, provider: Provider) -> None:
-    """Refuse a plan whose new replicas could not start: missing conda env, code the workers cannot import."""
+    """Refuse a plan whose new replicas could not start: missing conda env, code the workers cannot import, sensitive
+    values on a cluster they cannot be sealed for."""
     starting = {
         change.name: change.after
         for change in plan.actionable
         if change.kind == BACKEND and change.action in (Action.CREATE, Action.REPLACE) and change.after is not None
     }
+    if plan.has_changes():  # every deploy re-sends every backend: each sensitive one needs sealing
+        for spec in desired.resources.values():
+            if spec.kind == BACKEND and holds_sensitive(spec.attributes):
+                problem = provider.sealing_problem()
+                if problem:
+                    raise PlanError(f"{spec.declared_at}: backend.{spec.name} holds sensitive values, but {problem}")
     problems = provider.environment_problems(starting) if starting else {}
     for name in sorted(problems):
         spec = desired.resources.get(address_of(BACKEND, name))
@@ -152,13 +160,32 @@ class Workspace:
         view = provider.cluster()
         plan = plan_changes(desired, state, view.nodes, view.source, destroy=destroy, targets=targets)
         if not destroy:
+            plan.bundle = self._shipped(desired)
             check_environments(plan, desired, provider)
         return Planned(desired=desired, state=state, plan=plan, provider=provider)
+
+    def _shipped(self, desired: DesiredState) -> dict:
+        """What of the config dir ships with the code; refuses a backend whose own file the ignore file leaves out."""
+        try:
+            listing = bundle.listing(self.config_dir)
+        except bundle.BundleError as err:
+            raise PlanError(f"{self.config_dir}: {err}") from None
+        left_out = set(listing.ignored) | set(listing.saved_plans)
+        for spec in desired.resources.values():
+            origin = (spec.attributes.get("code") or {}).get("origin") if spec.kind == BACKEND else None
+            if origin and origin not in ("installed", "workers"):
+                relative = origin.replace(os.sep, "/")
+                if relative in left_out or any(relative.startswith(d) for d in left_out if d.endswith("/")):
+                    raise PlanError(
+                        f"{spec.declared_at}: backend.{spec.name}: its code {relative} is left out by "
+                        f"{bundle.IGNORE_FILE}, so the workers could not import it; take it out of the ignore file"
+                    )
+        return listing.summary()
 
     def _freeze(self) -> bytes:
         try:
             return bundle.freeze(self.config_dir)
-        except (OSError, ValueError) as err:
+        except (OSError, bundle.BundleError) as err:
             raise PlanError(f"cannot keep a copy of the config dir's files: {err}") from None
 
     def save_plan(self, planned: Planned, path: str) -> None:

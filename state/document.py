@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
 from servectl.errors import StateError
+from servectl.sensitive import learn
 
 FORMAT_VERSION = 1
 
@@ -80,6 +81,7 @@ class StateDocument:
         if not isinstance(body, dict) or not isinstance(body.get("format_version"), int):
             raise StateError(f"{source}: not a servectl state file (no format_version); servectl will not overwrite it")
         body = upgrade(body, source)
+        learn(body)  # what it holds sensitive stays masked in everything this process prints
         try:
             resources = {address: ResourceState(**r) for address, r in body["resources"].items()}
             return cls(

@@ -162,6 +162,10 @@ class S3StateStore(StateStore):
         except ClientError as err:
             if self._code(err) not in CONDITION_FAILED and self._code(err) not in MISSING:
                 raise
+            found = self._get("read the state", self.spec.key)
+            if found is not None and found[0] == document.to_json():
+                self._etag = found[1]  # a retried PUT whose first answer was lost: what is there is what we wrote
+                return
             raise StateError(
                 f"{self.describe()}: the state was changed by another process while this one held the lock (was the "
                 "lock force-unlocked?); nothing was overwritten: run plan again"
@@ -229,6 +233,10 @@ class S3StateStore(StateStore):
             if self._code(err) not in CONDITION_FAILED:
                 raise StateError(f"{self.describe()}: cannot take the lock: {err}") from None
             holder = self._read_lock()
+            if holder is not None and holder[0].id == info.id:
+                # boto3 retried a PUT whose first answer was lost: the lock it failed to create is the one we made.
+                self._lock_etag = holder[1]
+                return info
             who = holder[0].describe() if holder else "another process (its lock was just released; run again)"
             hint = (
                 f"; if that operation is no longer running, run `servectl force-unlock {holder[0].id}`"

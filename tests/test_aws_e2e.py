@@ -108,7 +108,10 @@ def test_plan_apply_split_grow_drift_rollback_and_destroy_on_aws(moto_server, tm
         os.makedirs(head.runtime_dir, mode=0o700, exist_ok=True)
         with open(os.path.join(head.runtime_dir, "ray-token"), "w", encoding="utf-8") as handle:
             handle.write(boot["token"])
-        record = head.start(num_cpus=4, num_gpus=3, resources={}, dashboard_port=dashboard_port)
+        # An EC2 node reads S3 with its instance role; this one is given moto's endpoint and dummy keys.
+        node_credentials = {key: value for key, value in os.environ.items() if key.startswith("AWS_")}
+        record = head.start(num_cpus=4, num_gpus=3, resources={}, dashboard_port=dashboard_port,
+                            extra_env=node_credentials)
         node_ip = _node_ip(f"http://127.0.0.1:{dashboard_port}", boot["token"])
         agent = subprocess.Popen(
             [sys.executable, "-m", "servectl.node_agent", *boot["agent_args"], "--node-ip", node_ip,
@@ -119,7 +122,7 @@ def test_plan_apply_split_grow_drift_rollback_and_destroy_on_aws(moto_server, tm
         )
         output, _ = applying.communicate(timeout=600)
         assert applying.returncode == 0, output
-        assert "Apply complete! 21 added" in output, output
+        assert "Apply complete! 22 added" in output, output
 
         # Traffic: the node's front proxy splits /split between a and b, /vision goes to vision.
         seen = _split(f"http://127.0.0.1:{proxy_port}/split", 400)

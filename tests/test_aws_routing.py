@@ -44,3 +44,62 @@ def test_wait_for_returns_once_every_node_serves_and_names_the_laggards(moto_ser
         store.wait_for(store.publish({}, ["a"], 8001), ["10.0.0.3"], timeout_s=1)
     store.clear()
     assert store.report_of(ip) is None and store.current() is None
+
+
+def _agent(store: RoutingStore, tmp_path, port: int):
+    from servectl.node_agent import NodeAgent
+    from servectl.providers.front_proxy import FrontProxy
+
+    return NodeAgent(store=store, proxy=FrontProxy(str(tmp_path / "agent")), node_ip="10.0.0.9",
+                     listen_host="127.0.0.1", listen_port=port)
+
+
+def test_the_agent_refuses_a_document_that_would_inject_configuration(moto_server, tmp_path):
+    """A backend name with a newline would add a `program` section HAProxy's master runs: refused whole, reported."""
+    from servectl.providers.embedded_cluster import free_ports
+
+    store = routing_store(moto_server, "routing-inject")
+    (port,) = free_ports(1)
+    agent = _agent(store, tmp_path, port)
+    evil = "a\nprogram pwn\n    command /bin/sh -c 'touch /tmp/pwned'"
+    for endpoints, backends in (
+        ({"api": {"route": "/api", "segments": {evil: [[0, 1000000]]}, "shadow": {}}}, ["a"]),
+        ({"api": {"route": "/api\n    stats enable", "segments": {"a": [[0, 1000000]]}, "shadow": {}}}, ["a"]),
+        ({"api\nx": {"route": "/api", "segments": {"a": [[0, 1000000]]}, "shadow": {}}}, ["a"]),
+        ({"api": {"route": "/api", "segments": {"a": [[0, "1000000 if TRUE"]]}, "shadow": {}}}, ["a"]),
+        ({"api": {"route": "/api", "segments": {"a": [[0, 1000000]]}, "shadow": {"b": "1 }"}}}, ["a"]),
+        ({}, [evil]),
+    ):
+        version = store.publish(endpoints, backends, 8001)
+        agent.step()
+        report = store.report_of("10.0.0.9")
+        assert report["version"] == version and report["serving"] is False, report
+        assert report["detail"].startswith("refused the routing document"), report
+        assert not (tmp_path / "agent" / "haproxy.cfg").exists()  # nothing was written, nothing started
+        with pytest.raises(ProviderError, match="refused the routing document"):
+            store.wait_for(version, ["10.0.0.9"], timeout_s=30)  # apply hears of it at once
+
+
+def test_a_failed_reload_is_retried_until_the_version_is_served(moto_server, tmp_path):
+    import socket
+
+    from servectl.providers.embedded_cluster import free_ports, port_open
+
+    store = routing_store(moto_server, "routing-retry")
+    (port,) = free_ports(1)
+    agent = _agent(store, tmp_path, port)
+    version = store.publish({"api": {"route": "/api", "segments": {"a": [[0, 1000000]]}, "shadow": {}}}, ["a"], 8001)
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", port))
+    squatter.listen()
+    try:
+        with pytest.raises(ProviderError, match="already in use"):
+            agent.step()  # the proxy cannot start: this version is not served yet
+    finally:
+        squatter.close()
+    try:
+        agent.step()  # the same document, unchanged in S3: applied on the next poll
+        assert agent.applied is not None and agent.applied["version"] == version
+        assert port_open("127.0.0.1", port)
+    finally:
+        agent.proxy.stop()

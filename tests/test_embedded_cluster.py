@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 import pytest
 import requests
 
-from servectl.providers.embedded_cluster import descendants, free_ports, pid_alive, pids_mentioning
+from servectl.providers.embedded_cluster import descendants, free_ports, pid_alive
+from servectl.providers.processes import ProcessIdentity, session_members
 from tests.conftest import SERVECTL, copy_example, wait_for_http
 
 pytestmark = pytest.mark.ray
@@ -19,6 +21,8 @@ def test_embedded_cluster_lifecycle(tmp_path):
     (port,) = free_ports(1)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVECTL_RAY", "RAY_AUTH"))}
     env.update(SERVECTL_HTTP_PORT=str(port), NO_COLOR="1", COLUMNS="200")
+    # What servectl's own environment holds must not reach the cluster (and so every replica).
+    env.update(SERVECTL_VAR_unrelated="leaky-variable-value", AWS_SECRET_ACCESS_KEY="leaky-credential-value")
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([SERVECTL, "-C", str(config), *args], capture_output=True, text=True, env=env, timeout=300)
@@ -40,12 +44,50 @@ def test_embedded_cluster_lifecycle(tmp_path):
         assert "No changes." in cli("plan").stdout
         record_tree = descendants(record["pid"])
         assert len(record_tree) > 3  # gcs, raylet, agents, proxy, replica…
+        leader = ProcessIdentity.from_dict(record["identity"])
+        members = session_members(leader)
+        assert set(record_tree) <= set(members)  # the session holds every process of the cluster
+        for pid in members:
+            environ = open(f"/proc/{pid}/environ", "rb").read()
+            assert b"leaky-" not in environ and b"SERVECTL_VAR_" not in environ and b"AWS_SECRET" not in environ
+        # Ray opens its temp dir to everyone; the private dir around it is the owner's alone.
+        assert os.stat(record["private_dir"]).st_mode & 0o777 == 0o700
+        assert record["temp_dir"].startswith(record["private_dir"] + "/")
     finally:
         destroyed = cli("destroy", "--auto-approve")
     assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
     assert "stopped the embedded Ray head" in destroyed.stdout
     assert not pid_alive(record["pid"])
-    assert pids_mentioning(record["temp_dir"]) == []
+    assert session_members(leader) == []
+    assert not os.path.exists(record["private_dir"])
     assert not [p for p in record_tree if pid_alive(p)]  # workers too, though they retitle themselves
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/hello", timeout=5)
+
+
+def test_a_replica_no_node_can_hold_fails_fast_once_the_cluster_is_up(tmp_path):
+    """The plan cannot know the embedded head's memory before it runs; apply places again once it does."""
+    config = copy_example("quickstart", tmp_path)
+    main = (config / "main.py").read_text()
+    assert '"num_cpus": 0.25' in main
+    (config / "main.py").write_text(main.replace('"num_cpus": 0.25', '"num_cpus": 0.25, "memory": 2**49'))
+    (port,) = free_ports(1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVECTL_RAY", "RAY_AUTH"))}
+    env.update(SERVECTL_HTTP_PORT=str(port), NO_COLOR="1", COLUMNS="200")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([SERVECTL, "-C", str(config), *args], capture_output=True, text=True, env=env, timeout=300)
+
+    assert cli("plan").returncode == 0  # projected from LocalRay settings: memory unknown
+    started = time.monotonic()
+    applied = cli("apply", "--auto-approve", "--timeout", "300")
+    try:
+        assert applied.returncode == 1, applied.stdout + applied.stderr
+        error = applied.stderr.strip()
+        assert error.startswith("Error: main.py:") and "cannot be placed on the cluster" in error and "\n" not in error
+        assert "memory 524288.00 GiB" in error
+        assert time.monotonic() - started < 120  # not the 300 s health timeout
+        assert not (config / "servectl.state.json").exists() or not json.loads(
+            (config / "servectl.state.json").read_text())["resources"]
+    finally:
+        assert cli("destroy", "--auto-approve").returncode == 0

@@ -51,7 +51,7 @@ def backends(draw) -> list[str]:
                                         "label": draw(st.text("abc", max_size=3))}
         if draw(st.booleans()):
             settings_["max_batch_size"] = draw(st.integers(1, 16))
-        settings_["max_concurrent_queries"] = draw(st.integers(1, 100))
+        settings_["max_concurrent_queries"] = draw(st.integers(settings_.get("max_batch_size", 1), 100))
         lines.append(f"{name} = Backend({name!r}, 'models:M', **{settings_!r})")
     return lines
 
@@ -121,6 +121,9 @@ MISTAKES = [
     "Backend('x', 'models:M', max_batch_size=0)", "Backend('x', 'models:M', batch_wait_timeout_s=-1)",
     "Backend('x', 'models:M', pip=['not a requirement!'])", "Backend('x', 'models:M', env_vars={'A': 1})",
     "Endpoint('e', route='/a', traffic={'alpha': float('nan')})", "raise RuntimeError('boom')", "1/0", "(",
+    "Backend('x', 'models:M', num_replicas=10**12)", "Backend('x', 'models:M', max_batch_size=64, max_concurrent_queries=8)",
+    "Backend('x', 'models:M', ray_actor_options={'num_cpus': float('inf')})", "Backend('x\\n', 'models:M')",
+    "Endpoint('e', route='/a\\n', backend='alpha')", "LocalRay(num_cpus=float('nan'))",
 ]
 
 

@@ -14,6 +14,7 @@ and a replacement boots.
 """
 from __future__ import annotations
 
+import http.client
 import os
 import subprocess
 import threading
@@ -104,6 +105,32 @@ def boot(cluster: MultiNodeCluster, name: str, agent_args: list[str]) -> None:
     cluster.start_agent(name, agent_args)
 
 
+def raw_get(host: str, port: int, path: str) -> tuple[int, str]:
+    """A GET with the path sent byte for byte (requests would decode %5F before sending)."""
+    connection = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        connection.request("GET", path)
+        answer = connection.getresponse()
+        return answer.status, answer.read().decode(errors="replace")
+    finally:
+        connection.close()
+
+
+def assert_no_way_around_the_policy(cluster: MultiNodeCluster) -> None:
+    """Through the load balancer and each node's front proxy, and straight at each node's Serve port: no internal
+    route (however encoded) and no Serve listing is answered; only the endpoint's policy reaches a backend."""
+    host, port = cluster.lb_url.split("//", 1)[1].rsplit(":", 1)
+    for path in ("/_servectl/a", "/%5Fservectl/b", "/%5fservectl/a/x", "/_servectl%2Fa", "/-/routes", "/%2D/routes"):
+        status, body = raw_get(host, int(port), path)
+        assert status == 404 and not body.startswith(("a ", "b ")) and '"/_servectl/' not in body, (path, status, body)
+    for name in NODES:
+        try:
+            status, body = raw_get(cluster.nodes[name].ip, 8001, "/_servectl/a")
+        except OSError:
+            continue  # no Serve proxy on this node
+        assert not body.startswith("a "), (name, status, body)  # no route proof: the replica does not answer
+
+
 def test_a_node_killed_under_load_costs_no_request(cluster, tmp_path):
     config = write_config(tmp_path / "cfg", MAIN.format(cluster=CLUSTER, dashboard_url=cluster.dashboard_url),
                           models=MODELS)
@@ -129,6 +156,7 @@ def test_a_node_killed_under_load_costs_no_request(cluster, tmp_path):
     cluster.start_haproxy(lb_port)
     wait_for(lambda: requests.get(cluster.lb_url + "/", timeout=2).status_code == 200, 30, "haproxy serving")
     print(f"cluster up in {cluster.up_s:.1f}s")
+    assert_no_way_around_the_policy(cluster)
 
     outcomes: Counter = Counter()
     served_by: Counter = Counter()

@@ -139,7 +139,7 @@ def test_a_writer_that_lost_its_lock_cannot_overwrite_the_state(moto_server):
     newer.stamp("test")
     fast.write(newer)
     stale = seed.copy()
-    stale.stamp("test")
+    stale.stamp("slow")  # not the bytes the fast writer put there (those a lost-answer retry would find: ours)
     with pytest.raises(StateError, match="changed by another process while this one held the lock"):
         slow.write(stale)
     assert store(bucket).read().serial == newer.serial  # nothing lost
@@ -161,3 +161,34 @@ def test_bucket_problems_are_one_clear_line(moto_server):
     unreachable = store("any-bucket", endpoint_url=f"http://127.0.0.1:{closed}")
     with pytest.raises(StateError, match=r"^s3://any-bucket/serving/prod.json: cannot reach S3 to read the state: "):
         unreachable.read()
+
+
+def test_a_retried_put_whose_first_answer_was_lost_is_ours(moto_server):
+    """boto3 retries a PUT whose answer it never saw; the retry meets its own object (412): the lock and the
+    state write it made are ours, not another process's."""
+    bucket = new_bucket(moto_server)
+    lost = store(bucket)
+    answers_lost = []
+
+    def lose_first_answer(attempts, response, request_dict, **kwargs):
+        key = request_dict.get("url", "")
+        if attempts == 1 and response is not None and response[0].status_code == 200 and not answers_lost:
+            answers_lost.append(key)
+            return 0  # retry at once, as after a connection reset: the first PUT did land
+        return None
+
+    lost.client.meta.events.register_first("needs-retry.s3.PutObject", lose_first_answer)
+    info = lost.lock("apply")  # the retry is refused (412) by the lock the first attempt created
+    assert answers_lost and answers_lost[0].endswith(".lock")
+    assert lost._read_lock()[0].id == info.id
+    with pytest.raises(LockError):
+        store(bucket).lock("apply")  # it is held, by us
+    answers_lost.clear()
+    document = StateDocument.new()
+    document.stamp("test")
+    lost.write(document)  # the state write's retry is refused (IfNoneMatch) by what the first attempt wrote
+    assert answers_lost and store(bucket).read().serial == document.serial
+    document.stamp("test")
+    lost.write(document)  # and the store still knows the ETag to write the next one
+    lost.unlock(info)
+    store(bucket).lock("apply")

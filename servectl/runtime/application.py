@@ -7,6 +7,10 @@ code hash travels in ``args``: Serve derives the code version from them, so
 replicas restart exactly when the code, init arguments or resources change,
 while replica count, concurrency and user_config update in place.
 
+Sensitive values arrive sealed (``servectl.runtime.sealed``): the replica
+opens its constructor arguments, ``user_config`` and environment variables
+itself, so they never appear in clear in Serve's config or Ray's logs.
+
 The replica also carries out shadow traffic: a request marked
 ``x-servectl-shadow: B`` (by the front proxy or a handle, at the endpoint's
 shadow proportion) is copied to backend B in the background. The caller gets
@@ -20,6 +24,7 @@ import asyncio
 import collections
 import importlib
 import inspect
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -28,7 +33,9 @@ from ray import serve
 
 from servectl.runtime.batching import Batcher
 from servectl.runtime.headers import ENDPOINT_HEADER, ROLE_HEADER, SHADOW_HEADER
+from servectl.runtime.proof import is_http, take_proof, worker_route_proof
 from servectl.runtime.request import HandleRequest
+from servectl.runtime.sealed import unseal
 
 SHADOW_RESPONSES_KEPT = 1024
 QUEUING_BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
@@ -136,20 +143,55 @@ class _Arrival:
     started: bool = False
 
 
+def open_environment(args: dict[str, Any]) -> dict[str, Optional[str]]:
+    """Put the backend's sensitive environment variables (sealed in ``args``) into this process's environment.
+
+    Called before the backend's code is imported, wherever that happens (the
+    application's build task, each replica), so module-level reads see them.
+    Returns what the variables were before, for ``restore_environment``.
+    """
+    opened = unseal(args.get("sensitive_env") or {})
+    before = {name: os.environ.get(name) for name in opened}
+    os.environ.update({name: str(value) for name, value in opened.items()})
+    return before
+
+
+def restore_environment(before: dict[str, Optional[str]]) -> None:
+    """Undo ``open_environment`` (the build task's worker may serve another application next)."""
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def replica_class(args: dict[str, Any]) -> type:
-    """A class Serve can run whose instances hold the user's backend."""
-    target = import_target(args["import_path"])
+    """A class Serve can run whose instances hold the user's backend.
+
+    The class keeps the backend's import path, not the backend's class: Serve
+    pickles it to the replicas, and unpickling a class reference would import
+    the user's module before the replica has set its environment.
+    """
+    import_path = args["import_path"]
+    before = open_environment(args)
+    try:
+        target = import_target(import_path)
+    finally:
+        restore_environment(before)
     init_args = list(args.get("init_args") or [])
     init_kwargs = dict(args.get("init_kwargs") or {})
     is_class = inspect.isclass(target)
     if is_class and not callable(getattr(target, "__call__", None)):
-        raise TypeError(f"{args['import_path']} has no __call__(self, request) method")
+        raise TypeError(f"{import_path} has no __call__(self, request) method")
+    del target
     backend = args["backend"]
     batched = bool(args.get("batched"))
 
     class BackendReplica:
         def __init__(self) -> None:
-            self.instance = target(*init_args, **init_kwargs) if is_class else None
+            open_environment(args)
+            target = import_target(import_path)
+            self.instance = target(*unseal(init_args), **unseal(init_kwargs)) if is_class else None
             self.handler = self.instance if is_class else target
             call = self.instance.__call__ if is_class else target
             self.is_async = inspect.iscoroutinefunction(call)
@@ -165,7 +207,7 @@ def replica_class(args: dict[str, Any]) -> type:
             settings = (config or {}).get("servectl") or {}
             if self.batcher is not None and settings.get("max_batch_size"):
                 self.batcher.resize(int(settings["max_batch_size"]), float(settings.get("batch_wait_timeout_s") or 0.0))
-            user_config = (config or {}).get("user")
+            user_config = unseal((config or {}).get("user"))
             method = getattr(self.instance, "reconfigure", None)
             if method is not None and user_config is not None:  # as Serve: only when user_config is set
                 method(user_config)
@@ -202,6 +244,13 @@ def replica_class(args: dict[str, Any]) -> type:
                 await asyncio.sleep(QUEUE_REPORT_S)
 
         async def __call__(self, request: Any) -> Any:
+            if is_http(request):
+                proof = worker_route_proof()
+                if not take_proof(request, proof or "") and proof is not None:
+                    # Not routed by an endpoint's policy (an encoded path, Serve's own port): no such route.
+                    from starlette.responses import PlainTextResponse
+
+                    return PlainTextResponse("Not Found", status_code=404)
             if self._queue_reporter is None:
                 self._queue_reporter = asyncio.get_running_loop().create_task(self._report_queue())
             endpoint = (_header_values(request, ENDPOINT_HEADER) or [""])[0]

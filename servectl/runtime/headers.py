@@ -6,3 +6,4 @@ SHADOW_HEADER = "x-servectl-shadow"  # backends that get a copy of this request
 ROLE_HEADER = "x-servectl-role"  # "shadow" on the copies
 ENDPOINT_HEADER = "x-servectl-endpoint"  # the endpoint the request came in on
 SHARD_KEY_HEADER = "x-serve-shard-key"  # the seed's session-affinity header (set by clients)
+PROOF_HEADER = "x-servectl-proof"  # set by the front proxy on what an endpoint routed (see servectl.runtime.proof)

@@ -1,0 +1,116 @@
+"""servectl signals only processes it can prove it started: identity, not a PID in a file or a command line."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from servectl.providers.embedded_cluster import EmbeddedCluster
+from servectl.providers.front_proxy import FrontProxy
+from servectl.providers.processes import ProcessIdentity, identify, is_running, session_members, signal_verified, stop_session
+from tests.conftest import SERVECTL, copy_example
+
+
+def _stranger(tmp_path: Path, *extra: str) -> subprocess.Popen:
+    """A process that is not servectl's: it even names the config's runtime dir on its command line."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *extra], start_new_session=True)
+
+
+def _reaped(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.wait(timeout=10)
+
+
+def test_identity_tells_a_process_from_another_with_its_pid(tmp_path):
+    proc = _stranger(tmp_path)
+    try:
+        identity = identify(proc.pid)
+        assert identity is not None and is_running(identity)
+        assert identity.executable == os.path.realpath(sys.executable)
+        reused = ProcessIdentity(proc.pid, identity.start_ticks - 1, identity.executable, identity.boot_id)
+        assert not is_running(reused)
+        assert not signal_verified(proc.pid, signal.SIGTERM, reused)  # the PID is someone else's now
+        rebooted = ProcessIdentity(proc.pid, identity.start_ticks, identity.executable, "another-boot")
+        assert not is_running(rebooted) and session_members(rebooted) == []
+        assert proc.poll() is None
+        assert signal_verified(proc.pid, signal.SIGTERM, identity)
+        proc.wait(timeout=10)
+        assert not is_running(identity)
+    finally:
+        if proc.poll() is None:
+            _reaped(proc)
+
+
+def test_a_session_is_stopped_whole_even_after_its_leader_died(tmp_path):
+    # A leader that starts a child in its own process group (as Ray's workers do), then dies.
+    script = (
+        "import subprocess, sys, time, os\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import os, time; os.setpgid(0, 0); time.sleep(120)'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    leader = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    child_pid = int(leader.stdout.readline())
+    identity = identify(leader.pid)
+    assert identity is not None
+    assert set(session_members(identity)) == {leader.pid, child_pid}
+    _reaped(leader)
+    assert session_members(identity) == [child_pid]  # the orphan keeps the session
+    stop_session(identity, grace_s=2, kill_s=2)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{child_pid}/stat"):
+        time.sleep(0.1)
+    assert session_members(identity) == []
+
+
+def test_destroy_never_signals_a_stranger_that_has_a_recorded_pid(tmp_path):
+    """Stale cluster.json and haproxy records after a crash or reboot: the PIDs now belong to someone else."""
+    config = copy_example("quickstart", tmp_path)
+    runtime = config / ".servectl"
+    runtime.mkdir(mode=0o700)
+    strangers = [_stranger(tmp_path, str(runtime)) for _ in range(3)]
+    try:
+        cluster_pid, proxy_pid, old_format_pid = (p.pid for p in strangers)
+        time.sleep(0.2)
+        real = identify(cluster_pid)
+        assert real is not None
+        record = {
+            "pid": cluster_pid, "gcs_address": "127.0.0.1:9", "temp_dir": str(tmp_path / "t"), "token_path": "",
+            "dashboard_port": 1, "num_cpus": 1, "num_gpus": 0, "started_at": 0,
+            "identity": {**real.to_dict(), "start_ticks": real.start_ticks - 100},  # started before: not this one
+            "private_dir": str(tmp_path / "private"),
+        }
+        (runtime / "cluster.json").write_text(json.dumps(record))
+        proxy = identify(proxy_pid)
+        assert proxy is not None
+        (runtime / "haproxy.json").write_text(json.dumps({**proxy.to_dict(), "boot_id": "an-earlier-boot"}))
+        (runtime / "haproxy.pid").write_text(str(proxy_pid))
+        assert EmbeddedCluster(str(runtime)).record() is None and FrontProxy(str(runtime)).master_pid() is None
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVECTL_RAY", "RAY_AUTH"))}
+        destroyed = subprocess.run([SERVECTL, "-C", str(config), "destroy", "--auto-approve"], capture_output=True,
+                                   text=True, env=env, timeout=120)
+        assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+        (runtime / "cluster.json").write_text(json.dumps({k: v for k, v in record.items() if k != "identity"}
+                                                        | {"pid": old_format_pid}))
+        assert EmbeddedCluster(str(runtime)).stop() is False  # a record from before identities: not ours to signal
+        time.sleep(0.5)
+        assert all(p.poll() is None for p in strangers), "servectl signalled a process it did not start"
+    finally:
+        for proc in strangers:
+            _reaped(proc)
+
+
+@pytest.mark.parametrize("field", ["start_ticks", "executable"])
+def test_a_recorded_identity_must_match_on_every_field(field):
+    me = identify(os.getpid())
+    assert me is not None and is_running(me)
+    changed = {**me.to_dict(), field: me.start_ticks + 1 if field == "start_ticks" else "/bin/false"}
+    assert not is_running(ProcessIdentity.from_dict(changed))
+    assert ProcessIdentity.from_dict({"pid": "x"}) is None
