@@ -30,7 +30,7 @@ from servectl.providers.aws_routing import RoutingStore
 from servectl.providers.base import ClusterView, LiveView, Progress, Provider
 from servectl.providers.dashboard import RayDashboard
 from servectl.runtime.sealed import key_from_token
-from servectl.sensitive import MARK, reveal
+from servectl.sensitive import MARK, remember, reveal
 from servectl.state.document import ResourceState
 
 DASHBOARD_PORT = 8265
@@ -58,7 +58,9 @@ class AwsRayProvider(Provider):
         """Ray's auth token for this cluster: generated once, then kept (as a sensitive value) in the state."""
         if "ray_token" not in self.recorded:
             self.recorded["ray_token"] = {MARK: secrets.token_hex(32)}
-        return str(reveal(self.recorded["ray_token"]))
+        token = str(reveal(self.recorded["ray_token"]))
+        remember(token)  # masked in everything this process prints, from its first use
+        return token
 
     def sealing_key(self) -> bytes:
         """Derived from the cluster's Ray token, which every node reads at boot: replicas open what this seals."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-import re
+import math
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -317,7 +317,6 @@ def image_id(ctx: AwsContext, attrs: dict[str, Any]) -> str:
     return str(found["Parameter"]["Value"])
 
 
-RAY_VERSION_RULE = re.compile(r"\d+\.\d+\.\d+")
 UNIT = """[Unit]
 Description={description}
 After=network-online.target{after}
@@ -350,6 +349,13 @@ def _port(value: Any, what: str) -> int:
     return value
 
 
+def _amount(value: Any, what: str) -> float:
+    number = float(value)
+    if not math.isfinite(number) or not 0 <= number <= 1_000_000:
+        raise ValueError(f"resource {what!r}: {value!r} is not an amount between 0 and 1000000")
+    return number
+
+
 def _count(value: Any, what: str) -> int:
     number = float(value)
     if not number.is_integer() or not 0 <= number <= 100_000:
@@ -371,9 +377,9 @@ def user_data(ctx: AwsContext, label: str, attrs: dict[str, Any]) -> str:
     cluster = names.require(names.CLUSTER_NAME, ctx.cluster, "cluster name")
     bucket = names.require(names.BUCKET, ctx.of("aws_s3_object.agent", "bucket"), "code bucket")
     agent_key = names.require(names.OBJECT_KEY, attrs["agent_key"], "servectl's object key")
-    ray_version = names.require(RAY_VERSION_RULE, attrs["ray_version"], "Ray version")
+    ray_version = names.require(names.RAY_VERSION, attrs["ray_version"], "Ray version")
     proxy_port = _port(attrs["proxy_port"], "proxy_port")
-    custom = {names.require(names.RESOURCE, key, "resource name"): float(amount)
+    custom = {names.require(names.RESOURCE, key, "resource name"): _amount(amount, key)
               for key, amount in attrs["ray_resources"].items() if key not in ("CPU", "GPU")}
     cpus = _count(attrs["ray_resources"].get("CPU", 0), "CPU count")
     gpus = _count(attrs["ray_resources"].get("GPU", 0), "GPU count")

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 from servectl.errors import ProviderError
-from servectl.providers.processes import ProcessIdentity, identify, is_running, stop_session
+from servectl.providers.processes import TAG_VARIABLE, ProcessIdentity, identify, is_running, new_tag, stop_session
 
 RUNTIME_DIR = ".servectl"
 
@@ -205,14 +205,15 @@ class EmbeddedCluster:
             f"--object-manager-port={object_manager}", f"--runtime-env-agent-port={env_agent}",
             "--disable-usage-stats",
         ]
+        tag = new_tag()
         fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "ab") as log:
             process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**head_environment(dict(os.environ), self.token_path), **(extra_env or {})},
+                env={**head_environment(dict(os.environ), self.token_path), **(extra_env or {}), TAG_VARIABLE: tag},
                 start_new_session=True, umask=0o077,
             )
-        identity = identify(process.pid)
+        identity = identify(process.pid, tag)
         record = ClusterRecord(
             pid=process.pid, gcs_address=f"127.0.0.1:{gcs}", temp_dir=temp_dir, token_path=self.token_path,
             dashboard_port=dashboard, num_cpus=num_cpus, num_gpus=num_gpus, started_at=time.time(), metrics_port=metrics,

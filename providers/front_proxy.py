@@ -24,7 +24,9 @@ from typing import Any, Optional
 from servectl import names
 from servectl.errors import ProviderError
 from servectl.providers.embedded_cluster import port_open
-from servectl.providers.processes import ProcessIdentity, identify, is_running, session_members, signal_verified, stop_session
+from servectl.providers.processes import (
+    TAG_VARIABLE, ProcessIdentity, identify, is_running, new_tag, session_members, signal_verified, stop_session,
+)
 from servectl.runtime.headers import ENDPOINT_HEADER, PROOF_HEADER, ROLE_HEADER, SHADOW_HEADER, SHARD_KEY_HEADER
 from servectl.traffic import KEY_SPACE, Segments
 
@@ -149,30 +151,39 @@ def check_inputs(
     bind_host: str, bind_port: int, serve_port: int, endpoints: list[RoutedEndpoint], pidfile: str, proof: str,
 ) -> None:
     """Refuse, with ValueError, anything render_config would write that is not what it must be."""
-    if not isinstance(bind_host, str) or not re.fullmatch(r"[A-Za-z0-9.:-]{1,253}|", bind_host):
+    if not isinstance(bind_host, str) or not re.fullmatch(r"[A-Za-z0-9.:-]{1,253}|", bind_host, re.ASCII):
         raise ValueError(f"listen host {bind_host!r} is not a host name or address")
     for port in (bind_port, serve_port):
         if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
             raise ValueError(f"port {port!r} is not a port number")
-    if not isinstance(pidfile, str) or not re.fullmatch(r"/[\w./-]{1,4000}", pidfile):
+    if not names.matches(names.PLAIN_PATH, pidfile):
         raise ValueError(f"pidfile {pidfile!r} is not a plain absolute path")
-    if not isinstance(proof, str) or not re.fullmatch(r"[0-9a-f]{64}|", proof):
+    if not isinstance(proof, str) or not re.fullmatch(r"[0-9a-f]{64}|", proof, re.ASCII):
         raise ValueError("the route proof is not 64 hex digits")
     for endpoint in endpoints:
-        names.require(names.NAME, endpoint.name, "endpoint name")
         names.require(names.ROUTE, endpoint.route, f"endpoint {endpoint.name}'s route")
-        if not isinstance(endpoint.segments, dict) or not isinstance(endpoint.shadow, dict):
-            raise ValueError(f"endpoint {endpoint.name}'s segments and shadow must be mappings")
-        for backend, segments in endpoint.segments.items():
-            names.require(names.NAME, backend, f"endpoint {endpoint.name}'s backend")
-            for segment in segments:
-                lo, hi = segment
-                if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)) or not 0 <= lo < hi <= KEY_SPACE:
-                    raise ValueError(f"endpoint {endpoint.name}: segment {segment!r} of {backend} is not within 0..{KEY_SPACE}")
-        for backend, proportion in endpoint.shadow.items():
-            names.require(names.NAME, backend, f"endpoint {endpoint.name}'s shadow")
-            if not isinstance(proportion, (int, float)) or isinstance(proportion, bool) or not 0 <= proportion <= 1:
-                raise ValueError(f"endpoint {endpoint.name}: shadow proportion {proportion!r} is not within 0..1")
+        check_policy(endpoint.name, endpoint.segments, endpoint.shadow)
+
+
+def check_policy(name: Any, segments: Any, shadow: Any) -> None:
+    """Refuse, with ValueError, an endpoint's routing policy (as handles and proxies read it) that breaks a rule."""
+    names.require(names.NAME, name, "endpoint name")
+    if not isinstance(segments, dict) or not isinstance(shadow, dict):
+        raise ValueError(f"endpoint {name}'s segments and shadow must be mappings")
+    for backend, owned in segments.items():
+        names.require(names.NAME, backend, f"endpoint {name}'s backend")
+        if not isinstance(owned, list):
+            raise ValueError(f"endpoint {name}: the segments of {backend} are not a list")
+        for segment in owned:
+            if not isinstance(segment, (list, tuple)) or len(segment) != 2:
+                raise ValueError(f"endpoint {name}: segment {segment!r} of {backend} is not [low, high]")
+            lo, hi = segment
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)) or not 0 <= lo < hi <= KEY_SPACE:
+                raise ValueError(f"endpoint {name}: segment {segment!r} of {backend} is not within 0..{KEY_SPACE}")
+    for backend, proportion in shadow.items():
+        names.require(names.NAME, backend, f"endpoint {name}'s shadow")
+        if not isinstance(proportion, (int, float)) or isinstance(proportion, bool) or not 0 <= proportion <= 1:
+            raise ValueError(f"endpoint {name}: shadow proportion {proportion!r} is not within 0..1")
 
 
 class FrontProxy:
@@ -228,13 +239,17 @@ class FrontProxy:
         probe_host = "127.0.0.1" if bind_host in ("0.0.0.0", "::", "") else bind_host
         if port_open(probe_host, bind_port):
             raise ProviderError(f"cannot start the front proxy: {bind_host}:{bind_port} is already in use")
+        tag = new_tag()
+        # HAProxy needs nothing of servectl's environment (variables, credentials): a minimal one, and the tag.
+        env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG", "TZ") if key in os.environ}
         fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "ab") as log:
             process = subprocess.Popen(
                 [haproxy_binary(), "-W", "-db", "-f", self.config_path],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                env={**env, TAG_VARIABLE: tag}, umask=0o077,
             )
-        identity = identify(process.pid)
+        identity = identify(process.pid, tag)
         if identity is not None:
             tmp = self.identity_path + ".tmp"
             with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:

@@ -3,17 +3,19 @@
 A PID in a file outlives its process: after a crash or a reboot the number
 may belong to anybody. So servectl records, with each PID it starts, the
 boot it started in, the process's start time (clock ticks since boot, from
-``/proc/PID/stat``) and its executable, and signals a process only while all
-three still match — through a pidfd where the kernel has them, so the check
-and the signal name the same process. The processes below a recorded one are
-found by session: everything servectl starts leads a session of its own
-(``start_new_session``), and Ray's workers, which re-parent and take process
-groups of their own, keep their session. Nothing is ever chosen by what its
-command line says.
+``/proc/PID/stat``), its executable and a random tag servectl put in its
+environment, and signals a process only while all of them still match —
+through a pidfd where the kernel has them, so the check and the signal name
+the same process. The processes below a recorded one are found by session:
+everything servectl starts leads a session of its own (``start_new_session``),
+and Ray's workers, which re-parent and take process groups of their own, keep
+their session and inherit the tag. Nothing is ever chosen by what its command
+line says.
 """
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import time
 from dataclasses import asdict, dataclass
@@ -38,10 +40,31 @@ def _stat(pid: int) -> Optional[list[str]]:
 
 
 def _executable(pid: int) -> str:
+    """The process's executable; an upgrade that replaces the file (pip, apt) leaves the process running it."""
     try:
-        return os.readlink(f"/proc/{pid}/exe")
+        return os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
     except OSError:
         return ""
+
+
+TAG_VARIABLE = "SERVECTL_PROCESS_TAG"
+
+
+def _environment_tag(pid: int) -> Optional[str]:
+    """The value of TAG_VARIABLE in the environment ``pid`` started with (None: unreadable or absent)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            for entry in handle.read().split(b"\0"):
+                if entry.startswith(TAG_VARIABLE.encode() + b"="):
+                    return entry.split(b"=", 1)[1].decode(errors="replace")
+    except OSError:
+        return None
+    return None
+
+
+def new_tag() -> str:
+    """A fresh tag to start a session with: every process of it carries it in its environment."""
+    return secrets.token_hex(12)
 
 
 @dataclass(frozen=True)
@@ -52,6 +75,7 @@ class ProcessIdentity:
     start_ticks: int
     executable: str
     boot_id: str
+    tag: str = ""  # TAG_VARIABLE's value in the environment servectl started the session with
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,17 +84,26 @@ class ProcessIdentity:
     def from_dict(cls, body: Any) -> Optional["ProcessIdentity"]:
         """The identity recorded in ``body``; None when it is missing or malformed (an old or edited record)."""
         try:
-            return cls(int(body["pid"]), int(body["start_ticks"]), str(body["executable"]), str(body["boot_id"]))
-        except (KeyError, TypeError, ValueError):
+            identity = cls(int(body["pid"]), int(body["start_ticks"]), str(body["executable"]), str(body["boot_id"]),
+                           str(body.get("tag") or ""))
+        except (KeyError, TypeError, ValueError, AttributeError):
             return None
+        return identity if identity.pid > 1 else None  # 0 and 1 are never a process servectl started
 
 
-def identify(pid: int) -> Optional[ProcessIdentity]:
-    """The identity of the live process ``pid`` now (None if there is none)."""
+def identify(pid: int, tag: str = "") -> Optional[ProcessIdentity]:
+    """The identity of the live process ``pid`` now (None if there is none), with the ``tag`` it was started with."""
     fields = _stat(pid)
     if fields is None or len(fields) < 20:
         return None
-    return ProcessIdentity(pid=pid, start_ticks=int(fields[19]), executable=_executable(pid), boot_id=_boot_id())
+    return ProcessIdentity(pid=pid, start_ticks=int(fields[19]), executable=_executable(pid), boot_id=_boot_id(), tag=tag)
+
+
+def _is(pid: int, identity: ProcessIdentity) -> bool:
+    now = identify(pid, identity.tag)
+    if now is None or now != identity:
+        return False
+    return not identity.tag or _environment_tag(pid) == identity.tag
 
 
 def is_running(identity: Optional[ProcessIdentity]) -> bool:
@@ -80,22 +113,25 @@ def is_running(identity: Optional[ProcessIdentity]) -> bool:
     fields = _stat(identity.pid)
     if fields is None or fields[0] == "Z":
         return False
-    return identify(identity.pid) == identity
+    return _is(identity.pid, identity)
 
 
 def session_members(leader: ProcessIdentity) -> list[int]:
     """Every live process in the session ``leader`` started, the leader included when it still runs.
 
-    A session id is its leader's PID, and Linux reuses no PID while a session
-    still carries it, so members outlive a dead leader safely; if the PID leads
-    another process's session now (the leader is dead and the number reused),
-    nothing is ours.
+    A member has the leader's PID as its session id and started after the
+    leader. The session is taken for ours only if one of them carries the
+    session's tag in the environment it started with: Linux reuses no PID
+    while a session still carries it, so a session id shared with one of our
+    processes is ours alone, while a stranger's session that reused the number
+    after all of ours died carries no tag. (A process that retitles itself,
+    as Ray's Python workers do, overwrites its environment block; its
+    C++ daemons and HAProxy keep theirs.)
     """
     if leader.boot_id != _boot_id():
         return []
-    fields = _stat(leader.pid)
-    if fields is not None and (int(fields[19]) != leader.start_ticks or (fields[0] != "Z" and identify(leader.pid) != leader)):
-        return []  # the number was reused, which Linux does only once our session has no member left
+    if not leader.tag:
+        return [leader.pid] if is_running(leader) else []  # a record from before tags: the leader alone, if proven
     members = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -105,6 +141,8 @@ def session_members(leader: ProcessIdentity) -> list[int]:
             continue
         if int(fields[3]) == leader.pid and int(fields[19]) >= leader.start_ticks:
             members.append(int(entry))
+    if not any(_environment_tag(pid) == leader.tag for pid in members):
+        return []
     return members
 
 
@@ -116,8 +154,9 @@ def signal_verified(pid: int, sig: int, expected: Optional[ProcessIdentity] = No
     except (ProcessLookupError, AttributeError, OSError):
         fd = None
     try:
-        now = identify(pid)
-        if now is None or (expected is not None and now != expected):
+        if expected is not None and not _is(pid, expected):
+            return False
+        if expected is None and identify(pid) is None:
             return False
         if fd is not None:
             signal.pidfd_send_signal(fd, sig)
@@ -134,21 +173,21 @@ def signal_verified(pid: int, sig: int, expected: Optional[ProcessIdentity] = No
 def stop_session(leader: ProcessIdentity, grace_s: float, kill_s: float) -> None:
     """SIGTERM every member of ``leader``'s session, then SIGKILL what is left after ``grace_s`` seconds.
 
-    Members are found and identified before any signal, so a process that
-    exits and lends its PID to another in between is never hit.
+    Members are found and identified before any signal (the tagged ones may
+    exit first, after which the session could no longer be told ours), and a
+    process is signalled only while it is still the one identified then.
     """
+    targets = {pid: identify(pid) for pid in session_members(leader)}
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, kill_s)):
-        targets = {pid: identify(pid) for pid in session_members(leader)}
-        for pid, identity in targets.items():
-            if identity is not None:
-                signal_verified(pid, sig, identity)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if not _alive(targets.items()):
-                break
-            time.sleep(0.1)
-        if not session_members(leader):
+        targets.update({pid: identify(pid) for pid in session_members(leader) if pid not in targets})
+        alive = {pid: identity for pid, identity in targets.items() if identity is not None and is_running(identity)}
+        if not alive:
             return
+        for pid, identity in alive.items():
+            signal_verified(pid, sig, identity)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and _alive(alive.items()):
+            time.sleep(0.1)
 
 
 def _alive(targets: Iterable[tuple[int, Optional[ProcessIdentity]]]) -> bool:

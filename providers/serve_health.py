@@ -21,6 +21,8 @@ from servectl.providers.front_proxy import internal_route
 from servectl.runtime.sealed import SealError, unseal
 
 WAIT_POLL_S = 0.25
+STALE_STATUS_GRACE_S = 5.0  # how long a failure status from before a deploy may still be Serve's old word
+REVERT_GRACE_S = 30.0  # a revert sends what ran before: a failure status this early is the failed change's
 
 
 def wait_until_live(
@@ -45,11 +47,24 @@ def wait_until_live(
             deployment = before[change.name]["deployments"].get(change.name, {})
             old_replicas = {r["replica_id"] for r in deployment.get("replicas", [])}
         # Else Serve already runs exactly this (an apply killed after it deployed the change): nothing restarts.
-    deadline = time.time() + timeout_s
+    started = time.time()
+    deadline = started + timeout_s
     last = "waiting for Serve"
+    moved: set[str] = set()  # applications seen in another status than before the deploy
     while time.time() < deadline:
         apps = details().get("applications", {})
-        problem = not_ready(change, apps, wanted, old_replicas)
+        for name, app in apps.items():
+            if _status(app) != _status(before.get(name) or {}):
+                moved.add(name)
+        # A status Serve reported before it took the new config is not this deploy's verdict: a failed change's
+        # revert met its DEPLOY_FAILED and gave up. Once the status moved (or after a grace), it is. A revert (a
+        # no-op change back to what ran) meets the failed change still settling: it believes a failure only late.
+        elapsed = time.time() - started
+        if change.action is Action.NOOP:
+            trusted = set(apps) if elapsed > REVERT_GRACE_S else set()
+        else:
+            trusted = moved | (set(apps) if elapsed > STALE_STATUS_GRACE_S else set())
+        problem = not_ready(change, apps, wanted, old_replicas, trusted)
         if problem is None and routes_problem is not None:
             problem = routes_problem(set(wanted))
         if problem is None:
@@ -67,8 +82,19 @@ def restarts(running: dict[str, Any], sent: dict[str, Any]) -> bool:
     return shape(running) != shape(sent)
 
 
-def not_ready(change: ResourceChange, apps: dict[str, Any], wanted: dict[str, Any], old_replicas: set[str]) -> Optional[str]:
-    """What still keeps the change from being live (None: it is); raises when Serve says the deploy failed."""
+def _status(app: dict[str, Any]) -> str:
+    status = app.get("status", "")
+    return str(getattr(status, "value", status))
+
+
+def not_ready(
+    change: ResourceChange, apps: dict[str, Any], wanted: dict[str, Any], old_replicas: set[str],
+    trusted: Optional[set[str]] = None,
+) -> Optional[str]:
+    """What still keeps the change from being live (None: it is); raises when Serve says the deploy failed.
+
+    ``trusted``: the applications whose failure status may be believed (None: all).
+    """
     for name in set(apps) - set(wanted):
         return f"application {name} still shutting down"
     for name, app_config in wanted.items():
@@ -79,6 +105,8 @@ def not_ready(change: ResourceChange, apps: dict[str, Any], wanted: dict[str, An
         deployment = app["deployments"].get(name)
         dep_status = str(getattr(deployment["status"], "value", deployment["status"])) if deployment else ""
         if status == "DEPLOY_FAILED" or (dep_status in ("DEPLOY_FAILED", "UNHEALTHY") and name == change.name):
+            if trusted is not None and name not in trusted:
+                return f"application {name} has not taken the new config yet"
             messages = [(deployment or {}).get("message") or "", app.get("message") or ""]
             raise ProviderError(f"backend.{name}: deploy failed: {failure_reason(messages)}")
         if status != "RUNNING":

@@ -7,7 +7,7 @@ Config modules import their vocabulary from here::
 """
 __version__ = "0.1.0"
 
-from servectl.config import Backend, Endpoint, LocalRay, RayActorOptions, S3State, var  # noqa: E402
+from servectl.config import Backend, Endpoint, History, LocalRay, RayActorOptions, S3State, var  # noqa: E402
 from servectl.aws_config import AwsRay, LoadBalancer, NodeType  # noqa: E402
 from servectl.rollout_config import ErrorRate, LatencyP99, MinRequests, Rollout  # noqa: E402
 from servectl.errors import ServectlError  # noqa: E402
@@ -18,5 +18,5 @@ from servectl.runtime.context import get_current_backend_tag, get_current_replic
 __all__ = [
     "Backend", "Endpoint", "LocalRay", "RayActorOptions", "S3State", "var", "get_handle", "connect", "ServectlError", "__version__",
     "get_current_backend_tag", "get_current_replica_tag", "sensitive", "AwsRay", "NodeType", "LoadBalancer",
-    "Rollout", "ErrorRate", "LatencyP99", "MinRequests",
+    "Rollout", "ErrorRate", "LatencyP99", "MinRequests", "History",
 ]

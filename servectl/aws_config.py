@@ -10,7 +10,7 @@ import ipaddress
 import re
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from servectl import names
 from servectl.config import _Block, _first_error, declaration_site
@@ -119,6 +119,19 @@ class LoadBalancer(BaseModel):
         return value
 
 
+# field -> (its rule, what it must be): checked by AwsRay._identifier.
+IDENTIFIERS = {
+    "cluster_name": (names.CLUSTER_NAME, "a cluster name: lowercase letters, digits and '-', at most 24, starting with a "
+                     "letter (it names AWS resources)"),
+    "region": (names.REGION, "an AWS region like us-east-1"),
+    "image_id": (names.IMAGE_ID, "an AMI id like ami-0123456789abcdef0"),
+    "key_name": (names.KEY_PAIR, "an EC2 key pair name of letters, digits, '.', '_' or '-'"),
+    "code_bucket": (names.BUCKET, "a valid S3 bucket name (3-63 lowercase letters, digits, dots, hyphens)"),
+    "vpc_id": (names.VPC_ID, "a VPC id like vpc-0123456789abcdef0"),
+    "subnet_ids": (names.SUBNET_ID, "a subnet id like subnet-0123456789abcdef0"),
+}
+
+
 class AwsRay(_Block):
     """An autoscaled Ray cluster on EC2: a head, one Auto Scaling group per node type, a load balancer."""
 
@@ -140,54 +153,14 @@ class AwsRay(_Block):
     )
     head_timeout_s: float = Field(900, gt=0, description="how long apply waits for a new head's dashboard to answer")
 
-    @field_validator("cluster_name")
+    @field_validator(*IDENTIFIERS)
     @classmethod
-    def _cluster_name(cls, value: str) -> str:
-        if not names.matches(names.CLUSTER_NAME, value):
-            raise ValueError("lowercase letters, digits and '-', at most 24, starting with a letter (it names AWS resources)")
-        return value
-
-    @field_validator("region")
-    @classmethod
-    def _region(cls, value: str) -> str:
-        if not names.matches(names.REGION, value):
-            raise ValueError("not an AWS region like us-east-1")
-        return value
-
-    @field_validator("image_id")
-    @classmethod
-    def _image(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and not names.matches(names.IMAGE_ID, value):
-            raise ValueError("not an AMI id like ami-0123456789abcdef0")
-        return value
-
-    @field_validator("key_name")
-    @classmethod
-    def _key_name(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and not names.matches(names.KEY_PAIR, value):
-            raise ValueError("an EC2 key pair name of letters, digits, '.', '_' or '-'")
-        return value
-
-    @field_validator("code_bucket")
-    @classmethod
-    def _code_bucket(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and (not names.matches(names.BUCKET, value) or ".." in value):
-            raise ValueError("not a valid S3 bucket name (3-63 lowercase letters, digits, dots, hyphens)")
-        return value
-
-    @field_validator("vpc_id")
-    @classmethod
-    def _vpc(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and not re.fullmatch(r"vpc-[0-9a-f]{8,17}", value):
-            raise ValueError("not a VPC id like vpc-0123456789abcdef0")
-        return value
-
-    @field_validator("subnet_ids")
-    @classmethod
-    def _subnets(cls, value: list[str]) -> list[str]:
-        for subnet in value:
-            if not re.fullmatch(r"subnet-[0-9a-f]{8,17}", subnet):
-                raise ValueError(f"{subnet!r} is not a subnet id like subnet-0123456789abcdef0")
+    def _identifier(cls, value: Any, info: ValidationInfo) -> Any:
+        """Each AWS identifier by its rule in servectl.names (they reach boot scripts and API calls)."""
+        rule, expected = IDENTIFIERS[info.field_name]
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None and (not names.matches(rule, item) or ".." in item):
+                raise ValueError(f"{item!r} is not {expected}")
         return value
 
     @model_validator(mode="after")

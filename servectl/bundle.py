@@ -29,7 +29,13 @@ ALWAYS_EXCLUDED = (
     "servectl.state.json*", "servectl.backend.json", ".servectl.state.*", ".servectl/", "__pycache__/", "*.pyc",
     ".git/", "*.plan", "plan.bin", ".servectl-plan.*",
 )
-SAVED_PLAN_PREFIX = b'{"format": "servectl-plan"'
+# Content that marks servectl's own files wherever they are and whatever they are called: a saved plan, a state or
+# history entry (or a copy of one), anything holding a value marked sensitive.
+SAVED_PLAN_MARK = b'"servectl-plan"'
+STATE_MARKS = (b'"lineage"', b'"format_version"')
+SENSITIVE_MARK = b'"__servectl_sensitive__"'
+HEAD_BYTES = 4096  # where a plan's or a state's own keys are (json.dump writes them first)
+SCANNED_BYTES = 16 * 1024 * 1024  # files up to this size are searched whole for a sensitive mark
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -43,12 +49,14 @@ class Listing:
     """Which files of a config dir the bundle holds, and which it leaves out and why (relative paths, sorted)."""
 
     included: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)  # named by .servectlignore
+    ignored: list[str] = field(default_factory=list)  # named by a .servectlignore
     saved_plans: list[str] = field(default_factory=list)  # plan files, found by content
+    servectl_files: list[str] = field(default_factory=list)  # states, history entries, copies: found by content
 
     def summary(self) -> dict[str, object]:
         """Plain data for the plan: how many files ship, and what the user's files left out are."""
-        return {"files": len(self.included), "ignored": list(self.ignored), "saved_plans": list(self.saved_plans)}
+        return {"files": len(self.included), "ignored": list(self.ignored), "saved_plans": list(self.saved_plans),
+                "servectl_files": list(self.servectl_files)}
 
 
 def _spec(patterns: list[str]):  # -> pathspec.GitIgnoreSpec
@@ -57,48 +65,83 @@ def _spec(patterns: list[str]):  # -> pathspec.GitIgnoreSpec
     return pathspec.GitIgnoreSpec.from_lines(patterns)
 
 
-def _is_saved_plan(path: str) -> bool:
+def _kind_of(path: str) -> str:
+    """"plan", "servectl" (a state, a history entry, anything holding a sensitive mark) or "" for a user's file."""
     try:
+        size = os.path.getsize(path)
         with open(path, "rb") as handle:
-            return handle.read(len(SAVED_PLAN_PREFIX)) == SAVED_PLAN_PREFIX
+            head = handle.read(HEAD_BYTES)
+            if head.lstrip()[:1] == b"{" and SAVED_PLAN_MARK in head and b'"format"' in head:
+                return "plan"
+            if head.lstrip()[:1] == b"{" and all(mark in head for mark in STATE_MARKS):
+                return "servectl"
+            if size <= SCANNED_BYTES and SENSITIVE_MARK in head + handle.read():
+                return "servectl"
     except OSError:
-        return False
+        return ""
+    return ""
+
+
+def _read_patterns(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise BundleError(f"cannot read {path}: {err}") from None
+
+
+def _spec_of(patterns: list[str], where: str):  # -> pathspec.GitIgnoreSpec
+    try:
+        return _spec(patterns)
+    except Exception as err:  # noqa: BLE001 - pathspec raises several kinds for a bad pattern
+        raise BundleError(f"{where}: a pattern is not gitignore syntax: {err}") from None
 
 
 def listing(config_dir: str) -> Listing:
-    """Walk ``config_dir`` and sort its files into shipped and left out. Raises BundleError on a bad ignore file."""
+    """Walk ``config_dir`` and sort its files into shipped and left out. Raises BundleError on a bad ignore file.
+
+    Every ``.servectlignore`` applies below its own directory, as ``.gitignore`` files do.
+    """
     always = _spec(list(ALWAYS_EXCLUDED))
-    ignore_path = os.path.join(config_dir, IGNORE_FILE)
-    user_patterns: list[str] = []
-    if os.path.isfile(ignore_path):
-        try:
-            with open(ignore_path, encoding="utf-8") as handle:
-                user_patterns = handle.read().splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise BundleError(f"cannot read {IGNORE_FILE}: {err}") from None
-    try:
-        user = _spec(user_patterns)
-    except Exception as err:  # noqa: BLE001 - pathspec raises several kinds for a bad pattern
-        raise BundleError(f"{IGNORE_FILE}: a pattern is not gitignore syntax: {err}") from None
     result = Listing()
-    for relative, path in _walk(config_dir, always, user, result):
-        if _is_saved_plan(path):
+    for relative, path in _walk(config_dir, always, result):
+        kind = _kind_of(path)
+        if kind == "plan":
             result.saved_plans.append(relative)
+        elif kind == "servectl":
+            result.servectl_files.append(relative)
         else:
             result.included.append(relative)
+    for found in (result.included, result.ignored, result.saved_plans, result.servectl_files):
+        found.sort()
     return result
 
 
-def _walk(config_dir: str, always, user, result: Listing) -> Iterator[tuple[str, str]]:
+def _ignored(relative: str, specs: list[tuple[str, object]]) -> bool:
+    """Whether the nearest ignore files say ``relative`` is ignored (the deepest one that has a say wins)."""
+    verdict = False
+    for base, spec in specs:
+        if relative.startswith(base):
+            result = spec.check_file(relative[len(base):])  # type: ignore[attr-defined]
+            if result.include is not None:
+                verdict = bool(result.include)
+    return verdict
+
+
+def _walk(config_dir: str, always, result: Listing) -> Iterator[tuple[str, str]]:
+    specs: list[tuple[str, object]] = []
     for root, dirs, files in os.walk(config_dir):
         base = os.path.relpath(root, config_dir)
         prefix = "" if base == "." else base.replace(os.sep, "/") + "/"
+        if IGNORE_FILE in files:
+            path = os.path.join(root, IGNORE_FILE)
+            specs.append((prefix, _spec_of(_read_patterns(path), os.path.relpath(path, config_dir))))
         kept_dirs = []
         for name in sorted(dirs):
             relative = f"{prefix}{name}/"
-            if always.match_file(relative):
+            if always.match_file(relative) or os.path.islink(os.path.join(root, name)):
                 continue
-            if user.match_file(relative):
+            if _ignored(relative, specs):
                 result.ignored.append(relative)
                 continue
             kept_dirs.append(name)
@@ -108,7 +151,7 @@ def _walk(config_dir: str, always, user, result: Listing) -> Iterator[tuple[str,
             path = os.path.join(root, name)
             if always.match_file(relative) or not os.path.isfile(path) or os.path.islink(path):
                 continue
-            if user.match_file(relative):
+            if _ignored(relative, specs):
                 result.ignored.append(relative)
                 continue
             yield relative, path

@@ -18,7 +18,7 @@ from servectl.errors import ConfigError, ServectlError
 from servectl.loader import load_config
 from servectl.render import render_plan, render_state
 from servectl.drift import DriftReport
-from servectl.sensitive import MaskedStream, redact
+from servectl.sensitive import MaskedStream, mask, redact
 from servectl.render import render_drift
 from servectl.render_status import render_status
 from servectl.render_rollout import RichDisplay, render_outcome
@@ -34,8 +34,10 @@ app = typer.Typer(
 state_app = typer.Typer(no_args_is_help=True, help="Read the recorded state; move it to S3.")
 app.add_typer(state_app, name="state")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# No emoji codes and no highlighting: rich must print what it is given, or a sensitive value rewritten on the way
+# (":x:" in it, say) would no longer be recognised by the mask on stdout/stderr.
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 class Context:
@@ -65,7 +67,7 @@ def command(func: Callable[..., Any]) -> Callable[..., Any]:
         except typer.Exit:
             raise
         except ServectlError as error:
-            err.print(f"[red bold]Error:[/red bold] {escape(str(error))}")
+            err.print(f"[red bold]Error:[/red bold] {escape(mask(str(error)))}")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("[red bold]Interrupted.[/red bold] The state records every change that finished.")
@@ -74,7 +76,7 @@ def command(func: Callable[..., Any]) -> Callable[..., Any]:
             if os.environ.get("SERVECTL_DEBUG"):
                 traceback.print_exc()
             err.print(
-                f"[red bold]Error:[/red bold] internal error: {type(error).__name__}: {escape(str(error))} "
+                f"[red bold]Error:[/red bold] internal error: {type(error).__name__}: {escape(mask(str(error)))} "
                 "(set SERVECTL_DEBUG=1 for a traceback and report it)"
             )
             raise typer.Exit(1) from None
@@ -172,7 +174,7 @@ def _approve(what: str) -> None:
 
 
 def _progress(message: str) -> None:
-    out.print(f"[cyan]›[/cyan] {escape(message)}")
+    out.print(f"[cyan]›[/cyan] {escape(mask(message))}")
 
 
 ApproveOption = typer.Option(False, "--auto-approve", help="Skip the confirmation.")
@@ -219,7 +221,7 @@ def _plan_and_apply(
 
 
 def _progress_to(console: Console) -> Callable[[str], None]:
-    return lambda message: console.print(f"[cyan]›[/cyan] {escape(message)}")
+    return lambda message: console.print(f"[cyan]›[/cyan] {escape(mask(message))}")
 
 
 def _note_rollouts(console: Console, planned: Any) -> None:
@@ -400,7 +402,7 @@ def status(
 @command
 def state_history(as_json: bool = typer.Option(False, "--json", help="Print the history as JSON.")) -> None:
     """List the applied versions: serial, time, who, what."""
-    entries = _workspace().store.history()
+    entries = _workspace().store.history_index()  # the index: no entry and no bundle is read
     rows = [
         {"serial": e.serial, "time": e.time, "who": e.who, "operation": e.operation, "summary": e.summary}
         for e in entries

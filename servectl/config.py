@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from servectl.sensitive import REDACTED, Sensitive, remember
 from servectl.errors import ConfigError
+from servectl.state.store import HISTORY_KEEP
 from servectl import names
 
 NAME_PATTERN = names.NAME  # kept for callers; the rule lives in servectl.names
@@ -50,6 +51,7 @@ class Registry:
     state_backends: list["S3State"] = field(default_factory=list)
     variables: dict[str, "Variable"] = field(default_factory=dict)
     rollouts: list[Any] = field(default_factory=list)  # servectl.rollout_config.Rollout
+    histories: list["History"] = field(default_factory=list)
 
 
 _active: contextvars.ContextVar[Optional[Registry]] = contextvars.ContextVar("servectl_registry", default=None)
@@ -269,7 +271,10 @@ class Endpoint(_Resource):
         if not isinstance(traffic, dict) or not traffic:
             raise ConfigError(f"{site}: endpoint {name!r}: traffic must be a non-empty dict of backend -> weight")
         if route is not None and not names.matches(names.ROUTE, route):
-            raise ConfigError(f"{site}: endpoint {name!r}: route {route!r} must be a path starting with '/'")
+            raise ConfigError(
+                f"{site}: endpoint {name!r}: route {route!r} must be a path starting with '/' (letters, digits, '.', "
+                "'_', '~', '-', '/'), and not under /_servectl or /-/ (servectl's and Serve's own)"
+            )
         if route is not None and len(route) > 1 and route.endswith("/"):
             raise ConfigError(f"{site}: endpoint {name!r}: route {route!r} must not end with '/'")
         for key, weight in traffic.items():
@@ -384,6 +389,19 @@ class S3State(_Block):
         if self.kms_key_id is not None and not self.encrypt:
             raise ValueError("kms_key_id is set but encrypt is False: set encrypt=True")
         return self
+
+
+class History(_Block):
+    """How many applied versions the state's history keeps (``servectl state history``, ``servectl rollback``).
+
+    Every apply, destroy, rollback and refresh adds one entry with the
+    config's files; past ``keep`` the oldest go, except the state's own version
+    and the two newest applied ones (what ``rollback`` returns to).
+    """
+
+    keep: int = Field(HISTORY_KEEP, ge=2, le=10_000, description="entries kept; the oldest beyond it are pruned on each apply")
+
+    registry_field: ClassVar[str] = "histories"
 
 
 @dataclass

@@ -19,6 +19,7 @@ from servectl.aws_config import AwsRay
 from servectl.config import Backend, Endpoint, LocalRay, S3State
 from servectl.sensitive import to_plain
 from servectl.errors import ConfigError
+from servectl.state.store import HISTORY_KEEP
 
 BACKEND = "backend"
 ENDPOINT = "endpoint"
@@ -141,6 +142,7 @@ class DesiredState:
     resources: dict[str, ResourceSpec]
     variables: dict[str, Any]
     state_backend: Optional[StateBackendSpec] = None  # None: the local servectl.state.json
+    history_keep: int = HISTORY_KEEP  # History(keep=…): applied versions the state's history keeps
 
     def backends(self) -> list[ResourceSpec]:
         return [r for r in self.resources.values() if r.kind == BACKEND]
@@ -362,11 +364,32 @@ def _local_module_file(module_name: str, config_dir: str) -> Optional[str]:
     return None
 
 
+RESERVED_KEYS = ("__servectl_sensitive__", "__servectl_sealed__")  # servectl's own marks: never a user's key
+
+
 def _json_value(value: Any, where: str) -> Any:
     try:
-        return json.loads(json.dumps(to_plain(value)))
+        plain = json.loads(json.dumps(to_plain(value), allow_nan=False))
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: value {value!r} must be JSON-serialisable (str, number, bool, list, dict)") from None
+    _refuse_reserved_keys(value, where)
+    return plain
+
+
+def _refuse_reserved_keys(value: Any, where: str) -> None:
+    """A user's own dict with servectl's mark as its only key would read as a sensitive or sealed value."""
+    from servectl.sensitive import Sensitive
+
+    if isinstance(value, Sensitive):
+        value = value.value
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key in RESERVED_KEYS:
+                raise ConfigError(f"{where}: the key {key!r} is servectl's own; rename it")
+            _refuse_reserved_keys(inner, where)
+    elif isinstance(value, (list, tuple)):
+        for inner in value:
+            _refuse_reserved_keys(inner, where)
 
 
 def backend_attributes(backend: Backend, config_dir: str) -> dict[str, Any]:

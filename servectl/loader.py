@@ -33,6 +33,7 @@ from servectl.aws_infra import code_bucket, infra_resources
 from servectl.bundle import digest as bundle_digest, freeze_servectl
 from servectl.sensitive import to_plain
 from servectl.errors import ConfigError, ServectlError
+from servectl.state.store import HISTORY_KEEP
 
 ROOT_MODULE = "main.py"
 
@@ -122,6 +123,10 @@ def load_config(config_dir: str, variables: Optional[Mapping[str, str]] = None) 
                 "code_bucket (or S3State) another bucket"
             )
 
+    if len(registry.histories) > 1:
+        raise ConfigError(f"{registry.histories[1].declared_at}: a second History block; declare History(keep=…) once")
+    history_keep = registry.histories[0].keep if registry.histories else HISTORY_KEEP
+
     resources: dict[str, ResourceSpec] = {}
     seen: dict[str, str] = {}
 
@@ -176,5 +181,5 @@ def load_config(config_dir: str, variables: Optional[Mapping[str, str]] = None) 
     variables = {name: to_plain(v.value) for name, v in registry.variables.items()}
     return DesiredState(
         config_dir=registry.config_dir, provider=provider, resources=resources, variables=variables,
-        state_backend=state_backend,
+        state_backend=state_backend, history_keep=history_keep,
     )

@@ -23,7 +23,7 @@ from servectl import names
 from servectl.node_scaler import IDLE_S, HeadScaling, NodeScaler
 from servectl.providers import serve_health
 from servectl.providers.aws_routing import RoutingStore
-from servectl.providers.front_proxy import FrontProxy, render_config, routed_endpoints
+from servectl.providers.front_proxy import FrontProxy, check_policy, render_config, routed_endpoints
 from servectl.runtime.proof import route_proof
 
 log = logging.getLogger("servectl.node_agent")
@@ -132,9 +132,12 @@ def checked_document(document: Any) -> tuple[int, int, dict[str, dict[str, Any]]
     if not isinstance(endpoints, dict) or not isinstance(backends, list):
         raise ValueError("endpoints must be an object and backends a list")
     for name, policy in endpoints.items():
-        names.require(names.NAME, name, "endpoint name")
         if not isinstance(policy, dict):
-            raise ValueError(f"endpoint {name}'s policy is not an object")
+            raise ValueError(f"endpoint {name!r}'s policy is not an object")
+        # Every endpoint, routed or handle-only: handles read these policies from the head's key-value store.
+        check_policy(name, policy.get("segments"), policy.get("shadow") or {})
+        if policy.get("route") is not None:
+            names.require(names.ROUTE, policy["route"], f"endpoint {name}'s route")
     for backend in backends:
         names.require(names.NAME, backend, "backend name")
     return version, serve_port, endpoints, backends

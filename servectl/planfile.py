@@ -24,6 +24,7 @@ from servectl.desired import DesiredState, ProviderSpec, ResourceSpec, StateBack
 from servectl.errors import ServectlError
 from servectl.plan import Plan
 from servectl.sensitive import learn
+from servectl.state.store import HISTORY_KEEP
 
 PLAN_FORMAT = "servectl-plan"
 PLAN_FORMAT_VERSION = 1
@@ -54,6 +55,7 @@ def desired_to_dict(desired: DesiredState) -> dict[str, Any]:
         "variables": desired.variables,
         "resources": {address: dataclasses.asdict(spec) for address, spec in desired.resources.items()},
         "state_backend": dataclasses.asdict(desired.state_backend) if desired.state_backend else None,
+        "history_keep": desired.history_keep,
     }
 
 
@@ -64,6 +66,7 @@ def desired_from_dict(body: dict[str, Any]) -> DesiredState:
         resources={address: ResourceSpec(**spec) for address, spec in body["resources"].items()},
         variables=dict(body.get("variables") or {}),
         state_backend=StateBackendSpec(**body["state_backend"]) if body.get("state_backend") else None,
+        history_keep=int(body.get("history_keep") or HISTORY_KEEP),
     )
 
 

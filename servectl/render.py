@@ -196,9 +196,11 @@ def bundle_line(plan: Plan) -> str:
     the user's is left out; empty otherwise."""
     ignored = plan.bundle.get("ignored") or []
     plans = plan.bundle.get("saved_plans") or []
-    if not ignored and not plans:
+    own = plan.bundle.get("servectl_files") or []
+    if not ignored and not plans and not own:
         return ""
-    left = [f"{path} (.servectlignore)" for path in ignored] + [f"{path} (a saved plan)" for path in plans]
+    left = ([f"{path} (.servectlignore)" for path in ignored] + [f"{path} (a saved plan)" for path in plans]
+            + [f"{path} (servectl's: a state or holds sensitive values)" for path in own])
     return f"Code shipped: {plan.bundle.get('files', 0)} files; left out: {', '.join(left)}"
 
 

@@ -101,8 +101,8 @@ def _texts(value: Any) -> list[str]:
         return _texts(value.value)
     if is_marked(value):
         return _texts(value[MARK])
-    if isinstance(value, dict):
-        return [text for inner in value.values() for text in _texts(inner)]
+    if isinstance(value, dict):  # a sensitive dict's keys are part of it too
+        return [text for key, inner in value.items() for text in _texts(key) + _texts(inner)]
     if isinstance(value, (list, tuple)):
         return [text for inner in value for text in _texts(inner)]
     if value is None or isinstance(value, bool):
@@ -134,13 +134,35 @@ def learn(body: Any) -> None:
 
 
 def mask(text: str) -> str:
-    """``text`` with every remembered sensitive value replaced by ``(sensitive)``."""
+    """``text`` with every remembered sensitive value replaced by ``(sensitive)``.
+
+    Every occurrence of every value is found in the original text first and
+    the union of those spans replaced at once, so two values that overlap
+    ("abcdefgh", "ghijklmn" in "abcdefghijklmn") leave nothing of either.
+    """
     if not _pattern_cache or not text:
         return text
+    spans: list[tuple[int, int]] = []
     for secret in list(_pattern_cache):
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
+        start = text.find(secret)
+        while start != -1:
+            spans.append((start, start + len(secret)))
+            start = text.find(secret, start + 1)
+    if not spans:
+        return text
+    spans.sort()
+    merged = [list(spans[0])]
+    for start, end in spans[1:]:
+        if start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    parts, cursor = [], 0
+    for start, end in merged:
+        parts += [text[cursor:start], REDACTED]
+        cursor = end
+    parts.append(text[cursor:])
+    return "".join(parts)
 
 
 class MaskedStream(io.TextIOBase):

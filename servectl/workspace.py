@@ -131,8 +131,9 @@ class Workspace:
                         f"{remote.describe()} already holds a state (lineage {existing.lineage}, serial "
                         f"{existing.serial}); servectl will not overwrite it"
                     )
-                for entry in local.history():
-                    remote.append_history(entry)
+                entries = local.history()
+                for entry in entries:  # every kept version moves: none is pruned on the way
+                    remote.append_history(entry, keep=max(len(entries), 2))
                 remote.write(document)  # last: a migration cut short leaves the local state in charge
                 locate.remember(self._backend, self.config_dir)
                 os.replace(local.path, local.path + ".migrated")
@@ -157,6 +158,8 @@ class Workspace:
         if not destroy:
             desired = rollout.resolve(desired, state, rollout_moves)
         provider = provider_for(desired.provider, self.config_dir)
+        if state is not None and state.provider:
+            provider.recall(dict(state.provider.get("live") or {}))  # the AWS cluster's token: to read it live
         view = provider.cluster()
         plan = plan_changes(desired, state, view.nodes, view.source, destroy=destroy, targets=targets)
         if not destroy:
@@ -170,7 +173,7 @@ class Workspace:
             listing = bundle.listing(self.config_dir)
         except bundle.BundleError as err:
             raise PlanError(f"{self.config_dir}: {err}") from None
-        left_out = set(listing.ignored) | set(listing.saved_plans)
+        left_out = set(listing.ignored) | set(listing.saved_plans) | set(listing.servectl_files)
         for spec in desired.resources.values():
             origin = (spec.attributes.get("code") or {}).get("origin") if spec.kind == BACKEND else None
             if origin and origin not in ("installed", "workers"):
@@ -196,17 +199,18 @@ class Workspace:
     def rollback(self, to_serial: Optional[int] = None) -> Iterator[Planned]:
         """Plan a return to an earlier applied version, from the history alone (no config files needed)."""
         state = self.read_state()
-        applied = [entry for entry in self.store.history() if entry.desired is not None]
+        applied = [summary for summary in self.store.history_index() if summary.applied]
         if to_serial is None:
             if len(applied) < 2:
                 raise StateError("there is no earlier applied version to roll back to (`servectl state history` lists them)")
-            target = applied[-2]
+            chosen = applied[-2]
         else:
-            matches = [entry for entry in applied if entry.serial == to_serial]
+            matches = [summary for summary in applied if summary.serial == to_serial]
             if not matches:
-                kept = ", ".join(str(entry.serial) for entry in applied) or "none"
+                kept = ", ".join(str(summary.serial) for summary in applied) or "none"
                 raise StateError(f"no applied version with serial {to_serial} in the history (applied serials: {kept})")
-            target = matches[0]
+            chosen = matches[0]
+        target = self.store.history_entry(chosen.serial)  # the one entry (and bundle) read
         if state is not None and target.lineage != state.lineage:
             raise StateError(
                 f"serial {target.serial} belongs to another state (lineage {target.lineage}); it cannot be rolled back to"
@@ -272,7 +276,7 @@ class Workspace:
         self.store.append_history(history.entry_for(
             document.serial, document.lineage, "apply (no changes: recorded the applied version)",
             planned.plan.tally(), planned.desired, planned.bundle if planned.bundle is not None else self._freeze(),
-        ))
+        ), keep=planned.desired.history_keep)
         return True
 
     def _recorded_in_history(self, document: StateDocument) -> bool:
@@ -349,6 +353,8 @@ class Workspace:
                 "run plan again"
             )
         if planned.saved:
+            if current is not None and current.provider:
+                planned.provider.recall(dict(current.provider.get("live") or {}))
             live = planned.provider.fingerprint()
             if live != planned.live_fingerprint:
                 raise StateError(
@@ -369,7 +375,7 @@ class Workspace:
             self.store.append_history(history.entry_for(
                 document.serial, document.lineage, operation, planned.plan.tally(),
                 None if planned.plan.destroy else planned.desired, frozen,
-            ))
+            ), keep=planned.desired.history_keep)
         elif not planned.plan.destroy:
             self._record_version(document, planned)
         if planned.plan.destroy:  # also when nothing was left to delete: the cluster may still run

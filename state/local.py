@@ -7,16 +7,14 @@ import json
 import os
 import signal
 import tempfile
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from servectl.errors import LockError, StateError
 from servectl.state.document import StateDocument
 from servectl.state.store import LockInfo, StateStore
 
-if TYPE_CHECKING:
-    from servectl.history import HistoryEntry
-
 STATE_FILE = "servectl.state.json"
+INDEX_NAME = "index.json"  # the history's index, beside the entries (0000000007.json, …)
 
 
 class LocalStateStore(StateStore):
@@ -62,33 +60,46 @@ class LocalStateStore(StateStore):
     def write(self, document: StateDocument) -> None:
         _write_private(self.path, document.to_json())
 
-    def append_history(self, entry: "HistoryEntry") -> None:
-        os.makedirs(self.history_dir, mode=0o700, exist_ok=True)
-        _write_private(os.path.join(self.history_dir, f"{entry.serial:010d}.json"), json.dumps(entry.to_dict()))
+    def _history_path(self, serial: int) -> str:
+        return os.path.join(self.history_dir, f"{serial:010d}.json")
 
-    def _history_names(self) -> list[str]:
+    def _history_serials(self) -> list[int]:
         try:
-            return sorted(n for n in os.listdir(self.history_dir) if n.endswith(".json"))
+            names = os.listdir(self.history_dir)
         except FileNotFoundError:
             return []
+        return sorted(int(name[:-5]) for name in names if name.endswith(".json") and name[:-5].isdigit())
 
-    def _read_history_entry(self, name: str) -> "HistoryEntry":
-        from servectl.history import HistoryEntry
-
-        path = os.path.join(self.history_dir, name)
+    def _read_history_text(self, serial: int) -> Optional[tuple[str, str]]:
+        path = self._history_path(serial)
         try:
             with open(path, encoding="utf-8") as handle:
-                body = json.load(handle)
-        except (OSError, ValueError):
+                return handle.read(), path
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError):
             raise StateError(f"{path}: history entry is unreadable") from None
-        return HistoryEntry.from_dict(body, path)
 
-    def history(self) -> list["HistoryEntry"]:
-        return [self._read_history_entry(name) for name in self._history_names()]
+    def _write_history_text(self, serial: int, text: str) -> None:
+        os.makedirs(self.history_dir, mode=0o700, exist_ok=True)
+        _write_private(self._history_path(serial), text)
 
-    def latest_history(self) -> Optional["HistoryEntry"]:
-        names = self._history_names()
-        return self._read_history_entry(names[-1]) if names else None
+    def _delete_history_entry(self, serial: int) -> None:
+        try:
+            os.unlink(self._history_path(serial))
+        except FileNotFoundError:
+            pass
+
+    def _read_history_index(self) -> Optional[str]:
+        try:
+            with open(os.path.join(self.history_dir, INDEX_NAME), encoding="utf-8") as handle:
+                return handle.read()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+
+    def _write_history_index(self, text: str) -> None:
+        os.makedirs(self.history_dir, mode=0o700, exist_ok=True)
+        _write_private(os.path.join(self.history_dir, INDEX_NAME), text)
 
     def _read_lock_info(self) -> Optional[LockInfo]:
         try:

@@ -9,20 +9,20 @@ Three kinds of object sit beside each other under the configured key:
   overwriting someone else's state.
 - ``KEY.lock``: the lock, created with ``If-None-Match: *`` so exactly one of
   any number of racing processes gets it; its body is the holder's LockInfo.
-- ``KEY.history/SERIAL.json``: one object per applied version, for rollback.
+- ``KEY.history/SERIAL.json``: one object per applied version, for rollback,
+  and ``KEY.history/index.json``, their summaries (``state history`` and
+  ``rollback`` read it and one entry, never every bundle).
 """
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 from servectl.desired import StateBackendSpec
 from servectl.errors import LockError, StateError
 from servectl.state.document import StateDocument
+from servectl.state.local import INDEX_NAME
 from servectl.state.store import LockInfo, StateStore
-
-if TYPE_CHECKING:
-    from servectl.history import HistoryEntry
 
 # S3's answers to a failed condition: 412 normally, 409 when two conditional writes race.
 CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
@@ -173,44 +173,45 @@ class S3StateStore(StateStore):
 
     # -- history --------------------------------------------------------------------------------------------------
 
-    def append_history(self, entry: "HistoryEntry") -> None:
-        self._put("keep a history entry", f"{self.history_prefix}{entry.serial:010d}.json", json.dumps(entry.to_dict()))
+    def _history_key(self, serial: int) -> str:
+        return f"{self.history_prefix}{serial:010d}.json"
 
-    def _history_keys(self) -> list[str]:
-        keys: list[str] = []
+    def _history_serials(self) -> list[int]:
+        serials: list[int] = []
         token: dict[str, str] = {}
         while True:
-            page = self._call(
-                "list the history", self.client.list_objects_v2, Prefix=self.history_prefix, **token
-            )
-            keys.extend(item["Key"] for item in page.get("Contents", []) if item["Key"].endswith(".json"))
+            page = self._call("list the history", self.client.list_objects_v2, Prefix=self.history_prefix, **token)
+            for item in page.get("Contents", []):
+                name = item["Key"][len(self.history_prefix):]
+                if name.endswith(".json") and name[:-5].isdigit():
+                    serials.append(int(name[:-5]))
             if not page.get("IsTruncated"):
-                return sorted(keys)
+                return sorted(serials)
             token = {"ContinuationToken": page["NextContinuationToken"]}
 
-    def _read_history_entry(self, key: str) -> Optional["HistoryEntry"]:
-        from servectl.history import HistoryEntry
-
+    def _read_history_text(self, serial: int) -> Optional[tuple[str, str]]:
+        key = self._history_key(serial)
         found = self._get("read a history entry", key)
-        where = f"s3://{self.spec.bucket}/{key}"
-        if found is None:
-            return None  # deleted between the listing and the read
+        return None if found is None else (found[0], f"s3://{self.spec.bucket}/{key}")
+
+    def _write_history_text(self, serial: int, text: str) -> None:
+        self._put("keep a history entry", self._history_key(serial), text)
+
+    def _delete_history_entry(self, serial: int) -> None:
+        from botocore.exceptions import ClientError
+
         try:
-            body = json.loads(found[0])
-        except ValueError:
-            raise StateError(f"{where}: history entry is unreadable") from None
-        return HistoryEntry.from_dict(body, where)
+            self._call("prune the history", self.client.delete_object, Key=self._history_key(serial))
+        except ClientError as err:
+            if self._code(err) not in MISSING:
+                raise StateError(f"{self.describe()}: cannot prune the history: {err}") from None
 
-    def history(self) -> list["HistoryEntry"]:
-        entries = (self._read_history_entry(key) for key in self._history_keys())
-        return [entry for entry in entries if entry is not None]
+    def _read_history_index(self) -> Optional[str]:
+        found = self._get("read the history's index", self.history_prefix + INDEX_NAME)
+        return None if found is None else found[0]
 
-    def latest_history(self) -> Optional["HistoryEntry"]:
-        # Keys are zero-padded serials, so the listing's last key is the newest entry.
-        keys = self._history_keys()
-        return self._read_history_entry(keys[-1]) if keys else None
-
-    # -- locking --------------------------------------------------------------------------------------------------
+    def _write_history_index(self, text: str) -> None:
+        self._put("write the history's index", self.history_prefix + INDEX_NAME, text)
 
     def _read_lock(self) -> Optional[tuple[LockInfo, str]]:
         found = self._get("read the lock", self.lock_key)

@@ -8,7 +8,8 @@ import uuid
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Optional
+import json
+from typing import TYPE_CHECKING, Any, Optional
 
 from servectl.state.document import StateDocument
 
@@ -43,8 +44,50 @@ class LockInfo:
         return f"{self.who} (pid {self.pid}) since {self.created} for '{self.operation}', lock ID {self.id}"
 
 
+HISTORY_KEEP = 50  # applied versions kept by default (servectl.config.History(keep=…))
+INDEX_FORMAT_VERSION = 1
+
+
+@dataclass
+class HistorySummary:
+    """One kept version as ``state history`` lists it, read from the history's index (no entry, no bundle)."""
+
+    serial: int
+    lineage: str
+    time: str
+    who: str
+    operation: str
+    summary: str
+    applied: bool  # it holds a desired state to go back to (a destroy does not)
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> "HistorySummary":
+        """The summary of an entry's JSON body (``servectl.history.HistoryEntry.to_dict``)."""
+        return cls(
+            serial=int(body["serial"]), lineage=str(body["lineage"]), time=str(body["time"]), who=str(body["who"]),
+            operation=str(body["operation"]), summary=str(body["summary"]), applied=body.get("desired") is not None,
+        )
+
+
+def kept_serials(index: list[HistorySummary], keep: int) -> set[int]:
+    """Which entries a history of ``index`` keeps at ``keep``: the newest ``keep``, and always the newest entry (the
+    state's version) and the newest two applied versions (what ``rollback`` goes back to)."""
+    kept = {summary.serial for summary in index[-keep:]}
+    if index:
+        kept.add(index[-1].serial)
+    kept |= {summary.serial for summary in [s for s in index if s.applied][-2:]}
+    return kept
+
+
 class StateStore(ABC):
-    """Where a state document lives. Writes are whole-document and atomic."""
+    """Where a state document lives. Writes are whole-document and atomic.
+
+    Its history (one entry per applied version, each with the config's files)
+    is kept beside it with an index, so that listing it or rolling back reads
+    the index and one entry, never every bundle; it is pruned to ``keep``
+    entries on every append. Stores provide the storage primitives
+    (``_history_*``); the index and pruning rules are here, once.
+    """
 
     @abstractmethod
     def describe(self) -> str:
@@ -70,14 +113,97 @@ class StateStore(ABC):
     def force_unlock(self, lock_id: str) -> LockInfo:
         """Release a stale lock, only when ``lock_id`` matches the holder's ID."""
 
-    @abstractmethod
-    def append_history(self, entry: "HistoryEntry") -> None:
-        """Keep one applied version (written atomically, private)."""
+    # -- history: storage primitives each store provides ---------------------------------------------------------
 
     @abstractmethod
+    def _history_serials(self) -> list[int]:
+        """The serials of the entries stored, ascending (a listing; no entry is read)."""
+
+    @abstractmethod
+    def _read_history_text(self, serial: int) -> Optional[tuple[str, str]]:
+        """(JSON text, where it is for messages) of one entry, or None when it is not there."""
+
+    @abstractmethod
+    def _write_history_text(self, serial: int, text: str) -> None:
+        """Store one entry's JSON text (atomically, private)."""
+
+    @abstractmethod
+    def _delete_history_entry(self, serial: int) -> None:
+        """Remove one entry (pruning); gone already is fine."""
+
+    @abstractmethod
+    def _read_history_index(self) -> Optional[str]:
+        """The index's JSON text, or None before the first index was written."""
+
+    @abstractmethod
+    def _write_history_index(self, text: str) -> None:
+        """Store the index's JSON text (atomically, private)."""
+
+    # -- history: what callers use ---------------------------------------------------------------------------------
+
+    def append_history(self, entry: "HistoryEntry", keep: int = HISTORY_KEEP) -> None:
+        """Keep one applied version, then prune the history to ``keep`` entries (see ``kept_serials``)."""
+        body = entry.to_dict()
+        self._write_history_text(entry.serial, json.dumps(body))
+        index = [summary for summary in self.history_index() if summary.serial != entry.serial]
+        index.append(HistorySummary.of(body))
+        index.sort(key=lambda summary: summary.serial)
+        kept = kept_serials(index, keep)
+        self._write_index([summary for summary in index if summary.serial in kept])
+        for summary in index:
+            if summary.serial not in kept:
+                self._delete_history_entry(summary.serial)
+
+    def history_index(self) -> list[HistorySummary]:
+        """Every kept version's summary, oldest first, from the index (built once from the entries if missing)."""
+        text = self._read_history_index()
+        if text is not None:
+            try:
+                body = json.loads(text)
+                if body.get("format_version") == INDEX_FORMAT_VERSION:
+                    return [HistorySummary(**row) for row in body["entries"]]
+            except (ValueError, KeyError, TypeError, AttributeError):
+                pass  # rebuilt below from the entries themselves
+        index = []
+        for serial in self._history_serials():
+            found = self._read_history_text(serial)
+            if found is None:
+                continue
+            try:
+                index.append(HistorySummary.of(json.loads(found[0])))
+            except (ValueError, KeyError, TypeError) as err:
+                from servectl.errors import StateError
+
+                raise StateError(f"{found[1]}: history entry is corrupt ({type(err).__name__}: {err})") from None
+        if index:
+            self._write_index(index)
+        return index
+
+    def _write_index(self, index: list[HistorySummary]) -> None:
+        self._write_history_index(json.dumps(
+            {"format_version": INDEX_FORMAT_VERSION, "entries": [asdict(summary) for summary in index]}
+        ))
+
+    def history_entry(self, serial: int) -> "HistoryEntry":
+        """The kept version with ``serial``, bundle and all. Raises StateError when it is not kept or unreadable."""
+        from servectl.errors import StateError
+        from servectl.history import HistoryEntry
+
+        found = self._read_history_text(serial)
+        if found is None:
+            raise StateError(f"history entry {serial} of {self.describe()} is not kept (`servectl state history` lists them)")
+        text, where = found
+        try:
+            body = json.loads(text)
+        except ValueError:
+            raise StateError(f"{where}: history entry is unreadable") from None
+        return HistoryEntry.from_dict(body, where)
+
     def history(self) -> list["HistoryEntry"]:
-        """Every kept version, oldest first."""
+        """Every kept version with its bundle, oldest first (reads them all: `state migrate` needs them)."""
+        return [self.history_entry(summary.serial) for summary in self.history_index()]
 
-    @abstractmethod
     def latest_history(self) -> Optional["HistoryEntry"]:
-        """The newest kept version only (one read, however long the history is), or None."""
+        """The newest kept version only (the index and one entry, however long the history is), or None."""
+        index = self.history_index()
+        return self.history_entry(index[-1].serial) if index else None

@@ -158,6 +158,17 @@ def test_plan_apply_split_grow_drift_rollback_and_destroy_on_aws(moto_server, tm
         assert drift.returncode == 2, drift.stdout + drift.stderr
         assert "node_group.gpu" in drift.stdout and "desired_capacity" in drift.stdout, drift.stdout
 
+        # A saved plan is refused once the live system moved (here: a new routing version published behind it).
+        saved = _cli(config, "plan", "--var", "vision_replicas=3", "--out", str(tmp_path / "aws.plan"))
+        assert saved.returncode == 0, saved.stdout + saved.stderr
+        from servectl.providers.aws_routing import RoutingStore
+
+        store = RoutingStore(ctx.client("s3"), f"{CLUSTER}-code-us-east-1", CLUSTER)
+        current = store.current()
+        store.publish(current["endpoints"], current["backends"], current["serve_port"], current["node_groups"])
+        stale = _cli(config, "apply", str(tmp_path / "aws.plan"))
+        assert stale.returncode == 1 and "the live system changed since this plan was made" in stale.stderr, stale.stderr
+
         # Rollback to the first apply: vision back to 1 replica, the GPU group back to 1 node.
         rolled = _cli(config, "rollback", "--auto-approve", "--timeout", "90")
         assert rolled.returncode == 0, rolled.stdout + rolled.stderr

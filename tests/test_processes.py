@@ -13,7 +13,9 @@ import pytest
 
 from servectl.providers.embedded_cluster import EmbeddedCluster
 from servectl.providers.front_proxy import FrontProxy
-from servectl.providers.processes import ProcessIdentity, identify, is_running, session_members, signal_verified, stop_session
+from servectl.providers.processes import (
+    TAG_VARIABLE, ProcessIdentity, identify, is_running, new_tag, session_members, signal_verified, stop_session,
+)
 from tests.conftest import SERVECTL, copy_example
 
 
@@ -55,9 +57,11 @@ def test_a_session_is_stopped_whole_even_after_its_leader_died(tmp_path):
         "print(child.pid, flush=True)\n"
         "time.sleep(120)\n"
     )
-    leader = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    tag = new_tag()
+    leader = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True,
+                              env={**os.environ, TAG_VARIABLE: tag})
     child_pid = int(leader.stdout.readline())
-    identity = identify(leader.pid)
+    identity = identify(leader.pid, tag)
     assert identity is not None
     assert set(session_members(identity)) == {leader.pid, child_pid}
     _reaped(leader)
@@ -105,6 +109,44 @@ def test_destroy_never_signals_a_stranger_that_has_a_recorded_pid(tmp_path):
     finally:
         for proc in strangers:
             _reaped(proc)
+
+
+def test_a_stranger_in_a_session_with_a_reused_number_is_not_a_member(tmp_path):
+    """Our leader died and its PID was reused by a stranger's session leader, which died too, leaving a daemon
+    behind: that daemon has our leader's number as its session id, but not our tag."""
+    tag = new_tag()
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True,
+                            env={**os.environ, TAG_VARIABLE: tag})
+    recorded = identify(ours.pid, tag)
+    assert recorded is not None and session_members(recorded) == [ours.pid]
+    _reaped(ours)
+    stranger = subprocess.run(
+        ["setsid", "sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $! $$"], capture_output=True, text=True, timeout=10)
+    daemon, leader = (int(x) for x in stranger.stdout.split())
+    try:
+        forged = ProcessIdentity(leader, recorded.start_ticks, recorded.executable, recorded.boot_id, tag)
+        assert session_members(forged) == []  # its session id matches, its environment does not
+        stop_session(forged, grace_s=0.5, kill_s=0.5)
+        assert os.path.exists(f"/proc/{daemon}")
+    finally:
+        os.kill(daemon, signal.SIGKILL)
+    assert ProcessIdentity.from_dict({"pid": 0, "start_ticks": 1, "executable": "x", "boot_id": "b"}) is None
+
+
+def test_a_process_whose_binary_was_replaced_on_disk_is_still_ours(tmp_path):
+    binary = tmp_path / "sleeper"
+    binary.write_bytes(open("/bin/sleep", "rb").read())
+    binary.chmod(0o755)
+    tag = new_tag()
+    proc = subprocess.Popen([str(binary), "60"], start_new_session=True, env={**os.environ, TAG_VARIABLE: tag})
+    try:
+        identity = identify(proc.pid, tag)
+        replacement = tmp_path / "sleeper.new"
+        replacement.write_bytes(open("/bin/sleep", "rb").read())
+        os.replace(replacement, binary)  # as pip or apt upgrade a binary in use
+        assert is_running(identity) and session_members(identity) == [proc.pid]
+    finally:
+        _reaped(proc)
 
 
 @pytest.mark.parametrize("field", ["start_ticks", "executable"])

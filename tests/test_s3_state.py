@@ -192,3 +192,9 @@ def test_a_retried_put_whose_first_answer_was_lost_is_ours(moto_server):
     lost.write(document)  # and the store still knows the ETag to write the next one
     lost.unlock(info)
     store(bucket).lock("apply")
+
+
+def test_the_s3_history_is_indexed_and_pruned_to_its_keep_setting(moto_server):
+    from tests.test_state import check_history_is_indexed_and_pruned
+
+    check_history_is_indexed_and_pruned(store(new_bucket(moto_server)))

@@ -35,6 +35,11 @@ def test_the_mask_hides_every_remembered_value_in_any_form():
     masked.write(f"plain {secret} json {json.dumps(secret)} repr {secret!r} end\n")
     assert stream.getvalue() == "plain (sensitive) json \"(sensitive)\" repr '(sensitive)' end\n"
     assert mask("short 12345") == "short 12345"  # below MIN_MASKED_LENGTH: left to structural redaction
+    sensitive("abcdefgh")
+    sensitive("ghijklmn")
+    assert mask("x abcdefghijklmn y") == "x (sensitive) y"  # overlapping values leave nothing of either
+    sensitive({"keyname-secret": "value-secret"})
+    assert mask("keyname-secret: value-secret") == "(sensitive): (sensitive)"
 
 
 def test_values_read_from_a_state_are_masked_too(tmp_path):
@@ -71,6 +76,9 @@ def test_sealing_is_deterministic_opens_only_with_its_token_and_keeps_plain_valu
     assert unseal(sealed, key) == {"plain": 1, "list": ["a", "sealed-secret"], "whole": {"k": 2}}
     with pytest.raises(SealError):
         unseal(sealed, key_from_token("token-two"))
+    for edited in (5, None, ["x"], sealed["list"][1]["__servectl_sealed__"] + "*\n"):
+        with pytest.raises(SealError):  # an edited config in Serve: one clear error, never a TypeError
+            unseal({"__servectl_sealed__": edited}, key)
     assert reveal(value)["whole"] == {"k": 2}
 
 
@@ -90,4 +98,25 @@ def test_the_bundle_leaves_out_ignored_files_saved_plans_and_servectls_own(tmp_p
     assert listing.ignored == ["keys/", "prod.env"] and listing.saved_plans == ["renamed-plan.json"]
     frozen = zipfile.ZipFile(io.BytesIO(bundle.freeze(str(tmp_path))))
     assert frozen.namelist() == listing.included
-    assert listing.summary() == {"files": 3, "ignored": ["keys/", "prod.env"], "saved_plans": ["renamed-plan.json"]}
+    assert listing.summary() == {"files": 3, "ignored": ["keys/", "prod.env"], "saved_plans": ["renamed-plan.json"],
+                                 "servectl_files": []}
+
+
+def test_servectls_own_files_are_found_by_content_and_ignore_files_apply_below_their_directory(tmp_path):
+    import os
+
+    (tmp_path / "main.py").write_text("x = 1\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "pretty.plan.json").write_text(json.dumps({"format_version": 1, "format": "servectl-plan"}, indent=2))
+    state = StateDocument.new()
+    (tmp_path / "sub" / "state-copy.json").write_text(state.to_json())
+    (tmp_path / "servectl.state.json").write_text(state.to_json())
+    os.link(tmp_path / "servectl.state.json", tmp_path / "hardlink-state.json")
+    (tmp_path / "notes.txt").write_text('the key was {"__servectl_sensitive__": "x"}')
+    (tmp_path / "sub" / ".servectlignore").write_text("*.pem\n")
+    (tmp_path / "sub" / "key.pem").write_text("KEY")
+    (tmp_path / "top.pem").write_text("not ignored above sub/")
+    listing = bundle.listing(str(tmp_path))
+    assert listing.included == ["main.py", "sub/.servectlignore", "top.pem"]
+    assert listing.saved_plans == ["sub/pretty.plan.json"] and listing.ignored == ["sub/key.pem"]
+    assert sorted(listing.servectl_files) == ["hardlink-state.json", "notes.txt", "sub/state-copy.json"]

@@ -95,3 +95,44 @@ def test_latest_history_reads_only_the_newest_entry(tmp_path):
         store.history()
     latest = store.latest_history()
     assert (latest.serial, latest.lineage) == (10, "L")
+
+
+def _entry(serial: int, applied: bool = True, bundle: bytes = b"") -> HistoryEntry:
+    import base64
+
+    return HistoryEntry(serial=serial, lineage="L", time="t", who="me", operation="apply" if applied else "destroy",
+                        summary=f"#{serial}", desired={"config_dir": "/x"} if applied else None,
+                        bundle_b64=base64.b64encode(bundle).decode())
+
+
+def check_history_is_indexed_and_pruned(store) -> None:
+    """Shared by the local and the S3 store: listing reads the index only; pruning keeps what rollback needs."""
+    for serial in range(1, 31):  # 30 entries with 256 KiB bundles: what `state history` must not read
+        store.append_history(_entry(serial, bundle=os.urandom(256 * 1024)), keep=50)
+    index = store.history_index()
+    assert [s.serial for s in index] == list(range(1, 31)) and all(s.applied for s in index)
+    assert store.history_entry(7).bundle and store.latest_history().serial == 30
+    for serial in range(1, 30):  # every entry but the newest now unreadable: the listing does not care
+        store._write_history_text(serial, "{")
+    assert len(store.history_index()) == 30
+    with pytest.raises(StateError, match="history entry is unreadable"):
+        store.history_entry(3)
+    for serial in range(1, 30):
+        store._write_history_text(serial, json.dumps(_entry(serial).to_dict()))
+
+    # Keep 5: the oldest go, their entries deleted; the two newest applied versions stay however many
+    # destroys (no desired state) came after them.
+    for serial in range(31, 41):
+        store.append_history(_entry(serial, applied=serial <= 32), keep=5)
+    assert [s.serial for s in store.history_index()] == [31, 32, 36, 37, 38, 39, 40]
+    assert store._history_serials() == [31, 32, 36, 37, 38, 39, 40]
+    with pytest.raises(StateError, match="is not kept"):
+        store.history_entry(1)
+
+    # A history written before the index existed is indexed on first read.
+    store._write_history_index("not json")
+    assert [s.serial for s in store.history_index()] == [31, 32, 36, 37, 38, 39, 40]
+
+
+def test_the_history_is_indexed_and_pruned_to_its_keep_setting(tmp_path):
+    check_history_is_indexed_and_pruned(LocalStateStore.in_dir(str(tmp_path)))

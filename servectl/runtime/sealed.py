@@ -85,9 +85,12 @@ def unseal(value: Any, key: Optional[bytes] = None) -> Any:
 
     def walk(inner: Any) -> Any:
         if is_sealed(inner):
+            payload = inner[SEAL_MARK]
             try:
-                return json.loads(cipher.decrypt(base64.b64decode(inner[SEAL_MARK]), ASSOCIATED_DATA))
-            except (InvalidTag, ValueError) as err:
+                if not isinstance(payload, str):
+                    raise ValueError(f"a sealed value is a base64 string, not {type(payload).__name__}")
+                return json.loads(cipher.decrypt(base64.b64decode(payload, validate=True), ASSOCIATED_DATA))
+            except (InvalidTag, ValueError, TypeError) as err:
                 raise SealError(
                     "a sensitive value does not open with this cluster's token (sealed for another cluster, or "
                     f"edited): {type(err).__name__}; apply again"
