@@ -38,6 +38,12 @@ CODE = "aws_s3_object.code"
 
 
 class AwsRayProvider(Provider):
+    """The ``AwsRay`` provider: a Ray cluster on EC2 node groups that servectl plans, creates and deletes itself.
+
+    AWS resources go through ``aws_resources``; Serve through the head's dashboard REST API with the cluster's Ray
+    token; routing through the ``RoutingStore`` document in the code bucket, which every node's agent applies.
+    """
+
     def __init__(self, spec: ProviderSpec, config_dir: str, code_dir: Optional[str] = None) -> None:
         assert spec.aws is not None
         self.spec = spec
@@ -67,9 +73,11 @@ class AwsRayProvider(Provider):
         return key_from_token(self.token())
 
     def cluster(self) -> ClusterView:
+        """No live nodes (source "projected"): the planner sizes the node groups itself from the declared node types."""
         return ClusterView(nodes=[], source="projected")  # the planner sizes node groups itself
 
     def environment_problems(self, backends: dict[str, dict[str, Any]]) -> dict[str, str]:
+        """Always none: the nodes may not exist at plan time, so there is nothing to ask."""
         return {}  # the nodes do not exist yet: nothing to ask
 
     def prepare(self, progress: Progress) -> dict[str, Any]:
@@ -144,6 +152,13 @@ class AwsRayProvider(Provider):
     def converge(
         self, resources: dict[str, ResourceState], change: ResourceChange, timeout_s: float, progress: Progress
     ) -> dict[str, dict[str, Any]]:
+        """Apply one change: backends and endpoints through Serve and the routing document, the rest through AWS.
+
+        A delete finds the resource's ids in AWS by name and tags; a replace deletes the old one before creating the new
+        (Terraform's delete-then-create), except code zips, which are kept; a NOOP leaves AWS as it is. Returns the live
+        identifiers by address of what it created, updated or deployed ({} after a delete). Raises ProviderError when an
+        AWS call fails or Serve or the node agents do not take the change within ``timeout_s`` seconds.
+        """
         if change.kind in (BACKEND, ENDPOINT):
             return self._converge_serve(resources, change, timeout_s, progress)
         if change.action is Action.NOOP:  # a revert after a failed change: AWS keeps what it has
@@ -219,6 +234,10 @@ class AwsRayProvider(Provider):
         return live
 
     def observe(self) -> LiveView:
+        """Serve's backends on the head, the routing document's endpoints, the live node count, and ``infra``: the node
+        groups' sizes and whether the target group exists. No ``metrics_urls``. Raises ProviderError when no head
+        answers.
+        """
         rest = self._dashboard(wait_s=0)
         if rest is None:
             raise ProviderError(

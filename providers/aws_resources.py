@@ -41,6 +41,7 @@ class AwsContext:
     _clients: dict[str, Any] = field(default_factory=dict)
 
     def client(self, service: str) -> Any:
+        """The boto3 client for ``service`` in this region, made once (5 s connect and 60 s read timeouts, 3 tries)."""
         if service not in self._clients:
             import boto3
             from botocore.config import Config
@@ -52,12 +53,15 @@ class AwsContext:
         return self._clients[service]
 
     def name(self, label: str) -> str:
+        """The AWS name of the cluster's resource ``label``: ``<cluster>-<label>``."""
         return f"{self.cluster}-{label}"
 
     def tags(self, label: str) -> list[dict[str, str]]:
+        """The tags every resource carries, in EC2's list form: ``servectl:cluster`` and ``Name`` (``name(label)``)."""
         return [{"Key": TAG, "Value": self.cluster}, {"Key": "Name", "Value": self.name(label)}]
 
     def of(self, address: str, key: str) -> Any:
+        """The live identifier ``key`` of the resource at ``address``; raises ProviderError when the state has none."""
         try:
             return self.live[address][key]
         except KeyError:
@@ -92,6 +96,13 @@ def _gone(operation: Callable[..., Any], missing: tuple[str, ...], **params: Any
 # --- network ------------------------------------------------------------------------------------------------------
 
 def create_network(ctx: AwsContext, attrs: dict[str, Any]) -> Live:
+    """The VPC: the given ``vpc_id`` and ``subnet_ids`` as they are (``owned`` False), or a new one servectl owns.
+
+    A new VPC gets DNS host names, an internet gateway, a route table with a default route to it, and one public
+    /24 subnet in each of the first two available zones (a load balancer needs two). Returns ``vpc_id``,
+    ``subnet_ids`` and ``owned``, plus ``igw_id``, ``route_table_id`` and ``associations`` for an owned VPC.
+    Raises ProviderError when a call fails.
+    """
     if attrs.get("vpc_id"):
         return {"vpc_id": attrs["vpc_id"], "subnet_ids": list(attrs["subnet_ids"]), "owned": False}
     ec2 = ctx.client("ec2")
@@ -126,6 +137,11 @@ def create_network(ctx: AwsContext, attrs: dict[str, Any]) -> Live:
 
 
 def delete_network(ctx: AwsContext, live: Live) -> None:
+    """Delete an owned VPC and what create_network made in it (route table associations, subnets, route table, gateway).
+
+    A VPC servectl was given is left alone. Parts already gone count as deleted; any other failure raises
+    ProviderError.
+    """
     if not live.get("owned"):
         return
     ec2 = ctx.client("ec2")
@@ -161,6 +177,12 @@ def _permissions(ctx: AwsContext, rules: list[dict[str, Any]], own_id: str) -> l
 
 
 def create_security_group(ctx: AwsContext, label: str, attrs: dict[str, Any]) -> Live:
+    """Security group ``label`` in the cluster's VPC, opened to the planned ``ingress`` rules.
+
+    Each rule has ``protocol``, ``port`` (or "all") and either ``cidrs`` or ``from_group`` (another group's label;
+    "cluster" on the cluster group means itself). Returns ``{"group_id"}``. Raises ProviderError when a call fails
+    or the VPC or a source group has no live id in the state.
+    """
     ec2 = ctx.client("ec2")
     group = call(f"create security group {label}", ec2.create_security_group, GroupName=ctx.name(label),
                  Description=attrs["description"], VpcId=ctx.of("aws_network.main", "vpc_id"),
@@ -185,6 +207,10 @@ def update_security_group(ctx: AwsContext, label: str, attrs: dict[str, Any], li
 
 
 def delete_security_group(ctx: AwsContext, live: Live) -> None:
+    """Revoke the group's ingress rules, then delete it (a group another still references cannot go otherwise).
+
+    A group or rule already gone counts as deleted; any other failure of a revoke or the delete raises ProviderError.
+    """
     ec2 = ctx.client("ec2")
     # A group that another still references cannot go: drop its rules first.
     current = ec2.describe_security_groups(Filters=[{"Name": "group-id", "Values": [live["group_id"]]}])
@@ -233,6 +259,9 @@ def create_iam_role(ctx: AwsContext, attrs: dict[str, Any], bucket: str) -> Live
 
 
 def delete_iam_role(ctx: AwsContext, live: Live) -> None:
+    """Take the role out of its instance profile, then delete the profile, the ``servectl-node`` policy and the role;
+    parts already gone (NoSuchEntity) count as deleted, any other failure raises ProviderError.
+    """
     iam = ctx.client("iam")
     name = live["role_name"]
     _gone(iam.remove_role_from_instance_profile, ("NoSuchEntity",), InstanceProfileName=name, RoleName=name)
@@ -252,12 +281,17 @@ def put_token(ctx: AwsContext, attrs: dict[str, Any], token: str) -> Live:
 
 
 def delete_token(ctx: AwsContext, live: Live) -> None:
+    """Delete the cluster's token parameter from SSM; one already gone counts as deleted, else ProviderError."""
     _gone(ctx.client("ssm").delete_parameter, ("ParameterNotFound",), Name=live["name"])
 
 
 # --- code --------------------------------------------------------------------------------------------------------------
 
 def create_bucket(ctx: AwsContext, attrs: dict[str, Any]) -> Live:
+    """The code bucket ``attrs["bucket"]`` in this region, with versioning on and all public access blocked.
+
+    Returns ``{"bucket"}``; raises ProviderError when a call fails.
+    """
     s3 = ctx.client("s3")
     params: dict[str, Any] = {"Bucket": attrs["bucket"]}
     if ctx.region != "us-east-1":
@@ -272,6 +306,10 @@ def create_bucket(ctx: AwsContext, attrs: dict[str, Any]) -> Live:
 
 
 def delete_bucket(ctx: AwsContext, live: Live) -> None:
+    """Empty the bucket (every object version and delete marker, 1,000 a call), then delete it.
+
+    A bucket that cannot be listed is taken as already gone. Raises ProviderError when emptying or deleting fails.
+    """
     s3 = ctx.client("s3")
     from botocore.exceptions import ClientError
 
@@ -288,6 +326,10 @@ def delete_bucket(ctx: AwsContext, live: Live) -> None:
 
 
 def put_code(ctx: AwsContext, attrs: dict[str, Any], zipped: bytes) -> Live:
+    """Upload the zip ``zipped`` to ``attrs["bucket"]`` under ``attrs["key"]``, encrypted at rest (SSE-S3).
+
+    Returns ``uri`` (``s3://bucket/key``), ``bucket`` and ``key``; raises ProviderError when the upload fails.
+    """
     s3 = ctx.client("s3")
     call("upload the code", s3.put_object, Bucket=attrs["bucket"], Key=attrs["key"], Body=zipped,
          ServerSideEncryption="AES256")
@@ -311,6 +353,9 @@ def delete_code(ctx: AwsContext, live: Live) -> None:
 # --- nodes -------------------------------------------------------------------------------------------------------------
 
 def image_id(ctx: AwsContext, attrs: dict[str, Any]) -> str:
+    """The AMI nodes boot: ``attrs["image_id"]`` when given, else the latest Amazon Linux 2023 (x86_64) from SSM's
+    public parameter. Raises ProviderError when the lookup fails.
+    """
     if attrs.get("image_id"):
         return str(attrs["image_id"])
     found = call("look up Amazon Linux 2023's AMI", ctx.client("ssm").get_parameter, Name=AMI_PARAMETER)
@@ -460,6 +505,11 @@ def _boot_script(ctx: AwsContext, label: str, attrs: dict[str, Any]) -> str:
 
 
 def create_launch_template(ctx: AwsContext, label: str, attrs: dict[str, Any]) -> Live:
+    """Launch template ``label``: image, instance type, node role, cluster security group, boot script, IMDSv2 only.
+
+    Returns ``launch_template_id`` and the ``image_id`` it boots. Raises ProviderError when a value of the boot
+    script breaks a rule (before any call) or the call fails.
+    """
     ec2 = ctx.client("ec2")
     data = _template_data(ctx, label, attrs)
     made = call(f"create launch template {label}", ec2.create_launch_template, LaunchTemplateName=ctx.name(label),
@@ -480,11 +530,18 @@ def update_launch_template(ctx: AwsContext, label: str, attrs: dict[str, Any], l
 
 
 def delete_launch_template(ctx: AwsContext, live: Live) -> None:
+    """Delete the launch template; one already gone counts as deleted, other failures raise ProviderError."""
     _gone(ctx.client("ec2").delete_launch_template, ("InvalidLaunchTemplateId",),
           LaunchTemplateId=live["launch_template_id"])
 
 
 def create_node_group(ctx: AwsContext, label: str, attrs: dict[str, Any]) -> Live:
+    """Auto Scaling group ``label``, launching ``$Latest`` of launch template ``label`` across the network's subnets.
+
+    Sized by ``min_size``, ``max_size`` and ``desired_capacity``; its tags propagate to the instances, and it
+    registers them with target group ``attrs["target_group"]`` when one is named. Returns ``{"asg_name"}``;
+    raises ProviderError when the call fails or something it depends on has no live id.
+    """
     autoscaling = ctx.client("autoscaling")
     name = ctx.name(label)
     params: dict[str, Any] = dict(
@@ -515,6 +572,9 @@ def update_node_group(ctx: AwsContext, attrs: dict[str, Any], live: Live) -> Liv
 
 
 def read_node_group(ctx: AwsContext, live: Live) -> Optional[dict[str, Any]]:
+    """The group as AWS has it now: ``min_size``, ``max_size``, ``desired_capacity`` and sorted ``instances`` (ids);
+    None when it does not exist. Raises ProviderError when the call fails.
+    """
     found = call("read an Auto Scaling group", ctx.client("autoscaling").describe_auto_scaling_groups,
                  AutoScalingGroupNames=[live["asg_name"]])["AutoScalingGroups"]
     if not found:
@@ -525,6 +585,11 @@ def read_node_group(ctx: AwsContext, live: Live) -> Optional[dict[str, Any]]:
 
 
 def delete_node_group(ctx: AwsContext, live: Live, timeout_s: float = 300.0) -> None:
+    """Force-delete the Auto Scaling group (its instances with it); wait up to ``timeout_s`` seconds until it is gone.
+
+    A group whose target group was deleted by hand is detached from it first. A group already gone counts as
+    deleted. Raises ProviderError when the delete fails or the group still exists after ``timeout_s``.
+    """
     autoscaling = ctx.client("autoscaling")
     from botocore.exceptions import ClientError
 
@@ -556,6 +621,11 @@ def delete_node_group(ctx: AwsContext, live: Live, timeout_s: float = 300.0) -> 
 # --- load balancer ---------------------------------------------------------------------------------------------------
 
 def create_target_group(ctx: AwsContext, attrs: dict[str, Any]) -> Live:
+    """The target group the nodes register with (instance targets, named ``<cluster>-serve`` cut to 32 characters).
+
+    Takes the planned ``protocol``, ``port`` and ``health_check`` (``path``, ``interval_s`` in seconds, ``healthy``
+    and ``unhealthy`` threshold counts). Returns ``{"arn"}``; raises ProviderError when the call fails.
+    """
     check = attrs["health_check"]
     made = call("create the target group", ctx.client("elbv2").create_target_group,
                 Name=ctx.name("serve")[:32], Protocol=attrs["protocol"], Port=attrs["port"],
@@ -567,15 +637,21 @@ def create_target_group(ctx: AwsContext, attrs: dict[str, Any]) -> Live:
 
 
 def registered_targets(ctx: AwsContext, live: Live) -> list[str]:
+    """The instance ids registered with the target group, sorted, whatever their health; ProviderError on failure."""
     health = call("read the target group", ctx.client("elbv2").describe_target_health, TargetGroupArn=live["arn"])
     return sorted(t["Target"]["Id"] for t in health["TargetHealthDescriptions"])
 
 
 def delete_target_group(ctx: AwsContext, live: Live) -> None:
+    """Delete the target group; one already gone counts as deleted, other failures raise ProviderError."""
     _gone(ctx.client("elbv2").delete_target_group, ("TargetGroupNotFound",), TargetGroupArn=live["arn"])
 
 
 def create_load_balancer(ctx: AwsContext, attrs: dict[str, Any]) -> Live:
+    """The load balancer ``<cluster>-lb`` (cut to 32 characters) across the network's subnets, in the ``lb`` security
+    group, with the planned ``scheme`` and ``type``. Returns ``arn`` and ``dns_name``; raises ProviderError when the
+    call fails.
+    """
     made = call("create the load balancer", ctx.client("elbv2").create_load_balancer,
                 Name=ctx.name("lb")[:32], Subnets=ctx.of("aws_network.main", "subnet_ids"),
                 SecurityGroups=[ctx.of("aws_security_group.lb", "group_id")], Scheme=attrs["scheme"],
@@ -584,10 +660,14 @@ def create_load_balancer(ctx: AwsContext, attrs: dict[str, Any]) -> Live:
 
 
 def delete_load_balancer(ctx: AwsContext, live: Live) -> None:
+    """Delete the load balancer; one already gone counts as deleted, other failures raise ProviderError."""
     _gone(ctx.client("elbv2").delete_load_balancer, ("LoadBalancerNotFound",), LoadBalancerArn=live["arn"])
 
 
 def create_listener(ctx: AwsContext, attrs: dict[str, Any]) -> Live:
+    """The load balancer's listener on the planned ``protocol`` and ``port``, forwarding every request to target group
+    ``attrs["forward_to"]``. Returns ``{"arn"}``; raises ProviderError when the call fails.
+    """
     made = call("create the listener", ctx.client("elbv2").create_listener,
                 LoadBalancerArn=ctx.of("aws_lb.main", "arn"), Protocol=attrs["protocol"], Port=attrs["port"],
                 DefaultActions=[{"Type": "forward",
@@ -596,6 +676,7 @@ def create_listener(ctx: AwsContext, attrs: dict[str, Any]) -> Live:
 
 
 def delete_listener(ctx: AwsContext, live: Live) -> None:
+    """Delete the listener; one already gone counts as deleted, other failures raise ProviderError."""
     _gone(ctx.client("elbv2").delete_listener, ("ListenerNotFound",), ListenerArn=live["arn"])
 
 
@@ -628,6 +709,11 @@ def tagged_leftovers(ctx: AwsContext) -> dict[str, list[str]]:
 # --- one entry per verb ----------------------------------------------------------------------------------------------
 
 def create(ctx: AwsContext, kind: str, label: str, attrs: dict[str, Any], code: bytes, token: str) -> Live:
+    """Create one planned resource of ``kind`` (``aws_network``, ``node_group``, …) and return its live identifiers.
+
+    ``code`` is the zip an ``aws_s3_object`` uploads and ``token`` the Ray token an ``aws_ssm_parameter`` keeps;
+    other kinds ignore them. Raises ProviderError for a kind it does not know or a failed call.
+    """
     if kind == "aws_network":
         return create_network(ctx, attrs)
     if kind == "aws_security_group":
@@ -665,6 +751,11 @@ def update(ctx: AwsContext, kind: str, label: str, attrs: dict[str, Any], live: 
 
 
 def delete(ctx: AwsContext, kind: str, live: Live) -> None:
+    """Delete one resource given its live identifiers; an empty ``live`` (never created) is nothing to do.
+
+    Parts already gone count as deleted, as Terraform treats a resource removed outside it; other failures raise
+    ProviderError. A ``kind`` it does not know raises KeyError.
+    """
     if not live:
         return  # never created (a failed create): nothing to remove
     deleters: dict[str, Callable[[AwsContext, Live], None]] = {
@@ -680,6 +771,8 @@ def delete(ctx: AwsContext, kind: str, live: Live) -> None:
         "aws_lb": delete_load_balancer,
         "aws_lb_listener": delete_listener,
     }
+    if kind not in deleters:
+        raise ProviderError(f"{kind}: servectl does not know how to delete a {kind}")
     deleters[kind](ctx, live)
 
 

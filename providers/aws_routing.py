@@ -22,16 +22,20 @@ from servectl.errors import ProviderError
 
 @dataclass
 class RoutingStore:
+    """One cluster's routing document and node agents' reports in its code bucket (``s3`` is a boto3 S3 client)."""
+
     s3: Any  # a boto3 S3 client
     bucket: str
     cluster: str
 
     @property
     def document_key(self) -> str:
+        """The routing document's S3 key: ``<cluster>/routing.json``."""
         return f"{self.cluster}/routing.json"
 
     @property
     def reports_prefix(self) -> str:
+        """The S3 prefix of the node agents' reports, one ``<node ip>.json`` each: ``<cluster>/agents/``."""
         return f"{self.cluster}/agents/"
 
     def read(self, etag: Optional[str] = None) -> tuple[Optional[dict[str, Any]], Optional[str]]:
@@ -79,6 +83,9 @@ class RoutingStore:
             raise ProviderError(f"cannot read the routing policy s3://{self.bucket}/{self.document_key}: {err}") from None
 
     def current(self) -> Optional[dict[str, Any]]:
+        """The routing document last published (``version``, ``serve_port``, ``backends``, ``endpoints``,
+        ``node_groups``), or None before the first. Raises ProviderError when S3 cannot be read.
+        """
         return self._read_or_fail()[0]
 
     def report(self, node_ip: str, version: int, serving: bool, detail: str = "") -> None:
@@ -129,7 +136,7 @@ class RoutingStore:
 
     def clear(self) -> None:
         """Remove the document and every report (destroy)."""
-        listing = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.cluster}/")
-        for item in listing.get("Contents", []):
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{self.cluster}/")
+        for item in (item for page in pages for item in page.get("Contents", [])):  # any number of nodes' reports
             if item["Key"] == self.document_key or item["Key"].startswith(self.reports_prefix):
                 self.s3.delete_object(Bucket=self.bucket, Key=item["Key"])

@@ -47,6 +47,13 @@ class LiveView:
 
 
 class Provider(ABC):
+    """What plan and apply ask of a provider, as Terraform's core asks a provider plugin.
+
+    Plan reads ``cluster``, ``sealing_problem`` and ``environment_problems``; apply calls ``recall``, ``prepare``,
+    ``unmanaged_conflicts``, then ``converge`` once per change; status and drift call ``observe``; a saved plan
+    compares ``fingerprint``; destroy ends with ``teardown``.
+    """
+
     def recall(self, recorded: dict[str, Any]) -> None:
         """The identifiers the last apply recorded for the provider (what prepare() returned then).
 

@@ -19,6 +19,12 @@ SERVE_APPLICATIONS = "/api/serve/applications/"
 
 
 class RayDashboard:
+    """A client of one Ray dashboard at ``url``, sending ``token`` (when given) as a Bearer token.
+
+    Each request waits at most ``timeout_s`` seconds. A refusal, an error status or no answer raises ProviderError
+    (401 and 403 are named as a token problem).
+    """
+
     def __init__(self, url: str, token: Optional[str] = None, timeout_s: float = 30.0) -> None:
         self.url = url.rstrip("/")
         self.token = token
@@ -67,6 +73,7 @@ class RayDashboard:
         self._json("PUT", SERVE_APPLICATIONS, config)
 
     def shutdown_serve(self) -> None:
+        """Shut Serve down with all its applications, as ``serve shutdown`` does; ProviderError on a failure."""
         self._request("DELETE", SERVE_APPLICATIONS)
 
     # -- nodes ----------------------------------------------------------------------------------------------------
@@ -87,8 +94,14 @@ class RayDashboard:
         return f"/api/packages/{protocol}/{urllib.parse.quote(name)}"
 
     def package_exists(self, uri: str) -> bool:
+        """Whether the cluster's GCS holds the runtime_env package ``uri`` (``gcs://…``); an answer other than 200
+        or 404 raises ProviderError.
+        """
         status, _ = self._request("GET", self._package_path(uri), ok=(200, 404))
         return status == 200
 
     def upload_package(self, uri: str, zipped: bytes) -> None:
+        """Store the zip ``zipped`` in the cluster's GCS as package ``uri``, as Ray's job submission client uploads a
+        working_dir. Raises ProviderError when the dashboard refuses it.
+        """
         self._request("PUT", self._package_path(uri), zipped, content_type="application/octet-stream")

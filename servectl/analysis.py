@@ -36,13 +36,20 @@ class Window:
 
     @property
     def error_ratio(self) -> Optional[float]:
+        """Errors / requests in the window (a fraction); None without requests."""
         return self.errors / self.requests if self.requests else None
 
     def to_dict(self) -> dict[str, Any]:
+        """The window as plain data, with ``error_ratio`` added."""
         return {**asdict(self), "error_ratio": self.error_ratio}
 
 
 def window(before: Scrape, after: Scrape, endpoint: str, backend: str) -> Window:
+    """``backend``'s window on ``endpoint`` between two scrapes: the requests it was routed as primary.
+
+    Requests and errors are growth between the scrapes (none when a counter went back), errors at most requests;
+    ``p99_ms`` is the p99 of the latency histogram's growth, None when it has no requests.
+    """
     match = {"endpoint": endpoint, "backend": backend, "role": "primary"}
     requests = max(0.0, after.total(ENDPOINT_REQUESTS, **match) - before.total(ENDPOINT_REQUESTS, **match))
     errors = max(0.0, after.total(ENDPOINT_ERRORS, **match) - before.total(ENDPOINT_ERRORS, **match))
@@ -52,10 +59,13 @@ def window(before: Scrape, after: Scrape, endpoint: str, backend: str) -> Window
 
 @dataclass
 class Verdict:
+    """A step's judgement: PASS, FAIL or WAIT (too few requests yet), and the lines that say why."""
+
     outcome: str  # PASS, FAIL, or WAIT (too few requests to judge yet)
     reasons: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
+        """The reasons as one line, joined by ``; ``."""
         return "; ".join(self.reasons)
 
 

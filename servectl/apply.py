@@ -54,6 +54,13 @@ def apply_plan(
     progress: Progress,
     timeout_s: float = 300.0,
 ) -> StateDocument:
+    """Carry out ``plan``'s changes in order through ``provider``, writing the state to ``store`` around each one.
+
+    Returns the final state document; ``desired`` (when given) becomes its config snapshot. ``timeout_s`` (seconds)
+    bounds each change; ``progress`` gets one line per step. Raises ApplyError when Serve runs applications the state
+    does not manage, or when a change fails (reverted where possible and recorded as failed first); PlanError when a
+    plan made before the cluster existed does not fit the cluster this apply started. A rerun after a stop converges.
+    """
     document = state.copy() if state else StateDocument.new()
     provider.recall(dict((document.provider or {}).get("live") or {}))
     provider_live = provider.prepare(progress)

@@ -13,7 +13,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from servectl import names
-from servectl.config import _Block, _first_error, declaration_site
+from servectl.config import Block, first_error, declaration_site
 from servectl.errors import ConfigError
 
 RESERVED_RESOURCES = ("memory", "object_store_memory")
@@ -42,7 +42,7 @@ class NodeType(BaseModel):
             super().__init__(**settings)
         except ValidationError as err:
             label = settings.get("name", "?")
-            raise ConfigError(f"{declaration_site()}: NodeType {label!r}: {_first_error(err)}") from None
+            raise ConfigError(f"{declaration_site()}: NodeType {label!r}: {first_error(err)}") from None
 
     @field_validator("name")
     @classmethod
@@ -82,14 +82,17 @@ class NodeType(BaseModel):
 
     @property
     def cpus(self) -> float:
+        """CPUs per node (``resources["CPU"]``)."""
         return float(self.resources.get("CPU", 0))
 
     @property
     def gpus(self) -> int:
+        """Whole GPUs per node (``resources["GPU"]``; 0 without one)."""
         return int(self.resources.get("GPU", 0))
 
     @property
     def custom(self) -> dict[str, float]:
+        """The node's custom Ray resources (all but CPU and GPU) as floats, sorted by name."""
         return {k: float(v) for k, v in sorted(self.resources.items()) if k not in ("CPU", "GPU")}
 
 
@@ -106,7 +109,7 @@ class LoadBalancer(BaseModel):
         try:
             super().__init__(**settings)
         except ValidationError as err:
-            raise ConfigError(f"{declaration_site()}: LoadBalancer: {_first_error(err)}") from None
+            raise ConfigError(f"{declaration_site()}: LoadBalancer: {first_error(err)}") from None
 
     @field_validator("allowed_cidrs")
     @classmethod
@@ -132,7 +135,7 @@ IDENTIFIERS = {
 }
 
 
-class AwsRay(_Block):
+class AwsRay(Block):
     """An autoscaled Ray cluster on EC2: a head, one Auto Scaling group per node type, a load balancer."""
 
     region: str = Field(..., min_length=1)

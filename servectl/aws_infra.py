@@ -41,6 +41,7 @@ RAY_VERSION = "2.60.0"
 
 
 def shapes(block: AwsRay) -> list[NodeShape]:
+    """The block's worker node types as the fleet packer's shapes: resources, min/max workers and hourly price."""
     return [
         NodeShape(
             name=t.name, cpus=t.cpus, gpus=t.gpus, resources=t.custom, min_nodes=t.min_workers,

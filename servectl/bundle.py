@@ -181,6 +181,7 @@ def freeze(config_dir: str) -> bytes:
 
 
 def digest(frozen: bytes) -> str:
+    """The SHA-256 of a frozen bundle, as 64 hex characters (the same files freeze to the same digest)."""
     return hashlib.sha256(frozen).hexdigest()
 
 

@@ -41,6 +41,8 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 class Context:
+    """The root options every command reads: ``config_dir``, the config directory ``-C`` names (default ``.``)."""
+
     config_dir: str = "."
 
 
@@ -88,6 +90,7 @@ def command(func: Callable[..., Any]) -> Callable[..., Any]:
 def main_options(
     config_dir: str = typer.Option(".", "-C", "--config-dir", help="Config directory holding main.py."),
 ) -> None:
+    """Root options, parsed before any command: record ``-C/--config-dir`` in ``ctx``."""
     ctx.config_dir = config_dir
 
 

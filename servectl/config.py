@@ -58,14 +58,20 @@ _active: contextvars.ContextVar[Optional[Registry]] = contextvars.ContextVar("se
 
 
 def active_registry() -> Optional[Registry]:
+    """The Registry of the config load running in this context; None outside a load (a worker importing main.py)."""
     return _active.get()
 
 
 def set_registry(registry: Optional[Registry]) -> contextvars.Token:
+    """Make ``registry`` the active one in this context (the loader, around running ``main.py``).
+
+    Returns the token ``reset_registry`` takes.
+    """
     return _active.set(registry)
 
 
 def reset_registry(token: contextvars.Token) -> None:
+    """Make active again the registry that was active before the ``set_registry`` call that returned ``token``."""
     _active.reset(token)
 
 
@@ -88,7 +94,13 @@ def declaration_site() -> str:
     return fallback or "<config>"
 
 
-def _first_error(err: ValidationError) -> str:
+def first_error(err: ValidationError) -> str:
+    """A pydantic ValidationError as the one line a config mistake gets: ``where: what (got value)``.
+
+    Only the first error is told (fix one, run again, as a compiler does); an
+    unknown setting says to check the spelling. Sensitive values print as
+    ``sensitive(…)`` (their repr).
+    """
     first = err.errors()[0]
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
@@ -206,7 +218,7 @@ class Backend(_Resource):
         try:
             super().__init__(name=name, code=code, init_args=tuple(init_args), declared_at=site, **settings)
         except ValidationError as err:
-            raise ConfigError(f"{site}: backend {name!r}: {_first_error(err)}") from None
+            raise ConfigError(f"{site}: backend {name!r}: {first_error(err)}") from None
         if not isinstance(name, str) or not names.matches(names.NAME, name):
             raise ConfigError(
                 f"{site}: backend name {name!r} is invalid: use letters, digits, '-' or '_', starting with a letter"
@@ -304,7 +316,7 @@ class Endpoint(_Resource):
             registry.endpoints.append(self)
 
 
-class _Block(_Resource):
+class Block(_Resource):
     """A top-level block (a provider, a state backend): one error line naming its place, then registered."""
 
     registry_field: ClassVar[str] = "providers"
@@ -315,7 +327,7 @@ class _Block(_Resource):
         try:
             super().__init__(declared_at=site, **settings)
         except ValidationError as err:
-            raise ConfigError(f"{site}: {type(self).__name__}: {_first_error(err)}") from None
+            raise ConfigError(f"{site}: {type(self).__name__}: {first_error(err)}") from None
         self._check(site)
         registry = active_registry()
         if registry is not None:
@@ -325,7 +337,7 @@ class _Block(_Resource):
         """Checks across settings that pydantic's validators cannot phrase; raise ConfigError naming ``site``."""
 
 
-class LocalRay(_Block):
+class LocalRay(Block):
     """The local Ray provider: an embedded cluster servectl starts itself, or an existing one.
 
     ``address`` (or env ``SERVECTL_RAY_ADDRESS``) names an existing cluster that
@@ -354,7 +366,7 @@ class LocalRay(_Block):
 BUCKET_PATTERN = names.BUCKET
 
 
-class S3State(_Block):
+class S3State(Block):
     """Keep the state in S3 instead of ``servectl.state.json``, as Terraform's S3 backend with ``use_lockfile``.
 
     The bucket must exist and have versioning on (every state write is then a
@@ -391,7 +403,7 @@ class S3State(_Block):
         return self
 
 
-class History(_Block):
+class History(Block):
     """How many applied versions the state's history keeps (``servectl state history``, ``servectl rollback``).
 
     Every apply, destroy, rollback and refresh adds one entry with the
@@ -406,6 +418,12 @@ class History(_Block):
 
 @dataclass
 class Variable:
+    """One input variable a config declared with ``var()``: its default, description and ``file:line``.
+
+    ``value`` is what the load resolved (``--var``, then ``SERVECTL_VAR_name``, then the default), wrapped in
+    Sensitive when the variable is declared ``sensitive=True``.
+    """
+
     name: str
     default: Any
     description: str

@@ -60,10 +60,14 @@ def initial_replicas(attributes: dict[str, Any]) -> int:
 
 
 def address_of(kind: str, name: str) -> str:
+    """The resource address ``KIND.NAME`` (e.g. ``backend.summarizer``), as Terraform addresses resources."""
     return f"{kind}.{name}"
 
 
 def split_address(address: str) -> tuple[str, str]:
+    """(kind, name) of a resource address such as ``backend.NAME``.
+    Raises ConfigError when the kind is not a known resource kind or the name is empty.
+    """
     kind, _, name = address.partition(".")
     if kind not in (BACKEND, ENDPOINT, *INFRA_KINDS) or not name:
         raise ConfigError(f"{address!r} is not a resource address: use backend.NAME or endpoint.NAME")
@@ -86,6 +90,9 @@ class ProviderSpec:
     aws: Optional[dict[str, Any]] = None  # the AwsRay block, for kind "aws_ray"
 
     def attributes(self) -> dict[str, Any]:
+        """What a plan and the state record of the provider: kind, address and the HTTP settings, plus region and
+        cluster name for AWS.
+        """
         extra = {"region": self.aws["region"], "cluster_name": self.aws["cluster_name"]} if self.aws else {}
         return {
             **extra,
@@ -111,12 +118,14 @@ class StateBackendSpec:
 
     @classmethod
     def from_block(cls, block: S3State) -> "StateBackendSpec":
+        """The spec of a config's ``S3State`` block."""
         return cls(
             bucket=block.bucket, key=block.key, region=block.region, encrypt=block.encrypt,
             kms_key_id=block.kms_key_id, endpoint_url=block.endpoint_url,
         )
 
     def describe(self) -> str:
+        """``s3://BUCKET/KEY``, the state object's name in messages."""
         return f"s3://{self.bucket}/{self.key}"
 
 
@@ -132,11 +141,17 @@ class ResourceSpec:
 
     @property
     def address(self) -> str:
+        """``KIND.NAME``, the resource's address."""
         return address_of(self.kind, self.name)
 
 
 @dataclass
 class DesiredState:
+    """Everything a loaded config asks for: the provider, the resources by address, the variables, where the state
+    lives (None: the local file) and how many applied versions the history keeps; ``config_dir`` is where it is
+    applied from.
+    """
+
     config_dir: str
     provider: ProviderSpec
     resources: dict[str, ResourceSpec]
@@ -145,9 +160,11 @@ class DesiredState:
     history_keep: int = HISTORY_KEEP  # History(keep=…): applied versions the state's history keeps
 
     def backends(self) -> list[ResourceSpec]:
+        """The backend resources, in the order ``resources`` holds them."""
         return [r for r in self.resources.values() if r.kind == BACKEND]
 
     def endpoints(self) -> list[ResourceSpec]:
+        """The endpoint resources, in the order ``resources`` holds them."""
         return [r for r in self.resources.values() if r.kind == ENDPOINT]
 
 
@@ -393,6 +410,12 @@ def _refuse_reserved_keys(value: Any, where: str) -> None:
 
 
 def backend_attributes(backend: Backend, config_dir: str) -> dict[str, Any]:
+    """A backend's plain attributes, as the planner diffs and the state records them; they mirror a Ray Serve
+    1.x backend's options: code identity, init args, ``num_replicas`` or ``autoscaling``, ``ray_actor_options``,
+    ``max_concurrent_queries``, ``user_config``, batching, env vars, pip and conda.
+    Raises ConfigError when init args or kwargs or ``user_config`` are not JSON-serialisable or use servectl's
+    reserved keys, or when the code cannot be identified (see ``code_identity``).
+    """
     where = f"{backend.declared_at}: backend {backend.name!r}"
     options = backend.ray_actor_options
     return {
@@ -448,6 +471,11 @@ def _backend_named(endpoint: Endpoint, key: Any, backend_names: set[str], relati
 
 
 def endpoint_attributes(endpoint: Endpoint, backend_names: set[str]) -> dict[str, Any]:
+    """An endpoint's plain attributes: ``route``, ``traffic`` (backend name → weight; keys naming the same backend
+    are summed) and ``shadow`` (backend name → proportion; 0 leaves it out), both sorted by name, as Ray Serve
+    1.x's ``set_traffic`` and ``shadow_traffic`` take them. Raises ConfigError when a key names a backend not in
+    ``backend_names``.
+    """
     traffic: dict[str, float] = {}
     for key, weight in endpoint.traffic.items():
         name = _backend_named(endpoint, key, backend_names, "sends traffic to")

@@ -29,6 +29,12 @@ UNMANAGED = "unmanaged"  # live, but not in the state
 
 @dataclass
 class DriftItem:
+    """One difference between the state and the live system, for the resource at ``address``.
+
+    ``change`` is CHANGED (the value at dotted ``path`` is ``recorded`` in the state and ``live`` live; a sensitive
+    one shows redacted), DELETED (recorded, gone live) or UNMANAGED (live, not recorded); the last two have no path.
+    """
+
     address: str
     change: str
     path: Optional[str] = None
@@ -36,6 +42,7 @@ class DriftItem:
     live: Any = None
 
     def describe(self) -> str:
+        """One line for people: ``ADDRESS: PATH is LIVE live, recorded RECORDED`` (as JSON), or deleted/unmanaged."""
         if self.change == DELETED:
             return f"{self.address} was deleted outside servectl"
         if self.change == UNMANAGED:
@@ -45,14 +52,25 @@ class DriftItem:
 
 @dataclass
 class DriftReport:
+    """What ``servectl drift`` reports: the drift (DriftItems) and the config changes not yet applied.
+
+    ``pending`` holds the plan's changes as ``pending_changes`` summarises them (empty for ``plan --refresh-only``).
+    """
+
     drift: list[DriftItem] = field(default_factory=list)
     pending: list[dict[str, Any]] = field(default_factory=list)  # the plan's changes, summarised
 
     @property
     def clean(self) -> bool:
+        """True when there is neither drift nor a pending change."""
         return not self.drift and not self.pending
 
     def to_json(self) -> dict[str, Any]:
+        """The report in its stable JSON schema (``--json``).
+
+        ``{"format_version": 1, "clean": bool, "drift": [{"address", "change", "path", "recorded", "live"}],
+        "pending": [as pending_changes]}``.
+        """
         return {
             "format_version": DRIFT_FORMAT_VERSION,
             "clean": self.clean,
@@ -86,6 +104,13 @@ def _within_range(attributes: dict[str, Any], desired: Any) -> bool:
 
 
 def detect(state: Optional[StateDocument], live: LiveView) -> list[DriftItem]:
+    """The DriftItems between ``state`` and the ``live`` view (read-only; Terraform's refresh, without the write).
+
+    Backends compare each live setting with the recorded attribute at its path; provider infra (node groups, target
+    group) each read-back value, except a desired_capacity within the group's min..max (the node scaler moves it);
+    endpoints their route, shadow and key-space segments. Live backends and endpoints the state lacks are UNMANAGED;
+    a changed live node count is CHANGED at ``provider``. A failed or unfinished create with nothing live is skipped.
+    """
     items: list[DriftItem] = []
     resources = state.resources if state else {}
     for address, resource in sorted(resources.items()):
@@ -138,6 +163,10 @@ def detect(state: Optional[StateDocument], live: LiveView) -> list[DriftItem]:
 
 
 def pending_changes(plan: Plan) -> list[dict[str, Any]]:
+    """The plan's actionable changes as JSON-ready dicts, sensitive values redacted.
+
+    Each is ``{"address", "action", "reasons": [str], "diffs": [{"path", "before", "after"}]}``.
+    """
     return [
         {"address": c.address, "action": c.action.value, "reasons": list(c.reasons),
          "diffs": [{"path": d.path, "before": redact(d.before), "after": redact(d.after)} for d in c.diffs]}

@@ -14,7 +14,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Optional
 
-from servectl.placement import NodeCapacity, ReplicaDemand, _NodeRoom
+from servectl.placement import NodeCapacity, ReplicaDemand, NodeRoom
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class NodeShape:
     hourly_price: Optional[float] = None
 
     def capacity(self, index: int) -> NodeCapacity:
+        """Node number ``index`` of this type as a ``NodeCapacity`` named ``<type>-<index>``."""
         return NodeCapacity(
             name=f"{self.name}-{index}", cpus=self.cpus, gpus=self.gpus, memory=self.memory,
             resources=dict(self.resources),
@@ -53,6 +54,7 @@ class FleetPacking:
 
     @property
     def feasible(self) -> bool:
+        """True when every replica found a node."""
         return not self.unplaced
 
 
@@ -62,7 +64,7 @@ def _demand_amounts(demand: ReplicaDemand) -> dict[str, float]:
 
 def fits_empty(shape: NodeShape, demand: ReplicaDemand) -> bool:
     """Whether one replica fits an empty node of ``shape`` at all."""
-    return _NodeRoom.of(shape.capacity(0)).try_take(demand)
+    return NodeRoom.of(shape.capacity(0)).try_take(demand)
 
 
 def _opening_cost(shape: NodeShape, demand: ReplicaDemand) -> tuple:
@@ -90,7 +92,7 @@ def pack_fleet(demands: list[tuple[ReplicaDemand, int]], shapes: list[NodeShape]
             -item[0].gpus, -sum(item[0].resources.values()), -item[0].cpus, -(item[0].memory or 0), item[0].backend,
         ),
     )
-    rooms: list[_NodeRoom] = []
+    rooms: list[NodeRoom] = []
     room_type: list[str] = []
     opened = {shape.name: 0 for shape in shapes}
     replicas: dict[str, dict[str, int]] = {shape.name: {} for shape in shapes}
@@ -119,7 +121,7 @@ def pack_fleet(demands: list[tuple[ReplicaDemand, int]], shapes: list[NodeShape]
             if shape is None:
                 missing = left
                 break
-            rooms.append(_NodeRoom.of(shape.capacity(opened[shape.name])))  # the next loop fills it from `index`
+            rooms.append(NodeRoom.of(shape.capacity(opened[shape.name])))  # the next loop fills it from `index`
             room_type.append(shape.name)
             opened[shape.name] += 1
         resume[key] = index
@@ -136,7 +138,7 @@ def pack_fleet(demands: list[tuple[ReplicaDemand, int]], shapes: list[NodeShape]
 
 @dataclass
 class LowerBound:
-    """What no packing can beat: per type, nodes if that type covered its share alone; and the cheapest cover."""
+    """What no packing can beat: the total demand per resource, and the cheapest fractional cover of it."""
 
     per_resource: dict[str, float]  # total demand per resource
     cheapest_cost: Optional[float]  # cheapest fractional cover of every resource (prices known)

@@ -17,6 +17,13 @@ from servectl.traffic import KEY_SPACE, backend_at, key_point
 
 
 class EndpointHandle:
+    """A handle to one applied endpoint (see ``get_handle``), following its traffic policy.
+
+    Each call picks a backend from the endpoint's segments (the front proxy's, read through PolicyCache) and calls
+    that backend's Serve deployment directly; ``sync`` picks blocking responses or coroutines, and ``shard_key``
+    pins every call to one key's backend.
+    """
+
     def __init__(self, endpoint: str, sync: bool, shard_key: Optional[str] = None, policy: Optional[PolicyCache] = None) -> None:
         self.endpoint = endpoint
         self.sync = sync
@@ -31,6 +38,11 @@ class EndpointHandle:
         return clone
 
     def pick_backend(self) -> str:
+        """The backend for the next call: the one whose segments hold the shard key's point (or a random point).
+
+        Raises ServectlError when the cluster holds no policy for the endpoint, RuntimeError when no backend has
+        traffic.
+        """
         segments = self._policy.get()["segments"]
         point = key_point(self.shard_key) if self.shard_key is not None else random.randrange(KEY_SPACE)
         backend = backend_at(segments, point)

@@ -31,6 +31,11 @@ log = logging.getLogger("servectl.node_agent")
 
 @dataclass
 class NodeAgent:
+    """The agent on one node: the routing store it polls, the front proxy it drives, what it applied and reported.
+
+    ``applied`` is the last routing document taken; ``reported`` the ``(version, serving)`` last reported.
+    """
+
     store: RoutingStore
     proxy: FrontProxy
     node_ip: str
@@ -105,6 +110,7 @@ class NodeAgent:
         write_policies(endpoints, applied_endpoints() - set(endpoints))
 
     def run(self, interval_s: float) -> None:
+        """Poll every ``interval_s`` seconds, forever; a poll that fails is logged and the next one tries again."""
         while True:
             try:
                 self.step()
@@ -144,6 +150,11 @@ def checked_document(document: Any) -> tuple[int, int, dict[str, dict[str, Any]]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """The agent's command line (``python3.11 -m servectl.node_agent``): parse flags, build the agent, run it.
+
+    With ``--scale`` (on the head) it also sizes the node groups from Serve's demand. ``run`` loops forever, so the
+    exit status 0 is returned only if it ever stops.
+    """
     parser = argparse.ArgumentParser(prog="servectl-node-agent", description=__doc__.splitlines()[0])
     parser.add_argument("--region", required=True)
     parser.add_argument("--bucket", required=True)

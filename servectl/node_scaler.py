@@ -38,9 +38,15 @@ class Group:
 
     @classmethod
     def from_document(cls, label: str, entry: dict[str, Any]) -> "Group":
+        """A group from its entry in the routing document's ``node_groups``.
+
+        The entry needs ``asg_name``, ``resources`` (one node's, as Ray names them), ``min_size`` and ``max_size``;
+        KeyError when one is missing.
+        """
         return cls(label, str(entry["asg_name"]), dict(entry["resources"]), int(entry["min_size"]), int(entry["max_size"]))
 
     def shape(self) -> NodeShape:
+        """One node of the group as the packer sees it: CPU, GPU and custom resources, min/max size as node limits."""
         custom = {k: float(v) for k, v in self.resources.items() if k not in ("CPU", "GPU")}
         return NodeShape(name=self.label, cpus=float(self.resources.get("CPU", 0)), gpus=int(self.resources.get("GPU", 0)),
                          resources=custom, min_nodes=self.min_size, max_nodes=self.max_size)
@@ -72,6 +78,7 @@ def demand(details: dict[str, Any]) -> list[tuple[ReplicaDemand, int]]:
 
 
 def replicas_by_ip(details: dict[str, Any]) -> dict[str, int]:
+    """Replicas per node IP, counted from each replica's ``node_ip`` in Serve's details."""
     counts: dict[str, int] = {}
     for app in (details.get("applications") or {}).values():
         for deployment in (app.get("deployments") or {}).values():
@@ -84,6 +91,8 @@ def replicas_by_ip(details: dict[str, Any]) -> dict[str, int]:
 
 @dataclass
 class Decision:
+    """What one sizing round does: groups whose desired capacity rises, and idle instances to terminate."""
+
     raise_to: dict[str, int] = field(default_factory=dict)  # group -> new desired capacity
     terminate: list[Member] = field(default_factory=list)  # idle nodes to remove (desired decremented)
 
@@ -99,6 +108,13 @@ class NodeScaler:
         self, groups: list[Group], desired: dict[str, int], members: list[Member], details: dict[str, Any],
         now: Optional[float] = None,
     ) -> Decision:
+        """One sizing round, the job Ray's autoscaler does (with an idle timeout like its ``idle_timeout_minutes``).
+
+        Packs every deployment's target replicas onto the groups' shapes. A group short of nodes is raised to what it
+        needs, within its min and max size; a group with more than it needs gives up members that have held no replica
+        for ``idle_s`` seconds, longest idle first, never below what it needs or its min_size. ``desired`` is each
+        group's current desired capacity; ``now`` is seconds on the monotonic clock. Updates ``idle_since``.
+        """
         now = time.monotonic() if now is None else now
         needed = pack_fleet(demand(details), [g.shape() for g in groups]).nodes
         decision = Decision()
@@ -170,6 +186,11 @@ class HeadScaling:
     last: float = float("-inf")
 
     def maybe_run(self, document: dict[str, Any]) -> list[str]:
+        """Run one sizing round if ``interval_s`` seconds have passed since the last, on AWS.
+
+        ``document`` is the applied routing document (its ``node_groups``). Returns the log lines of what was done,
+        empty when it did not run or there are no groups; errors from boto3 and the dashboard propagate.
+        """
         now = time.monotonic()
         if now - self.last < self.interval_s:
             return []

@@ -15,6 +15,7 @@ UNIT = 10_000
 
 
 def units(amount: float) -> int:
+    """An amount (CPUs, GPUs, a custom resource) in Ray's fixed-point unit: ``amount`` × 10000, rounded to an int."""
     return int(round(amount * UNIT))
 
 
@@ -41,6 +42,11 @@ class ReplicaDemand:
 
     @classmethod
     def from_actor_options(cls, backend: str, options: dict[str, Any]) -> "ReplicaDemand":
+        """One replica's demand from a backend's ``ray_actor_options`` dict.
+
+        ``num_cpus`` defaults to 1 and ``num_gpus`` to 0; ``memory`` (bytes) and ``resources`` (custom name -> amount)
+        are taken as given, absent meaning none.
+        """
         return cls(
             backend=backend,
             cpus=float(options.get("num_cpus", 1.0)),
@@ -50,6 +56,7 @@ class ReplicaDemand:
         )
 
     def describe(self) -> str:
+        """The demand as plan errors show it, e.g. ``CPU 0.5, GPU 1, memory 2.00 GiB, accel 1``."""
         parts = [f"CPU {self.cpus:g}"]
         if self.gpus:
             parts.append(f"GPU {self.gpus:g}")
@@ -60,7 +67,13 @@ class ReplicaDemand:
 
 
 @dataclass
-class _NodeRoom:
+class NodeRoom:
+    """What is left of one node while replicas are packed onto it, in Ray's fixed-point units (1/10000).
+
+    Shared by the plan's packer (``pack``) and the AWS fleet packer
+    (``servectl.fleet``): one piece of code for the placement rules.
+    """
+
     capacity: NodeCapacity
     cpus: int
     gpu_slots: list[int]
@@ -70,7 +83,8 @@ class _NodeRoom:
     gpu_holders: list[dict[str, int]] = field(default_factory=list)  # per GPU: backend -> units held
 
     @classmethod
-    def of(cls, node: NodeCapacity) -> "_NodeRoom":
+    def of(cls, node: NodeCapacity) -> "NodeRoom":
+        """An empty node: all of ``node``'s CPUs, GPUs (each a whole slot), memory and custom resources free."""
         return cls(
             capacity=node,
             cpus=units(node.cpus),
@@ -81,6 +95,8 @@ class _NodeRoom:
         )
 
     def try_take(self, demand: ReplicaDemand) -> bool:
+        """Place one replica of ``demand`` here if it fits (a fractional GPU on the best-fitting GPU, whole GPUs on
+        untouched ones, as Ray places them); returns whether it did, taking its resources when it did."""
         cpus = units(demand.cpus)
         if cpus > self.cpus:
             return False
@@ -156,6 +172,12 @@ class _NodeRoom:
 
 @dataclass
 class NodePlacement:
+    """One node after packing: replicas per backend on it, CPUs and GPUs used of its total.
+
+    ``gpu_slots_used`` is each GPU's used share (a fraction of one GPU); ``gpu_shares`` says, per GPU, which
+    backends hold how much of it.
+    """
+
     node: str
     replicas: dict[str, int]
     cpus_used: float
@@ -168,20 +190,30 @@ class NodePlacement:
 
 @dataclass
 class Placement:
+    """What ``pack`` returns: every node's placement, and the ``(demand, count)`` pairs that fit on no node."""
+
     nodes: list[NodePlacement]
     unplaced: list[tuple[ReplicaDemand, int]]
 
     @property
     def replicas(self) -> int:
+        """Replicas placed, over all nodes."""
         return sum(sum(n.replicas.values()) for n in self.nodes)
 
     def nodes_used(self) -> int:
+        """How many nodes hold at least one replica."""
         return sum(1 for n in self.nodes if n.replicas)
 
     def gpu_nodes_used(self) -> int:
+        """How many nodes have any part of a GPU in use."""
         return sum(1 for n in self.nodes if n.gpus_used > 0)
 
     def summary(self) -> dict[str, Any]:
+        """The placement as plain data, as plans record it: totals, and per node its replicas by backend.
+
+        Per node ``cpus`` and ``gpus`` are ``[used, total]`` pairs, with ``gpu_slots_used`` and ``gpu_shares`` as on
+        ``NodePlacement``; amounts are rounded to 4 places. Unplaced replicas are not in it.
+        """
         return {
             "replicas": self.replicas,
             "nodes_total": len(self.nodes),
@@ -211,7 +243,7 @@ def pack(demands: list[tuple[ReplicaDemand, int]], nodes: list[NodeCapacity]) ->
     Work is per shape and node, not per replica: a count of any size is placed
     (or found not to fit) in time that grows with the nodes and GPUs only.
     """
-    rooms = [_NodeRoom.of(node) for node in nodes]
+    rooms = [NodeRoom.of(node) for node in nodes]
     order = sorted(
         demands,
         key=lambda item: (-item[0].gpus, -item[0].cpus, -(item[0].memory or 0), item[0].backend),
@@ -255,6 +287,7 @@ def pack(demands: list[tuple[ReplicaDemand, int]], nodes: list[NodeCapacity]) ->
 
 
 def describe_cluster(nodes: list[NodeCapacity]) -> str:
+    """The nodes' totals for error messages, e.g. ``2 nodes: CPU 16, GPU 1, accel 2``; ``no nodes`` when empty."""
     if not nodes:
         return "no nodes"
     cpus = sum(n.cpus for n in nodes)

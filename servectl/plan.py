@@ -14,6 +14,10 @@ PLAN_JSON_VERSION = 1
 
 
 class Action(str, Enum):
+    """What a plan does to one resource, as Terraform's plan actions; REPLACE stands for Terraform's
+    delete-and-create pair and is carried out as a rolling restart of the replicas.
+    """
+
     NOOP = "no-op"
     CREATE = "create"
     UPDATE = "update"  # in place: running replicas keep running
@@ -23,6 +27,10 @@ class Action(str, Enum):
 
 @dataclass
 class AttributeDiff:
+    """One attribute value that differs: its dotted path (e.g. ``ray_actor_options.num_cpus``), the values before
+    and after, and whether the change restarts replicas (Terraform's "forces replacement").
+    """
+
     path: str
     before: Any
     after: Any
@@ -31,6 +39,10 @@ class AttributeDiff:
 
 @dataclass
 class ResourceChange:
+    """One resource's planned change, as Terraform's ResourceChange: ``before``/``after`` attributes (None on the side
+    where it does not exist), the attribute ``diffs`` and the ``reasons`` the action was chosen.
+    """
+
     address: str
     kind: str
     name: str
@@ -41,12 +53,16 @@ class ResourceChange:
     reasons: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """The change as JSON-ready data (``plan --json``): the dataclass fields, ``action`` as its string value."""
         body = asdict(self)
         body["action"] = self.action.value
         return body
 
     @classmethod
     def from_dict(cls, body: dict[str, Any]) -> "ResourceChange":
+        """The change ``to_dict`` wrote. Raises KeyError, TypeError or ValueError (an unknown action) when ``body`` is
+        malformed.
+        """
         return cls(
             address=body["address"],
             kind=body["kind"],
@@ -61,6 +77,13 @@ class ResourceChange:
 
 @dataclass
 class Plan:
+    """One plan: the resource changes in apply order, plus the placement and replica counts they lead to.
+
+    Plain data: ``render`` shows it and ``apply`` carries it out. ``state_lineage``/``state_serial`` name the state it
+    was made against (None/0 without a state); ``placement``/``placement_before`` are ``Placement.summary()`` dicts
+    (replicas, nodes, CPUs and GPUs used); replica counts are those an apply waits for (``initial_replicas``).
+    """
+
     changes: list[ResourceChange]  # in apply order; no-ops included for display
     placement: dict[str, Any]
     state_lineage: Optional[str]
@@ -79,15 +102,21 @@ class Plan:
 
     @property
     def actionable(self) -> list[ResourceChange]:
+        """The changes that do something (every action but NOOP), in apply order."""
         return [c for c in self.changes if c.action is not Action.NOOP]
 
     def has_changes(self) -> bool:
+        """True when at least one change is not a NOOP, as Terraform's ``Plan.CanApply``."""
         return bool(self.actionable)
 
     def count(self, action: Action) -> int:
+        """The number of changes whose action is ``action``."""
         return sum(1 for c in self.changes if c.action is action)
 
     def tally(self) -> str:
+        """The summary line ``"N added, N changed, N replaced, N destroyed"``, after Terraform's
+        ``Resources: N added, N changed, N destroyed``.
+        """
         return (
             f"{self.count(Action.CREATE)} added, {self.count(Action.UPDATE)} changed, "
             f"{self.count(Action.REPLACE)} replaced, {self.count(Action.DELETE)} destroyed"
@@ -95,10 +124,14 @@ class Plan:
 
     @property
     def replica_delta(self) -> int:
+        """Replicas after minus replicas before (negative when the plan shrinks the deployment)."""
         return self.replicas_after - self.replicas_before
 
     @classmethod
     def from_dict(cls, body: dict[str, Any]) -> "Plan":
+        """The plan ``to_dict`` wrote; optional keys default and ``format_version``/``summary`` are ignored.
+        Raises KeyError, TypeError or ValueError when ``body`` is malformed.
+        """
         return cls(
             changes=[ResourceChange.from_dict(c) for c in body["changes"]],
             placement=dict(body["placement"]),
@@ -116,6 +149,9 @@ class Plan:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The plan as ``plan --json`` prints it (``format_version`` PLAN_JSON_VERSION): every field, plus a ``summary``
+        with the count per action (add, change, replace, destroy) and the ``replica_delta``.
+        """
         return {
             "format_version": PLAN_JSON_VERSION,
             "changes": [c.to_dict() for c in self.changes],

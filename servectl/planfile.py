@@ -36,6 +36,10 @@ class PlanFileError(ServectlError):
 
 @dataclass
 class SavedPlan:
+    """A plan file as read back: the plan, the desired state it came from, the config dir's files (``bundle``, zip
+    bytes), the live system's fingerprint at plan time (None when none was taken) and when and by which servectl.
+    """
+
     plan: Plan
     desired: DesiredState
     bundle: bytes
@@ -45,10 +49,14 @@ class SavedPlan:
 
     @property
     def config_dir(self) -> str:
+        """The config dir the plan was made for (from its desired state)."""
         return self.desired.config_dir
 
 
 def desired_to_dict(desired: DesiredState) -> dict[str, Any]:
+    """A DesiredState as JSON-ready data (its dataclasses as dicts), for plan files and history entries;
+    ``desired_from_dict`` reads it back.
+    """
     return {
         "config_dir": desired.config_dir,
         "provider": dataclasses.asdict(desired.provider),
@@ -60,6 +68,9 @@ def desired_to_dict(desired: DesiredState) -> dict[str, Any]:
 
 
 def desired_from_dict(body: dict[str, Any]) -> DesiredState:
+    """The DesiredState ``desired_to_dict`` wrote; a missing or 0 ``history_keep`` reads as HISTORY_KEEP.
+    Raises KeyError, TypeError or ValueError when ``body`` is malformed.
+    """
     return DesiredState(
         config_dir=body["config_dir"],
         provider=ProviderSpec(**body["provider"]),
@@ -77,6 +88,11 @@ def _body_digest(body: dict) -> str:
 
 
 def write(path: str, plan: Plan, desired: DesiredState, bundle: bytes, live_fingerprint: Optional[str]) -> None:
+    """Save a plan file at ``path`` (``plan --out``), replacing it atomically, mode 0600 (temp file, fsync, rename).
+
+    It holds the plan, ``desired``, the ``bundle`` (base64, with its sha256), the ``live_fingerprint``, the time and
+    servectl version, and a sha256 over all of it, so an edited file is refused by ``read``.
+    """
     body = {
         "format": PLAN_FORMAT,
         "format_version": PLAN_FORMAT_VERSION,
@@ -105,6 +121,12 @@ def write(path: str, plan: Plan, desired: DesiredState, bundle: bytes, live_fing
 
 
 def read(path: str) -> SavedPlan:
+    """Read and check a plan file for ``apply FILE``, as Terraform applies a saved plan.
+
+    Raises PlanFileError when the file is missing, not a plan file, from a newer servectl, edited after it was written
+    (digest mismatch) or corrupt (including a bundle whose digest does not match). Whether the state or the live
+    system moved since is for the caller to check.
+    """
     try:
         with open(path, encoding="utf-8") as handle:
             body = json.load(handle)

@@ -40,6 +40,12 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def attribute_diffs(kind: str, before: dict[str, Any], after: dict[str, Any]) -> list[AttributeDiff]:
+    """The differences between a resource's recorded and desired attributes, one per dotted path (``a.b``).
+
+    A diff forces replacement unless its top-level attribute is in the kind's in-place set (what Terraform calls
+    ForceNew, here per attribute). ``user_config`` is one diff, compared whole; turning batching on or off always
+    replaces; an attribute absent before and empty now is no change (a newer servectl added it).
+    """
     if kind == BACKEND:
         in_place = IN_PLACE_BACKEND_ATTRIBUTES
     elif kind == ENDPOINT:
@@ -78,6 +84,11 @@ def _short(value: Any) -> str:
 
 
 def reasons_for(diffs: list[AttributeDiff]) -> list[str]:
+    """The plan's reason lines for ``diffs``.
+
+    Traffic weight moves come first, as one ``traffic: a 1 → 0.5, b 0 → 0.5`` line; then one line per other diff,
+    sha256s shortened and sensitive values redacted, with ``(replicas restart)`` on those that force replacement.
+    """
     reasons = []
     weights = [d for d in diffs if d.path.startswith("traffic.")]
     if weights:

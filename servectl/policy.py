@@ -16,10 +16,15 @@ POLICY_TTL_S = 1.0
 
 
 def policy_key(endpoint: str) -> bytes:
+    """The internal-KV key (in NAMESPACE) that holds ``endpoint``'s policy: ``b"policy/<endpoint>"``."""
     return f"policy/{endpoint}".encode()
 
 
 def write_policies(policies: dict[str, dict[str, Any]], removed: set[str]) -> None:
+    """Store each endpoint's policy in the cluster's internal KV as JSON, overwriting, and delete the ``removed`` ones.
+
+    ``policies`` maps endpoint name to ``{"segments", "route", "shadow"}``. Needs a process connected to Ray.
+    """
     from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
 
     for endpoint, policy in policies.items():
@@ -29,6 +34,7 @@ def write_policies(policies: dict[str, dict[str, Any]], removed: set[str]) -> No
 
 
 def applied_endpoints() -> set[str]:
+    """The names of the endpoints whose policies the cluster's internal KV holds."""
     from ray.experimental.internal_kv import _internal_kv_list
 
     keys = _internal_kv_list(b"policy/", namespace=NAMESPACE)
@@ -56,6 +62,10 @@ class PolicyCache:
         self._read_at = 0.0
 
     def get(self) -> dict[str, Any]:
+        """The endpoint's policy (``{"segments", "route", "shadow"}``), re-read when older than POLICY_TTL_S seconds.
+
+        Raises ServectlError when the cluster holds no policy for the endpoint.
+        """
         now = time.monotonic()
         if self._policy is None or now - self._read_at > POLICY_TTL_S:
             from ray.experimental.internal_kv import _internal_kv_get

@@ -17,12 +17,19 @@ _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 @dataclass(frozen=True)
 class Sample:
+    """One sample of Prometheus text: metric name, labels and value."""
+
     name: str
     labels: Mapping[str, str]
     value: float
 
 
 def parse(text: str) -> list[Sample]:
+    """The samples in Prometheus text exposition format.
+
+    Comments, blank lines and lines it cannot read (no metric name, a value that is not a number) are skipped;
+    a sample's timestamp is ignored.
+    """
     samples = []
     for line in text.splitlines():
         if not line or line.startswith("#"):
@@ -49,6 +56,7 @@ class Scrape:
             self.by_name.setdefault(sample.name, []).append(sample)
 
     def total(self, name: str, **match: str) -> float:
+        """The sum of ``name``'s samples whose labels match ``match``, over every other label; 0.0 when none."""
         return sum(s.value for s in self.by_name.get(name, []) if all(s.labels.get(k) == v for k, v in match.items()))
 
     def buckets(self, name: str, **match: str) -> dict[float, float]:

@@ -31,6 +31,7 @@ HEADLINES = {
 
 
 def value(v: Any) -> str:
+    """One value as plan or state text: a sensitive one as ``(sensitive)``, str, dict and list as JSON, None as null."""
     v = redact(v)
     if v == REDACTED:
         return REDACTED
@@ -117,6 +118,11 @@ TRAFFIC_MOVES_SHOWN = 10  # the summary is one line: each change above shows its
 
 
 def summary_line(plan: Plan) -> str:
+    """The plan's one-line summary, Terraform's ``Plan: N to add, …`` extended.
+
+    Adds the replica and GPU-node deltas, the placement (or, where the provider has node groups, their sizes and
+    hourly cost) and up to TRAFFIC_MOVES_SHOWN endpoints whose traffic moves.
+    """
     p = plan.placement
     before = plan.placement_before
     delta = plan.replica_delta
@@ -180,6 +186,7 @@ def gpu_sharing(plan: Plan) -> list[str]:
 
 
 def traffic_moves(plan: Plan) -> list[str]:
+    """One text per endpoint whose weights the plan changes: ``NAME 0.9/0.1 (a/b)``, or ``NAME → a`` (one backend)."""
     moves = []
     for change in plan.actionable:
         if change.kind != "endpoint" or change.after is None:
@@ -205,6 +212,10 @@ def bundle_line(plan: Plan) -> str:
 
 
 def render_plan(console: Console, plan: Plan) -> None:
+    """Print the plan for people, as ``terraform plan`` does: each change, the summary, what code ships, GPU sharing.
+
+    A plan without changes prints ``No changes.``, the summary line and what code ships.
+    """
     if not plan.has_changes():
         console.print("[green]No changes.[/green] The recorded state matches the config.")
         console.print(summary_line(plan))
@@ -243,6 +254,11 @@ def render_drift(console: Console, items: list, refreshing: bool) -> None:
 
 
 def render_state(console: Console, document: Optional[StateDocument], address: Optional[str] = None) -> None:
+    """Print the state's resources for ``servectl state show`` (only ``address`` when given).
+
+    Each shows its attributes, then its ``live.`` values dimmed, and whether its last change failed or was interrupted;
+    the full listing ends with the state's serial, lineage and update time.
+    """
     if document is None or not document.resources:
         console.print("The state is empty: nothing has been applied.")
         return

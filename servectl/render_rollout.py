@@ -44,11 +44,19 @@ class RichDisplay:
         self.live: Optional[Live] = None
 
     def moved(self, endpoint: str, step: int, steps: int, weight: float, serial: int) -> None:
+        """Print that ``endpoint``'s new backend takes ``weight`` (a fraction) at step ``step`` of ``steps``.
+
+        ``serial`` is the state serial that recorded the move.
+        """
         self.console.print(f"[cyan]›[/cyan] rollout {escape(endpoint)}: step {step}/{steps}, new backend at "
                            f"{weight:.1%} (state serial {serial})")
 
     def watching(self, endpoint: str, step: int, steps: int, weight: float, elapsed: float, window_s: float,
                  new: Window, stable: Window, verdict: Verdict) -> None:
+        """Draw or redraw the live table of the step's window: its requests, errors and p99 on both sides, the verdict.
+
+        ``elapsed`` and ``window_s`` are seconds. On a terminal only; elsewhere the step shows when ``judged``.
+        """
         if not self.console.is_terminal:
             return
         table = _table(endpoint, step, steps, weight, elapsed, window_s, new, stable, verdict)
@@ -59,6 +67,7 @@ class RichDisplay:
             self.live.update(table)
 
     def judged(self, endpoint: str, report: StepReport) -> None:
+        """Close the live table and print the step's line: both sides' requests and p99, new errors, the verdict, why."""
         if self.live is not None:
             self.live.stop()
             self.live = None
@@ -73,6 +82,7 @@ class RichDisplay:
 
 
 def render_outcome(console: Console, report: RolloutReport) -> None:
+    """Print how the rollout ended: completed, aborted (why), paused (at what weight, how to go on) or its status."""
     where = f"rollout {escape(report.endpoint)} ({escape(report.stable)} → {escape(report.new)})"
     if report.outcome == "completed":
         console.print(f"[green bold]Rollout complete![/green bold] {where}: {escape(report.new)} takes all the "

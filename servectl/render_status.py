@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from servectl.status import StatusReport, Traffic
@@ -29,6 +30,12 @@ def _share(weights: dict[str, float]) -> str:
 
 
 def render_status(console: Console, report: StatusReport) -> None:
+    """Print ``servectl status``: an Endpoints table and a Backends table, then what needs a word.
+
+    Endpoints show route, weights, shadow, req/s, error % and p50/p99 ms; backends running/target replicas (yellow
+    when out of range), health and the same rates. Then each backend's last error line, the metrics window, each
+    endpoint's rollout and the nodes whose metrics were not read. ``*`` marks a latency since the replicas started.
+    """
     endpoints = Table(title="Endpoints", title_justify="left")
     for column in ("endpoint", "route", "traffic", "shadow", "req/s", "errors", "p50 ms", "p99 ms"):
         endpoints.add_column(column, justify="right" if column in ("req/s", "errors", "p50 ms", "p99 ms") else "left")
@@ -55,7 +62,7 @@ def render_status(console: Console, report: StatusReport) -> None:
     console.print(backends)
     for b in report.backends:
         if b.message:
-            console.print(f"[red]{b.name}[/red]: {b.message.splitlines()[-1][:300]}")
+            console.print(f"[red]{escape(b.name)}[/red]: {escape(b.message.splitlines()[-1][:300])}")
     if report.window_s > 0:
         note = f"Rates and errors over the last {report.window_s:g} s"
     else:
@@ -66,6 +73,7 @@ def render_status(console: Console, report: StatusReport) -> None:
         if e.rollout:
             r = e.rollout
             reason = f": {r['reason']}" if r.get("reason") else ""
-            console.print(f"rollout {e.name}: {r['stable']} → {r['new']} {r['status']} at {float(r['weight']):.1%}{reason}")
+            console.print(escape(f"rollout {e.name}: {r['stable']} → {r['new']} {r['status']} at "
+                                 f"{float(r['weight']):.1%}{reason}"))
     for problem in report.scrape_errors:
-        console.print(f"[yellow]metrics not read from {problem}[/yellow]")
+        console.print(f"[yellow]metrics not read from {escape(problem)}[/yellow]")

@@ -42,6 +42,7 @@ class RolloutError(ServectlError):
 
 
 def weights(stable: str, new: str, weight: float) -> dict[str, float]:
+    """An endpoint's traffic at ``weight`` (the new backend's fraction): ``{stable: 1 - weight, new: weight}``."""
     return dict(sorted({stable: round(1.0 - weight, 6), new: round(weight, 6)}.items()))
 
 
@@ -80,12 +81,18 @@ def declared(desired: DesiredState) -> list[tuple[str, dict[str, Any]]]:
 
 
 def describe(rollout: dict[str, Any]) -> str:
+    """A rollout in one line, e.g. ``v1 → v2 in steps 1% → 10% → 100%, 60s each``."""
     steps = " → ".join(f"{step:.0%}" if step * 100 == int(step * 100) else f"{step:.1%}" for step in rollout["steps"])
     return f"{rollout['stable']} → {rollout['new']} in steps {steps}, {rollout['pause_s']:g}s each"
 
 
 @dataclass
 class StepReport:
+    """One watched step: its 1-based index, the new backend's weight, and how long it was watched (seconds).
+
+    ``new`` and ``stable`` are the two backends' windows (``Window.to_dict``); ``verdict`` is pass, fail or wait.
+    """
+
     step: int  # 1-based index into steps
     weight: float
     window_s: float
@@ -97,6 +104,12 @@ class StepReport:
 
 @dataclass
 class RolloutReport:
+    """What one run did to one endpoint's rollout: where it left it and why, and the state serial after.
+
+    ``steps`` are the steps this run watched; ``failed`` means it stopped the rollout short (the command exits 1),
+    ``acted`` that it moved it at all.
+    """
+
     endpoint: str
     stable: str
     new: str
@@ -109,20 +122,27 @@ class RolloutReport:
     acted: bool = False  # this run moved it (a step, a pause, an abort, the completion)
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as plain data, its steps included (``rollout --json``)."""
         return asdict(self)
 
 
 class Display(Protocol):
     """What the runner shows while it works (the CLI draws it with rich; tests may collect it)."""
 
-    def moved(self, endpoint: str, step: int, steps: int, weight: float, serial: int) -> None: ...
+    def moved(self, endpoint: str, step: int, steps: int, weight: float, serial: int) -> None:
+        """Traffic moved: step ``step`` of ``steps`` gives the new backend ``weight``, at state serial ``serial``."""
+        ...
 
     def watching(
         self, endpoint: str, step: int, steps: int, weight: float, elapsed: float, window_s: float,
         new: Window, stable: Window, verdict: Verdict,
-    ) -> None: ...
+    ) -> None:
+        """One tick of a step's window: ``elapsed`` of ``window_s`` seconds, both windows and the verdict so far."""
+        ...
 
-    def judged(self, endpoint: str, report: StepReport) -> None: ...
+    def judged(self, endpoint: str, report: StepReport) -> None:
+        """A step was judged: ``report`` holds its verdict and reasons."""
+        ...
 
 
 class RolloutRunner:
@@ -143,6 +163,13 @@ class RolloutRunner:
         self.sleep = sleep
 
     def run(self, resume: bool = False, abort: bool = False, retry: bool = False) -> list[RolloutReport]:
+        """Drive every declared rollout once, under the ``rollout`` state lock; one report per rollout.
+
+        ``resume`` goes on past a paused step, ``abort`` sends all traffic back to the stable backend, ``retry`` starts
+        an aborted rollout over. Raises RolloutError when a rollout with gates has no metrics endpoint to judge them by;
+        LockError when the state is locked by another; errors from plan and apply propagate. The lock is released
+        however the run ends.
+        """
         store = self.workspace.store
         lock = store.lock("rollout")
         try:

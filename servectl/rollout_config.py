@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from servectl.config import Backend, Endpoint, _Block, _first_error, declaration_site
+from servectl.config import Backend, Endpoint, Block, first_error, declaration_site
 from servectl.errors import ConfigError
 
 
@@ -33,6 +33,7 @@ class ErrorRate(_Gate):
         _gate(self, max=max)
 
     def plain(self) -> dict[str, Any]:
+        """The gate as ``desired`` records it: ``{"kind": "error_rate", "max": …}``."""
         return {"kind": "error_rate", "max": self.max}
 
 
@@ -52,6 +53,7 @@ class LatencyP99(_Gate):
         return self
 
     def plain(self) -> dict[str, Any]:
+        """The gate as ``desired`` records it: ``{"kind": "latency_p99", "max_ms": …, "vs_stable": …}``."""
         return {"kind": "latency_p99", "max_ms": self.max_ms, "vs_stable": self.vs_stable}
 
 
@@ -64,6 +66,7 @@ class MinRequests(_Gate):
         _gate(self, count=count)
 
     def plain(self) -> dict[str, Any]:
+        """The gate as ``desired`` records it: ``{"kind": "min_requests", "count": …}``."""
         return {"kind": "min_requests", "count": self.count}
 
 
@@ -72,13 +75,13 @@ def _gate(gate: _Gate, **settings: Any) -> None:
     try:
         BaseModel.__init__(gate, **{k: v for k, v in settings.items() if v is not None})
     except ValidationError as err:
-        raise ConfigError(f"{site}: {type(gate).__name__}: {_first_error(err)}") from None
+        raise ConfigError(f"{site}: {type(gate).__name__}: {first_error(err)}") from None
 
 
 Gate = Union[ErrorRate, LatencyP99, MinRequests]
 
 
-class Rollout(_Block):
+class Rollout(Block):
     """Move ``endpoint`` from its backend to ``new`` in ``steps``, each watched for ``pause_s`` through ``analysis``."""
 
     registry_field: ClassVar[str] = "rollouts"
@@ -121,15 +124,19 @@ class Rollout(_Block):
 
     @property
     def endpoint_name(self) -> str:
+        """The endpoint's name, whether it was given as an Endpoint or as a name."""
         return self.endpoint.name if isinstance(self.endpoint, Endpoint) else str(self.endpoint)
 
     @property
     def new_name(self) -> str:
+        """The new backend's name, whether it was given as a Backend or as a name."""
         return self.new.name if isinstance(self.new, Backend) else str(self.new)
 
     @property
     def wait_limit_s(self) -> float:
+        """How long a step may watch in all, in seconds: ``max_wait_s``, or 3 × ``pause_s`` when not given."""
         return self.max_wait_s if self.max_wait_s is not None else 3 * self.pause_s
 
     def gates(self) -> list[dict[str, Any]]:
+        """The analysis gates in their plain form (``{"kind": …, …}``), in declaration order."""
         return [gate.plain() for gate in self.analysis]

@@ -43,6 +43,7 @@ def sensitive(value: Any) -> Sensitive:
 
 
 def is_marked(value: Any) -> bool:
+    """Whether ``value`` is one sensitive value in marked form: the one-key dict ``{"__servectl_sensitive__": v}``."""
     return isinstance(value, dict) and len(value) == 1 and MARK in value
 
 
@@ -78,6 +79,7 @@ def redact(value: Any) -> Any:
 
 
 def holds_sensitive(value: Any) -> bool:
+    """Whether ``value`` is, or holds anywhere in its dicts and lists, a marked sensitive value."""
     if is_marked(value):
         return True
     if isinstance(value, dict):
@@ -172,18 +174,23 @@ class MaskedStream(io.TextIOBase):
         self.inner = inner
 
     def write(self, text: str) -> int:
+        """Write ``text`` to the inner stream with every remembered sensitive value masked; returns ``len(text)``."""
         self.inner.write(mask(text))
         return len(text)
 
     def flush(self) -> None:
+        """Flush the inner stream."""
         self.inner.flush()
 
     def isatty(self) -> bool:
+        """Whether the inner stream is a terminal."""
         return self.inner.isatty()
 
     def fileno(self) -> int:
+        """The inner stream's file descriptor (raises as the inner stream does when it has none)."""
         return self.inner.fileno()
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
+        """The inner stream's encoding, or ``"utf-8"`` when it names none."""
         return getattr(self.inner, "encoding", "utf-8")

@@ -31,6 +31,13 @@ STATUS_JSON_VERSION = 1  # of `status --json`; see the README's JSON section
 
 @dataclass
 class Traffic:
+    """Requests, errors and latency of one backend or endpoint.
+
+    Rate and error ratio are over the window when one was measured (without one, the error ratio is lifetime);
+    totals count since the counters started; percentiles cover the window when it saw requests, otherwise the
+    replicas' lifetime (``latency_scope``).
+    """
+
     requests_per_s: Optional[float]  # None: no window was measured
     error_ratio: Optional[float]  # errors / requests in the window; None without requests
     p50_ms: Optional[float]
@@ -42,6 +49,8 @@ class Traffic:
 
 @dataclass
 class BackendStatus:
+    """One backend as `status` shows it: replicas wanted and running, Serve's health and message, its traffic."""
+
     name: str
     target: int  # num_replicas, or autoscaling's min (initial) count
     running: int
@@ -53,6 +62,11 @@ class BackendStatus:
 
 @dataclass
 class EndpointStatus:
+    """One endpoint as `status` shows it: its route, the applied traffic weights and shadow proportions.
+
+    ``traffic`` counts the requests it routed as primary; ``shadow_copies_total`` the shadow copies it sent.
+    """
+
     name: str
     route: Optional[str]
     weights: dict[str, float]
@@ -64,6 +78,11 @@ class EndpointStatus:
 
 @dataclass
 class StatusReport:
+    """Everything `status` shows: each backend and endpoint, the window (seconds) and the nodes scraped.
+
+    ``scrape_errors`` has one ``url: error`` line per failed scrape; the report is built from the rest.
+    """
+
     window_s: float
     nodes_scraped: int
     backends: list[BackendStatus] = field(default_factory=list)
@@ -71,6 +90,7 @@ class StatusReport:
     scrape_errors: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
+        """The report for `status --json`: ``format_version`` plus its fields as plain data."""
         return {"format_version": STATUS_JSON_VERSION, **asdict(self)}
 
 
@@ -83,6 +103,10 @@ def _fetch(url: str) -> str:
 
 
 def scrape_all(urls: list[str], fetch: Fetch = _fetch) -> tuple[Scrape, list[str]]:
+    """Fetch and parse every metrics URL into one Scrape.
+
+    Returns it with one ``url: error`` line per fetch that raised OSError; those URLs add no samples.
+    """
     samples, errors = [], []
     for url in urls:
         try:
@@ -130,6 +154,11 @@ def collect(
     fetch: Fetch = _fetch,
     sleep: Callable[[float], None] = time.sleep,
 ) -> StatusReport:
+    """Build the status report: what runs now (the provider's live view) and its traffic.
+
+    Scrapes every node's metrics twice, ``window_s`` seconds apart (once, for lifetime figures, when it is 0), and
+    reads targets, weights and rollouts from ``state``. Raises ProviderError when the state is empty.
+    """
     if state is None or not state.resources:
         raise ProviderError("nothing is applied here: the state is empty (run `servectl apply`)")
     live: LiveView = provider.observe()

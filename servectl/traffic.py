@@ -98,6 +98,7 @@ def allocate(weights: dict[str, float], previous: Optional[Segments] = None) -> 
 
 
 def backend_at(segments: Segments, point: int) -> Optional[str]:
+    """The backend whose segments hold ``point`` (in ``[0, KEY_SPACE)``), or None when no segment does."""
     for backend, segs in segments.items():
         for lo, hi in segs:
             if lo <= point < hi:

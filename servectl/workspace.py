@@ -31,6 +31,12 @@ PROVIDER_PLACE = ("address", "http_host", "http_port", "http_location")
 
 @dataclass
 class Planned:
+    """A plan with what it was made from and what carries it out: the desired state, the state, the provider.
+
+    A saved plan (``saved``) has no state (apply reads the current one), and carries the live fingerprint and the
+    code bundle it was made with.
+    """
+
     desired: DesiredState
     state: Optional[StateDocument]
     plan: Plan
@@ -78,6 +84,10 @@ class Workspace:
         self._backend: Optional[locate.StateBackendSpec] = None
 
     def load(self) -> DesiredState:
+        """Load the config (``main.py`` with this workspace's variables) and bind the state store it declares.
+
+        Returns the desired state; raises ConfigError naming file:line when the config does not load.
+        """
         desired = load_config(self.config_dir, self.variables)
         self._bind_store(desired.state_backend)
         return desired
@@ -102,6 +112,11 @@ class Workspace:
         return self._store
 
     def read_state(self) -> Optional[StateDocument]:
+        """The state document, or None when nothing has been applied.
+
+        Raises StateError when the config keeps the state in S3, which is empty, while a local state file remains
+        (``servectl state migrate`` moves it).
+        """
         document = self.store.read()
         if document is None and self._backend is not None:
             left = LocalStateStore.in_dir(self.config_dir)

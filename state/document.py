@@ -39,11 +39,19 @@ class ResourceState:
 
     @property
     def address(self) -> str:
+        """The resource's address, ``KIND.NAME`` (as a Terraform resource address)."""
         return f"{self.kind}.{self.name}"
 
 
 @dataclass
 class StateDocument:
+    """The whole state file: what servectl last applied, shaped after Terraform's state.
+
+    ``lineage`` names this state's life and ``serial`` counts its writes; ``provider`` holds the provider's attributes
+    plus what it reported (``live``); ``resources`` maps each address to its ResourceState; ``config_snapshot`` holds
+    the variables and resource attributes of the last apply (``{"variables": …, "resources": {address: attributes}}``).
+    """
+
     lineage: str
     serial: int = 0
     servectl_version: str = ""
@@ -54,9 +62,13 @@ class StateDocument:
 
     @classmethod
     def new(cls) -> "StateDocument":
+        """A fresh, empty state: a new random lineage (UUID4), serial 0."""
         return cls(lineage=str(uuid.uuid4()))
 
     def to_json(self) -> str:
+        """The state file's text: indented JSON with ``format_version`` first, resources sorted by address, and a
+        final newline.
+        """
         body = {
             "format_version": FORMAT_VERSION,
             "lineage": self.lineage,
@@ -71,6 +83,11 @@ class StateDocument:
 
     @classmethod
     def from_json(cls, text: str, source: str) -> "StateDocument":
+        """Parse a state file's text (``source`` names it in messages), upgrading older formats (see ``upgrade``).
+
+        Its sensitive values are learnt, so they stay masked in everything this process prints. Raises StateError when
+        the text is not JSON, not a servectl state file, from a newer servectl, or has missing or ill-typed fields.
+        """
         try:
             body = json.loads(text)
         except json.JSONDecodeError as err:
@@ -97,6 +114,7 @@ class StateDocument:
             raise StateError(f"{source}: state file is corrupt ({type(err).__name__}: {err}); servectl will not overwrite it") from None
 
     def copy(self) -> "StateDocument":
+        """A deep copy, to change without touching this document."""
         return copy.deepcopy(self)
 
     def stamp(self, version: str) -> None:
@@ -111,6 +129,11 @@ UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 
 def upgrade(body: dict[str, Any], source: str) -> dict[str, Any]:
+    """Bring a state file's parsed ``body`` up to FORMAT_VERSION, one ``UPGRADES`` step per old version.
+
+    Raises StateError when the body is from a newer servectl (refused, as Terraform refuses a newer state) or when no
+    upgrade exists for its version. ``source`` names the file in messages.
+    """
     version = body["format_version"]
     if version > FORMAT_VERSION:
         raise StateError(

@@ -35,12 +35,19 @@ class LocalStateStore(StateStore):
 
     @classmethod
     def in_dir(cls, config_dir: str) -> "LocalStateStore":
+        """The store for ``servectl.state.json`` in ``config_dir``."""
         return cls(os.path.join(config_dir, STATE_FILE))
 
     def describe(self) -> str:
+        """The state file's absolute path."""
         return self.path
 
     def read(self) -> Optional[StateDocument]:
+        """The parsed state file, or None when there is none.
+
+        Raises StateError when it cannot be read, when group or others have any permission on it (it may hold secrets;
+        the message says to ``chmod 600``), or when it is corrupt (see ``StateDocument.from_json``).
+        """
         try:
             with open(self.path, encoding="utf-8") as handle:
                 mode = os.fstat(handle.fileno()).st_mode & 0o777
@@ -58,7 +65,8 @@ class LocalStateStore(StateStore):
         return StateDocument.from_json(text, self.path)
 
     def write(self, document: StateDocument) -> None:
-        _write_private(self.path, document.to_json())
+        """Replace the state file with ``document`` atomically, mode 0600 (see ``write_private``)."""
+        write_private(self.path, document.to_json())
 
     def _history_path(self, serial: int) -> str:
         return os.path.join(self.history_dir, f"{serial:010d}.json")
@@ -82,7 +90,7 @@ class LocalStateStore(StateStore):
 
     def _write_history_text(self, serial: int, text: str) -> None:
         os.makedirs(self.history_dir, mode=0o700, exist_ok=True)
-        _write_private(self._history_path(serial), text)
+        write_private(self._history_path(serial), text)
 
     def _delete_history_entry(self, serial: int) -> None:
         try:
@@ -99,7 +107,7 @@ class LocalStateStore(StateStore):
 
     def _write_history_index(self, text: str) -> None:
         os.makedirs(self.history_dir, mode=0o700, exist_ok=True)
-        _write_private(os.path.join(self.history_dir, INDEX_NAME), text)
+        write_private(os.path.join(self.history_dir, INDEX_NAME), text)
 
     def _read_lock_info(self) -> Optional[LockInfo]:
         try:
@@ -111,6 +119,12 @@ class LocalStateStore(StateStore):
             return LockInfo(id="unreadable", operation="?", who="?", created="?", pid=0)
 
     def lock(self, operation: str) -> LockInfo:
+        """Take the ``flock`` on ``PATH.lock`` without waiting, then write the lock record ``PATH.lock.info``.
+
+        Raises LockError naming the holder when another process holds the flock, or when a record is still there with
+        no process holding the flock (a crashed operation: ``force-unlock`` clears it); StateError when ``flock`` fails
+        for another reason.
+        """
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -139,6 +153,7 @@ class LocalStateStore(StateStore):
         return info
 
     def unlock(self, info: LockInfo) -> None:
+        """Release this process's lock: delete the record if it still has ``info``'s ID, then drop the flock."""
         current = self._read_lock_info()
         if current is not None and current.id == info.id:
             os.unlink(self.lock_info_path)
@@ -148,6 +163,11 @@ class LocalStateStore(StateStore):
             self._lock_fd = None
 
     def force_unlock(self, lock_id: str) -> LockInfo:
+        """Delete a stale lock record whose ID is ``lock_id``, as ``terraform force-unlock``; returns that record.
+
+        Raises LockError when there is no record, when the ID does not match, or when a running process still holds the
+        flock (a live operation is never unlocked).
+        """
         current = self._read_lock_info()
         if current is None:
             raise LockError(f"state {self.path} is not locked; nothing to unlock")
@@ -174,7 +194,7 @@ _KILL_IN_WRITE = int(os.environ.get("SERVECTL_FAULT_KILL_IN_STATE_WRITE") or 0)
 _writes = [0]
 
 
-def _write_private(path: str, text: str) -> None:
+def write_private(path: str, text: str) -> None:
     """Replace ``path`` atomically with ``text``, readable by the owner only (temp file, fsync, rename)."""
     directory = os.path.dirname(path)
     fd, temp_path = tempfile.mkstemp(prefix=".servectl.state.", dir=directory)

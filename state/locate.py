@@ -14,13 +14,16 @@ from typing import Optional
 
 from servectl.desired import StateBackendSpec
 from servectl.errors import StateError
-from servectl.state.local import LocalStateStore, _write_private
+from servectl.state.local import LocalStateStore, write_private
 from servectl.state.store import StateStore
 
 POINTER_FILE = "servectl.backend.json"
 
 
 def store_for(spec: Optional[StateBackendSpec], config_dir: str) -> StateStore:
+    """The store for ``config_dir``'s state: an S3StateStore for ``spec``, or the local ``servectl.state.json`` in
+    ``config_dir`` when ``spec`` is None. Nothing is read, locked or connected yet.
+    """
     if spec is None:
         return LocalStateStore.in_dir(config_dir)
     from servectl.state.s3 import S3StateStore
@@ -42,7 +45,7 @@ def remember(spec: Optional[StateBackendSpec], config_dir: str) -> None:
                 return
     except FileNotFoundError:
         pass
-    _write_private(path, text)
+    write_private(path, text)
 
 
 def remembered(config_dir: str) -> Optional[StateBackendSpec]:

@@ -43,12 +43,16 @@ class S3StateStore(StateStore):
         self._versioning_checked = False
 
     def describe(self) -> str:
+        """``s3://BUCKET/KEY`` of the state object."""
         return self.spec.describe()
 
     # -- plumbing -------------------------------------------------------------------------------------------------
 
     @property
     def client(self) -> Any:
+        """The boto3 S3 client, made on first use: the spec's region and endpoint, 5 s connect and 30 s read
+        timeouts, 3 attempts.
+        """
         if self._client is None:
             import boto3
             from botocore.config import Config
@@ -143,6 +147,11 @@ class S3StateStore(StateStore):
     # -- the state document ---------------------------------------------------------------------------------------
 
     def read(self) -> Optional[StateDocument]:
+        """The state document in the object, or None when the object does not exist.
+
+        Remembers the object's ETag ("" when missing) so the next ``write`` is conditional on it. Raises StateError when
+        S3 cannot be read (credentials, access, bucket) or the document is corrupt.
+        """
         found = self._get("read the state", self.spec.key)
         if found is None:
             self._etag = ""
@@ -151,6 +160,13 @@ class S3StateStore(StateStore):
         return StateDocument.from_json(text, self.describe())
 
     def write(self, document: StateDocument) -> None:
+        """Store ``document`` as a new version of the object, conditional on the ETag last read or written
+        (``If-Match``; ``If-None-Match: *`` when it did not exist); reads first if this process has not.
+
+        Raises StateError when the bucket does not keep versions, or when another process changed the object meanwhile
+        (a lost lock) and nothing is overwritten; a failed condition where the object already holds exactly this
+        document (a retried PUT) counts as written.
+        """
         from botocore.exceptions import ClientError
 
         self._require_versioning()
@@ -224,6 +240,12 @@ class S3StateStore(StateStore):
             return LockInfo(id="unreadable", operation="?", who="?", created="?", pid=0), etag
 
     def lock(self, operation: str) -> LockInfo:
+        """Take the lock by creating ``KEY.lock`` with ``If-None-Match: *``, as Terraform's S3 backend with
+        ``use_lockfile``; the object's body is the returned LockInfo.
+
+        Raises LockError naming the holder when the lock object exists; StateError when the bucket does not keep
+        versions or S3 fails otherwise.
+        """
         from botocore.exceptions import ClientError
 
         self._require_versioning()
@@ -247,9 +269,20 @@ class S3StateStore(StateStore):
         return info
 
     def unlock(self, info: LockInfo) -> None:
+        """Delete ``KEY.lock`` only if it is still the object this process created (``If-Match`` on its ETag); a lock
+        that is gone or taken by another process is left alone. Without that ETag (a lock taken by another store
+        object of this process) the lock is read first and deleted only if it carries ``info``'s ID. Raises
+        StateError when S3 fails otherwise.
+        """
         from botocore.exceptions import ClientError
 
-        condition = {"IfMatch": self._lock_etag} if self._lock_etag else {}
+        etag = self._lock_etag
+        if etag is None:
+            held = self._read_lock()
+            if held is None or held[0].id != info.id:
+                return  # gone, or someone else's: not ours to delete
+            etag = held[1]
+        condition = {"IfMatch": etag}
         try:
             self._call("release the lock", self.client.delete_object, Key=self.lock_key, **condition)
         except ClientError as err:
@@ -259,6 +292,11 @@ class S3StateStore(StateStore):
         self._lock_etag = None
 
     def force_unlock(self, lock_id: str) -> LockInfo:
+        """Delete ``KEY.lock`` when its holder's ID is ``lock_id``, as ``terraform force-unlock``; returns its LockInfo.
+
+        Raises LockError when there is no lock, when the ID does not match, or when the lock changed between reading and
+        deleting it.
+        """
         from botocore.exceptions import ClientError
 
         held = self._read_lock()

@@ -29,6 +29,7 @@ class LockInfo:
 
     @classmethod
     def for_operation(cls, operation: str) -> "LockInfo":
+        """A new lock record for ``operation``, held by this process: a fresh UUID4, user@host, now (UTC), pid."""
         return cls(
             id=str(uuid.uuid4()),
             operation=operation,
@@ -38,9 +39,11 @@ class LockInfo:
         )
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict (what a lock record stores)."""
         return asdict(self)
 
     def describe(self) -> str:
+        """One line naming the holder for lock messages: who, pid, since when, the operation and the lock ID."""
         return f"{self.who} (pid {self.pid}) since {self.created} for '{self.operation}', lock ID {self.id}"
 
 

@@ -45,6 +45,11 @@ LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 1
 
 
 def import_target(import_path: str) -> Any:
+    """The object an import path names: ``"module:attr.attr"``, Serve's ``import_path`` form.
+
+    Imports the module, then follows the dotted attributes. Raises ImportError when the module
+    does not import and AttributeError when an attribute is missing (a path without ``:`` included).
+    """
     module_name, _, attr = import_path.partition(":")
     target: Any = importlib.import_module(module_name)
     for part in attr.split("."):

@@ -24,6 +24,13 @@ class BatchSizeError(ValueError):
 
 @dataclass
 class Batcher:
+    """One replica's batcher: runs ``run`` on one batch at a time, as Ray Serve 1.x batched.
+
+    Each batch takes what queued while the previous one ran, up to ``max_batch_size`` items, waiting at
+    most ``batch_wait_timeout_s`` seconds for more; ``run`` gets the list of items and must return a list
+    of as many responses. ``describe`` (e.g. ``backend NAME``) names the backend in BatchSizeError messages.
+    """
+
     run: BatchFunction
     describe: str
     max_batch_size: int = 1
@@ -37,6 +44,11 @@ class Batcher:
         self.batch_wait_timeout_s = max(0.0, float(batch_wait_timeout_s))
 
     async def submit(self, item: Any) -> Any:
+        """Queue ``item`` for the next batch and return its response (``run``'s result at its index).
+
+        Starts the batch loop on the running event loop when none runs. Raises what ``run`` raised for the
+        whole batch, or BatchSizeError when ``run`` returns other than one response per item.
+        """
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
             self._queue = asyncio.Queue()

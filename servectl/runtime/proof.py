@@ -41,6 +41,7 @@ def worker_route_proof() -> Optional[str]:
 
 
 def is_http(request: Any) -> bool:
+    """Whether ``request`` came over HTTP (an ASGI scope of type http or websocket), not from a handle."""
     scope = getattr(request, "scope", None)
     return isinstance(scope, dict) and scope.get("type") in ("http", "websocket")
 

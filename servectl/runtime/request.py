@@ -15,6 +15,13 @@ from typing import Any
 
 @dataclass
 class HandleRequest:
+    """What a handle call delivers to a backend: a picklable stand-in for a Starlette request.
+
+    ``query_params`` are the call's keyword arguments, ``raw_body`` its positional argument as bytes,
+    ``headers`` servectl's (endpoint, shard key, shadow); ``method`` and ``path`` default to ``CALL`` and ``/``
+    (a shadow copy of an HTTP request keeps the original's).
+    """
+
     query_params: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     raw_body: bytes = b""
@@ -23,6 +30,11 @@ class HandleRequest:
 
     @classmethod
     def from_call(cls, args: tuple[Any, ...], kwargs: dict[str, Any], headers: dict[str, str] | None = None) -> "HandleRequest":
+        """The request for ``handle.remote(*args, **kwargs)`` with ``headers``.
+
+        ``kwargs`` become the query parameters; the one positional argument becomes the body: bytes as they
+        are, a str UTF-8 encoded, anything else as JSON. Raises TypeError for more than one positional argument.
+        """
         if len(args) > 1:
             raise TypeError("handle.remote() takes at most one positional argument (the body); pass the rest by keyword")
         body = args[0] if args else b""
@@ -33,7 +45,9 @@ class HandleRequest:
         return cls(query_params=dict(kwargs), headers=dict(headers or {}), raw_body=body)
 
     async def body(self) -> bytes:
+        """The body as bytes (empty when the call passed none), as Starlette's ``await request.body()``."""
         return self.raw_body
 
     async def json(self) -> Any:
+        """The body parsed as JSON (an empty body gives None); raises ValueError when it is not JSON."""
         return jsonlib.loads(self.raw_body or b"null")

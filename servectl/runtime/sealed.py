@@ -44,6 +44,7 @@ def key_from_token(token: str) -> bytes:
 
 
 def is_sealed(value: Any) -> bool:
+    """Whether ``value`` is one sealed value, ``{"__servectl_sealed__": "<base64>"}`` (a one-key dict)."""
     return isinstance(value, dict) and len(value) == 1 and SEAL_MARK in value
 
 
@@ -62,6 +63,7 @@ def seal(value: Any, key: bytes) -> Any:
 
 
 def holds_sealed(value: Any) -> bool:
+    """Whether ``value`` is, or holds anywhere in its dicts and lists, a sealed value."""
     if is_sealed(value):
         return True
     if isinstance(value, dict):
