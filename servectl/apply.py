@@ -9,20 +9,18 @@ possible, recorded as failed with its error, and stops the apply.
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Optional
 
 from servectl import __version__
 from servectl.desired import DesiredState
 from servectl.errors import ApplyError, ServectlError
+from servectl.events import Emit, Event, EventKind, provider_steps
 from servectl.plan import Action, Plan, ResourceChange
 from servectl.planner import check_placement
 from servectl.providers.base import Provider
 from servectl.state.document import APPLIED, APPLYING, FAILED, ResourceState, StateDocument
 from servectl.state.store import StateStore
 
-Progress = Callable[[str], None]
-VERBS = {Action.CREATE: "creating", Action.UPDATE: "updating in place", Action.REPLACE: "replacing", Action.DELETE: "destroying"}
-DONE = {Action.CREATE: "created", Action.UPDATE: "updated", Action.REPLACE: "replaced", Action.DELETE: "destroyed"}
 
 
 def _after_change(resources: dict[str, ResourceState], change: ResourceChange) -> dict[str, ResourceState]:
@@ -51,18 +49,19 @@ def apply_plan(
     state: Optional[StateDocument],
     store: StateStore,
     provider: Provider,
-    progress: Progress,
+    emit: Emit,
     timeout_s: float = 300.0,
 ) -> StateDocument:
     """Carry out ``plan``'s changes in order through ``provider``, writing the state to ``store`` around each one.
 
     Returns the final state document; ``desired`` (when given) becomes its config snapshot. ``timeout_s`` (seconds)
-    bounds each change; ``progress`` gets one line per step. Raises ApplyError when Serve runs applications the state
+    bounds each change; ``emit`` gets an Event per step (a change started, finished, failed; a provider's own steps). Raises ApplyError when Serve runs applications the state
     does not manage, or when a change fails (reverted where possible and recorded as failed first); PlanError when a
     plan made before the cluster existed does not fit the cluster this apply started. A rerun after a stop converges.
     """
     document = state.copy() if state else StateDocument.new()
     provider.recall(dict((document.provider or {}).get("live") or {}))
+    progress = provider_steps(emit)
     provider_live = provider.prepare(progress)
     document.provider = {**plan.provider, "live": provider_live}
     if plan.cluster_source == "projected" and desired is not None and not plan.destroy:
@@ -80,7 +79,7 @@ def apply_plan(
 
     changes = plan.actionable
     for index, change in enumerate(changes, start=1):
-        progress(f"{change.address}: {VERBS[change.action]} … ({index}/{len(changes)})")
+        emit(Event(EventKind.CHANGE_STARTED, change.address, change.action.value, index, len(changes)))
         started = time.monotonic()
         _mark_applying(document, change)
         store.write(document)
@@ -88,7 +87,7 @@ def apply_plan(
         try:
             live = provider.converge(_deployable(working), change, timeout_s, progress)
         except ServectlError as err:
-            _record_failure(document, change, err, provider, progress)
+            _record_failure(document, change, err, provider, emit)
             store.write(document)
             done = index - 1
             raise ApplyError(
@@ -103,7 +102,8 @@ def apply_plan(
         document.resources = working
         document.stamp(__version__)
         store.write(document)
-        progress(f"{change.address}: {DONE[change.action]} in {time.monotonic() - started:.1f}s")
+        emit(Event(EventKind.CHANGE_FINISHED, change.address, change.action.value, index, len(changes),
+                   seconds=time.monotonic() - started))
 
     if desired is not None:
         document.config_snapshot = {
@@ -132,19 +132,19 @@ def _mark_applying(document: StateDocument, change: ResourceChange) -> None:
 
 
 def _record_failure(
-    document: StateDocument, change: ResourceChange, err: ServectlError, provider: Provider, progress: Progress
+    document: StateDocument, change: ResourceChange, err: ServectlError, provider: Provider, emit: Emit
 ) -> None:
     """Put the live system back as it was before ``change`` and record the change as failed."""
-    progress(f"{change.address}: failed — reverting it on the cluster")
+    emit(Event(EventKind.CHANGE_FAILED, change.address, change.action.value, message=str(err)))
     reverted = False
     try:
         provider.converge(_deployable(document.resources), ResourceChange(
             address=change.address, kind=change.kind, name=change.name, action=Action.NOOP,
             before=change.after, after=change.before,
-        ), 120.0, progress)
+        ), 120.0, provider_steps(emit))
         reverted = True
     except ServectlError as revert_err:
-        progress(f"{change.address}: revert did not finish: {revert_err}")
+        emit(Event(EventKind.REVERT_UNFINISHED, change.address, change.action.value, message=str(revert_err)))
     previous = document.resources.get(change.address)
     if previous is None:  # a failed create: recorded so the next plan retries it
         document.resources[change.address] = ResourceState(

@@ -21,6 +21,8 @@ from servectl.drift import DriftReport
 from servectl.sensitive import MaskedStream, mask, redact
 from servectl.render import render_drift
 from servectl.render_status import render_status
+from servectl.render_events import ConsoleEvents, json_events, json_line
+from servectl.events import EVENTS_JSON_VERSION
 from servectl.render_rollout import RichDisplay, render_outcome
 from servectl import rollout as rollouts
 from servectl.workspace import Workspace
@@ -176,10 +178,6 @@ def _approve(what: str) -> None:
         raise ServectlError(f"{what.split()[0]} cancelled: not approved (type 'yes', or pass --auto-approve)")
 
 
-def _progress(message: str) -> None:
-    out.print(f"[cyan]›[/cyan] {escape(mask(message))}")
-
-
 ApproveOption = typer.Option(False, "--auto-approve", help="Skip the confirmation.")
 TimeoutOption = typer.Option(300.0, "--timeout", help="Seconds to wait for each change to become healthy (1 to 86400).")
 
@@ -200,31 +198,43 @@ def _bounded(flag: str, value: float, low: float, high: float) -> float:
 
 def _plan_and_apply(
     var: Optional[List[str]], auto_approve: bool, timeout: float, destroy: bool, targets: Optional[List[str]] = None,
-    console: Optional[Console] = None,
+    console: Optional[Console] = None, as_json: bool = False,
 ) -> Workspace:
+    """Plan, show the plan, ask (unless ``auto_approve``), apply; ``as_json``: the plan, each event and a summary as
+    JSON lines on stdout instead (``apply --json``)."""
     shown = console or out
     workspace = _workspace(var)
     planned = workspace.plan(destroy=destroy, targets=targets)
     _warn_targeting(targets)
-    render_plan(shown, planned.plan)
-    if not destroy:
-        _note_rollouts(shown, planned)
+    operation = "destroy" if destroy else "apply"
+    if as_json:
+        json_line({"format_version": EVENTS_JSON_VERSION, "type": "plan", "plan": redact(planned.plan.to_dict())})
+    else:
+        render_plan(shown, planned.plan)
+        if not destroy:
+            _note_rollouts(shown, planned)
     if planned.plan.has_changes() and not auto_approve:
         _approve("destroy all these resources" if destroy else "apply these changes")
+    serial = planned.state.serial if planned.state else 0
     if not planned.plan.has_changes() and not destroy:
         recorded = workspace.record_applied_version(planned)
-        if recorded is not None:
+        if recorded is not None and not as_json:
             shown.print(f"Recorded the applied version (state serial {recorded}) in the history: its apply was "
                         "interrupted before it could.")
-        return workspace
-    document = workspace.apply(planned, _progress_to(shown), timeout)
-    verb = "Destroy" if destroy else "Apply"
-    shown.print(f"\n[green bold]{verb} complete![/green bold] {planned.plan.tally()}; state serial {document.serial}.")
+    else:
+        serial = workspace.apply(planned, json_events if as_json else ConsoleEvents(shown), timeout).serial
+        if not as_json:
+            verb = "Destroy" if destroy else "Apply"
+            shown.print(f"\n[green bold]{verb} complete![/green bold] {planned.plan.tally()}; state serial {serial}.")
+    if as_json:
+        json_line(_summary(operation, planned.plan, serial))
     return workspace
 
 
-def _progress_to(console: Console) -> Callable[[str], None]:
-    return lambda message: console.print(f"[cyan]›[/cyan] {escape(mask(message))}")
+def _summary(operation: str, plan: Any, serial: int) -> dict[str, Any]:
+    """The last line of ``apply --json``: what the apply did and the state serial it left."""
+    counts = plan.to_dict()["summary"]
+    return {"format_version": EVENTS_JSON_VERSION, "type": "summary", "operation": operation, **counts, "serial": serial}
 
 
 def _note_rollouts(console: Console, planned: Any) -> None:
@@ -246,7 +256,7 @@ def _drive_rollouts(
     workspace: Workspace, console: Console, timeout: float, resume: bool = False, abort: bool = False,
     retry: bool = False,
 ) -> list[rollouts.RolloutReport]:
-    runner = rollouts.RolloutRunner(workspace, _progress_to(console), RichDisplay(console), timeout)
+    runner = rollouts.RolloutRunner(workspace, ConsoleEvents(console), RichDisplay(console), timeout)
     reports = runner.run(resume=resume, abort=abort, retry=retry)
     for report in reports:
         if report.acted:
@@ -263,13 +273,21 @@ def apply(
     timeout: float = TimeoutOption,
     refresh_only: bool = typer.Option(False, "--refresh-only", help="Accept drift: record the live values in the state."),
     target: Optional[List[str]] = TargetOption,
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the plan, each change as it starts and ends, and a summary as JSON lines."
+    ),
 ) -> None:
     """Plan, confirm, and carry out the changes; wait until every backend is healthy.
 
     With PLANFILE: carry out exactly that saved plan, without planning again or asking.
     With --refresh-only: record the live system's values in the state (accept drift); change nothing live.
+    With --json (and --auto-approve, or a PLANFILE): one JSON object per line, for CI.
     """
     timeout = _bounded("--timeout", timeout, 1, 86_400)
+    if as_json and refresh_only:
+        raise ServectlError("--json cannot be used with --refresh-only (use `servectl drift --json` to read drift)")
+    if as_json and plan_file is None and not auto_approve:
+        raise ServectlError("--json asks nothing: pass --auto-approve (or apply a saved plan)")
     if refresh_only:
         if plan_file is not None:
             raise ServectlError("--refresh-only cannot be used with a saved plan")
@@ -286,19 +304,21 @@ def apply(
         out.print(f"\n[green bold]Refresh complete![/green bold] The state records the live values; state serial {document.serial}.")
         return
     if plan_file is None:
-        workspace = _plan_and_apply(var, auto_approve, timeout, destroy=False, targets=target)
+        workspace = _plan_and_apply(var, auto_approve, timeout, destroy=False, targets=target, as_json=as_json)
         if not target and rollouts.declared(workspace.load()):  # a declared rollout runs with the apply
-            line = rollouts.failure(_drive_rollouts(workspace, out, timeout))
+            line = rollouts.failure(_drive_rollouts(workspace, err if as_json else out, timeout))
             if line:
                 raise ServectlError(line)
         return
     if var:
         raise ServectlError("--var cannot be used with a saved plan: its variables were fixed when it was planned")
-    plan, document = _workspace().apply_saved(plan_file, _progress, timeout)
-    if not plan.has_changes():
+    plan, document = _workspace().apply_saved(plan_file, json_events if as_json else ConsoleEvents(out), timeout)
+    if as_json:
+        json_line(_summary("apply", plan, document.serial))
+    elif not plan.has_changes():
         out.print("[green]No changes.[/green] The saved plan had nothing to do.")
-        return
-    out.print(f"\n[green bold]Apply complete![/green bold] {plan.tally()}; state serial {document.serial}.")
+    else:
+        out.print(f"\n[green bold]Apply complete![/green bold] {plan.tally()}; state serial {document.serial}.")
 
 
 @app.command("rollout")
@@ -440,7 +460,7 @@ def rollback(
             return
         if not auto_approve:
             _approve(f"{planned.operation.split(' to ')[0]} these changes")
-        document = workspace.apply(planned, _progress, timeout)
+        document = workspace.apply(planned, ConsoleEvents(out), timeout)
     out.print(f"\n[green bold]Rollback complete![/green bold] {planned.plan.tally()}; state serial {document.serial}.")
 
 

@@ -13,12 +13,13 @@ import inspect
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, TypedDict
 
 from servectl.aws_config import AwsRay
 from servectl.config import Backend, Endpoint, LocalRay, S3State
 from servectl.sensitive import to_plain
 from servectl.errors import ConfigError
+from servectl.statuses import ProviderKind
 from servectl.state.store import HISTORY_KEEP
 
 BACKEND = "backend"
@@ -74,11 +75,25 @@ def split_address(address: str) -> tuple[str, str]:
     return kind, name
 
 
+class ProviderRecord(TypedDict, total=False):
+    """The provider as a plan and the state record it (``ProviderSpec.attributes``); the state adds ``live`` (what
+    the provider's prepare() returned: the embedded head's address, the AWS cluster's token, …)."""
+
+    kind: str
+    address: Optional[str]
+    http_host: str
+    http_port: int
+    http_location: str
+    region: str  # AWS only
+    cluster_name: str  # AWS only
+    live: dict[str, Any]
+
+
 @dataclass(frozen=True)
 class ProviderSpec:
     """How to reach (or start) the cluster. ``address`` None means servectl owns an embedded head."""
 
-    kind: str
+    kind: ProviderKind
     address: Optional[str]
     http_host: str
     http_port: int
@@ -89,7 +104,7 @@ class ProviderSpec:
     auth_token_path: Optional[str]
     aws: Optional[dict[str, Any]] = None  # the AwsRay block, for kind "aws_ray"
 
-    def attributes(self) -> dict[str, Any]:
+    def attributes(self) -> "ProviderRecord":
         """What a plan and the state record of the provider: kind, address and the HTTP settings, plus region and
         cluster name for AWS.
         """
@@ -171,7 +186,7 @@ class DesiredState:
 def aws_provider_spec(block: AwsRay) -> ProviderSpec:
     """The AWS provider: Serve runs a proxy on every node behind the load balancer's port."""
     return ProviderSpec(
-        kind="aws_ray", address=None, http_host="0.0.0.0", http_port=block.load_balancer.port,
+        kind=ProviderKind.AWS_RAY, address=None, http_host="0.0.0.0", http_port=block.load_balancer.port,
         http_location="EveryNode", num_cpus=None, num_gpus=0, resources={}, auth_token_path=None,
         aws=block.model_dump(exclude={"declared_at"}),
     )
@@ -193,7 +208,7 @@ def provider_spec(declared: Optional[LocalRay]) -> ProviderSpec:
         port = int(raw)
     token = block.auth_token_path or os.environ.get("SERVECTL_RAY_AUTH_TOKEN_PATH") or None
     return ProviderSpec(
-        kind="local_ray",
+        kind=ProviderKind.LOCAL_RAY,
         address=address,
         http_host=block.http_host,
         http_port=port,

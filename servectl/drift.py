@@ -16,15 +16,14 @@ from typing import Any, Optional
 from servectl.desired import BACKEND, ENDPOINT, address_of
 from servectl.plan import Plan
 from servectl.providers.base import LiveView
+from servectl.statuses import DriftKind
 from servectl.sensitive import REDACTED, holds_sensitive, redact, reveal
 from servectl.state.document import APPLYING, FAILED, StateDocument
 
 DRIFT_FORMAT_VERSION = 1
 PROVIDER_ADDRESS = "provider"
 
-CHANGED = "changed"  # a recorded value differs live
-DELETED = "deleted"  # recorded, but gone from the live system
-UNMANAGED = "unmanaged"  # live, but not in the state
+CHANGED, DELETED, UNMANAGED = DriftKind.CHANGED, DriftKind.DELETED, DriftKind.UNMANAGED
 
 
 @dataclass

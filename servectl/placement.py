@@ -9,7 +9,7 @@ GPU request must fit on a single GPU, as Ray requires.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, TypedDict
 
 UNIT = 10_000
 
@@ -170,6 +170,34 @@ class NodeRoom:
         return [(best, need)]
 
 
+class NodeSummary(TypedDict):
+    """One node in a placement summary."""
+
+    node: str
+    replicas: dict[str, int]  # backend -> replicas on this node
+    cpus: list[float]  # [used, total]
+    gpus: list[float]  # [used, total]
+    gpu_slots_used: list[float]  # per GPU, the fraction held
+    gpu_shares: list[dict[str, float]]  # per GPU: backend -> fraction of it
+
+
+class PlacementSummary(TypedDict, total=False):
+    """A placement as a plan records it (``Plan.placement``): totals and, per node, what lands there. AWS plans add
+    ``node_groups`` and ``hourly_cost`` (``servectl.planner.fleet_summary``)."""
+
+    replicas: int
+    nodes_total: int
+    nodes_used: int
+    gpu_nodes_used: int
+    cpus_used: float
+    cpus_total: float
+    gpus_used: float
+    gpus_total: int
+    nodes: list[NodeSummary]
+    node_groups: dict[str, dict[str, Any]]  # node type -> instance_type, min_size, desired_capacity, max_size
+    hourly_cost: Optional[float]  # USD per hour at the desired sizes; None when a node type has no price
+
+
 @dataclass
 class NodePlacement:
     """One node after packing: replicas per backend on it, CPUs and GPUs used of its total.
@@ -208,7 +236,7 @@ class Placement:
         """How many nodes have any part of a GPU in use."""
         return sum(1 for n in self.nodes if n.gpus_used > 0)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> PlacementSummary:
         """The placement as plain data, as plans record it: totals, and per node its replicas by backend.
 
         Per node ``cpus`` and ``gpus`` are ``[used, total]`` pairs, with ``gpu_slots_used`` and ``gpu_shares`` as on

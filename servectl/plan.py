@@ -6,10 +6,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from servectl.desired import ProviderRecord
+    from servectl.placement import PlacementSummary
 
 
-# The version of `plan --json` (and of the plan inside a saved plan file); see the README's JSON section.
+# The version of `plan --json` (and of the plan inside a saved plan file); see docs/reference/json.md.
 PLAN_JSON_VERSION = 1
 
 
@@ -85,14 +89,14 @@ class Plan:
     """
 
     changes: list[ResourceChange]  # in apply order; no-ops included for display
-    placement: dict[str, Any]
+    placement: "PlacementSummary"
     state_lineage: Optional[str]
     state_serial: int
-    provider: dict[str, Any]
+    provider: "ProviderRecord"
     cluster_source: str  # "live" or "projected" (embedded cluster not started yet)
     replicas_before: int
     replicas_after: int
-    placement_before: dict[str, Any] = field(default_factory=dict)
+    placement_before: "PlacementSummary" = field(default_factory=dict)  # type: ignore[assignment]
     destroy: bool = False
     targets: list[str] = field(default_factory=list)  # --target: only these (and what they need) are planned
     replicas_max_after: Optional[int] = None  # above replicas_after when backends autoscale

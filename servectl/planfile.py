@@ -24,6 +24,7 @@ from servectl.desired import DesiredState, ProviderSpec, ResourceSpec, StateBack
 from servectl.errors import ServectlError
 from servectl.plan import Plan
 from servectl.sensitive import learn
+from servectl.statuses import ProviderKind
 from servectl.state.store import HISTORY_KEEP
 
 PLAN_FORMAT = "servectl-plan"
@@ -73,7 +74,7 @@ def desired_from_dict(body: dict[str, Any]) -> DesiredState:
     """
     return DesiredState(
         config_dir=body["config_dir"],
-        provider=ProviderSpec(**body["provider"]),
+        provider=ProviderSpec(**{**body["provider"], "kind": ProviderKind(body["provider"]["kind"])}),
         resources={address: ResourceSpec(**spec) for address, spec in body["resources"].items()},
         variables=dict(body.get("variables") or {}),
         state_backend=StateBackendSpec(**body["state_backend"]) if body.get("state_backend") else None,

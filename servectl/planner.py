@@ -23,6 +23,7 @@ from servectl.desired import (
 )
 from servectl.aws_infra import IN_PLACE_INFRA_ATTRIBUTES, group_cost
 from servectl.errors import PlanError
+from servectl.statuses import ProviderKind
 from servectl.placement import NodeCapacity, ReplicaDemand, describe_cluster, pack
 from servectl.plan import Action, AttributeDiff, Plan, ResourceChange
 from servectl.sensitive import REDACTED, is_marked, redact
@@ -232,7 +233,7 @@ def plan_changes(
         changes = [c for c in changes if c.address in selected]
         result = [wanted[a] if a in selected else recorded[a] for a in sorted(set(wanted) | set(recorded))
                   if (a in wanted if a in selected else a in recorded)]
-    if desired.provider.kind == "aws_ray" or any(r.kind == NODE_GROUP for r in recorded.values()):
+    if desired.provider.kind == ProviderKind.AWS_RAY or any(r.kind == NODE_GROUP for r in recorded.values()):
         # Nodes that do not exist yet: the node groups' sizes come from packing onto the node types.
         return _plan(changes, recorded, desired, state, cluster_source, destroy, targets, result,
                      fleet_summary(result), fleet_summary(recorded.values()))

@@ -24,16 +24,21 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 from servectl.analysis import FAIL, PASS, WAIT, Verdict, Window, evaluate, window
 from servectl.desired import ENDPOINT, DesiredState, address_of
 from servectl.errors import ServectlError
+from servectl.events import Emit
+from servectl.statuses import RolloutStatus
 from servectl.state.document import StateDocument
 from servectl.status import scrape_all
 
 if TYPE_CHECKING:
     from servectl.workspace import Planned, Workspace
 
-PENDING, PROGRESSING, PAUSED, COMPLETED, ABORTED = "pending", "progressing", "paused", "completed", "aborted"
+PENDING, PROGRESSING, PAUSED, COMPLETED, ABORTED = (
+    RolloutStatus.PENDING, RolloutStatus.PROGRESSING, RolloutStatus.PAUSED, RolloutStatus.COMPLETED,
+    RolloutStatus.ABORTED,
+)
 # What makes a recorded position belong to the declared rollout: the same pair and the same candidate.
 IDENTITY = ("stable", "new", "candidate")
-ROLLOUT_JSON_VERSION = 1  # of `rollout --json`; see the README's JSON section
+ROLLOUT_JSON_VERSION = 1  # of `rollout --json`; see docs/reference/json.md
 TICK_S = 1.0
 
 
@@ -151,13 +156,13 @@ class RolloutRunner:
     def __init__(
         self,
         workspace: "Workspace",
-        progress: Callable[[str], None],
+        emit: "Emit",
         display: Display,
         timeout_s: float = 300.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.workspace = workspace
-        self.progress = progress
+        self.emit = emit
         self.display = display
         self.timeout_s = timeout_s
         self.sleep = sleep
@@ -170,15 +175,9 @@ class RolloutRunner:
         LockError when the state is locked by another; errors from plan and apply propagate. The lock is released
         however the run ends.
         """
-        store = self.workspace.store
-        lock = store.lock("rollout")
-        try:
-            reports = []
-            for endpoint, rollout in declared(self._planned().desired):
-                reports.append(self._drive(endpoint, rollout, resume=resume, abort=abort, retry=retry))
-            return reports
-        finally:
-            store.unlock(lock)
+        with self.workspace.store.locked("rollout"):
+            return [self._drive(endpoint, rollout, resume=resume, abort=abort, retry=retry)
+                    for endpoint, rollout in declared(self._planned().desired)]
 
     # -- one rollout ---------------------------------------------------------------------------------------------
 
@@ -270,7 +269,7 @@ class RolloutRunner:
         )
         planned.operation = operation
         if planned.plan.has_changes():
-            self.workspace.apply_locked(planned, self.progress, self.timeout_s)
+            self.workspace.apply_locked(planned, self.emit, self.timeout_s)
 
     def _serial(self) -> int:
         state = self.workspace.read_state()

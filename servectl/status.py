@@ -26,7 +26,7 @@ ENDPOINT_REQUESTS = "ray_servectl_requests_total"
 ENDPOINT_ERRORS = "ray_servectl_errors_total"
 ENDPOINT_LATENCY = "ray_servectl_request_latency_ms"
 SHADOW_SENT = "ray_servectl_shadow_sent_total"
-STATUS_JSON_VERSION = 1  # of `status --json`; see the README's JSON section
+STATUS_JSON_VERSION = 1  # of `status --json`; see docs/reference/json.md
 
 
 @dataclass

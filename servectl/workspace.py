@@ -6,12 +6,13 @@ import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Optional
+from typing import Iterator, Mapping, Optional
 
 from servectl import __version__, bundle, drift, history, planfile, rollout
 from servectl.apply import apply_plan
 from servectl.desired import BACKEND, DesiredState, address_of
 from servectl.errors import ConfigError, PlanError, StateError
+from servectl.events import Emit, provider_steps
 from servectl.loader import load_config
 from servectl.plan import Action, Plan
 from servectl.sensitive import holds_sensitive
@@ -136,29 +137,22 @@ class Workspace:
         document = local.read()
         if document is None:
             raise StateError(f"there is no local state to migrate ({local.path} does not exist)")
-        local_lock = local.lock("migrate")
-        try:
-            remote_lock = remote.lock("migrate")
-            try:
-                existing = remote.read()
-                if existing is not None:
-                    raise StateError(
-                        f"{remote.describe()} already holds a state (lineage {existing.lineage}, serial "
-                        f"{existing.serial}); servectl will not overwrite it"
-                    )
-                entries = local.history()
-                for entry in entries:  # every kept version moves: none is pruned on the way
-                    remote.append_history(entry, keep=max(len(entries), 2))
-                remote.write(document)  # last: a migration cut short leaves the local state in charge
-                locate.remember(self._backend, self.config_dir)
-                os.replace(local.path, local.path + ".migrated")
-                if os.path.isdir(local.history_dir):
-                    os.replace(local.history_dir, local.history_dir + ".migrated")
-                return document
-            finally:
-                remote.unlock(remote_lock)
-        finally:
-            local.unlock(local_lock)
+        with local.locked("migrate"), remote.locked("migrate"):
+            existing = remote.read()
+            if existing is not None:
+                raise StateError(
+                    f"{remote.describe()} already holds a state (lineage {existing.lineage}, serial "
+                    f"{existing.serial}); servectl will not overwrite it"
+                )
+            entries = local.history()
+            for entry in entries:  # every kept version moves: none is pruned on the way
+                remote.append_history(entry, keep=max(len(entries), 2))
+            remote.write(document)  # last: a migration cut short leaves the local state in charge
+            locate.remember(self._backend, self.config_dir)
+            os.replace(local.path, local.path + ".migrated")
+            if os.path.isdir(local.history_dir):
+                os.replace(local.history_dir, local.history_dir + ".migrated")
+            return document
 
     def plan(
         self, destroy: bool = False, targets: Optional[list[str]] = None,
@@ -242,7 +236,7 @@ class Workspace:
                 operation=f"rollback to {target.serial}",
             )
 
-    def apply_saved(self, path: str, progress: Callable[[str], None], timeout_s: float = 300.0) -> tuple[Plan, StateDocument]:
+    def apply_saved(self, path: str, emit: Emit, timeout_s: float = 300.0) -> tuple[Plan, StateDocument]:
         """Carry out exactly the plan saved at ``path``, with the code it was planned with."""
         saved = planfile.read(path)
         if os.path.realpath(saved.config_dir) != os.path.realpath(self.config_dir):
@@ -257,7 +251,7 @@ class Workspace:
                 desired=saved.desired, state=None, plan=saved.plan, provider=provider,
                 live_fingerprint=saved.live_fingerprint, saved=True, bundle=saved.bundle,
             )
-            return saved.plan, self.apply(planned, progress, timeout_s)
+            return saved.plan, self.apply(planned, emit, timeout_s)
 
     def record_applied_version(self, planned: Planned) -> Optional[int]:
         """An apply with nothing to change: make sure the state's version is in the history (returns its serial if
@@ -269,14 +263,11 @@ class Workspace:
         """
         if planned.state is None or not planned.state.resources or self._recorded_in_history(planned.state):
             return None
-        lock = self.store.lock("apply")
-        try:
+        with self.store.locked("apply"):
             current = self.read_state()
             if current is None or (current.lineage, current.serial) != (planned.state.lineage, planned.state.serial):
                 return None  # someone applied meanwhile: their apply records its own version
             return current.serial if self._record_version(current, planned) else None
-        finally:
-            self.store.unlock(lock)
 
     def _record_version(self, document: StateDocument, planned: Planned) -> bool:
         """Record ``document``'s version in the history if it is missing (call under the lock).
@@ -326,8 +317,7 @@ class Workspace:
         """`apply --refresh-only`: record the live values of ``items`` in the state, under the lock."""
         if state is None:
             raise StateError("nothing is applied here: the state is empty")
-        lock = self.store.lock("refresh")
-        try:
+        with self.store.locked("refresh"):
             current = self.read_state()
             if current is None or (current.lineage, current.serial) != (state.lineage, state.serial):
                 raise StateError("the state changed while drift was being read; run it again")
@@ -335,23 +325,18 @@ class Workspace:
             current.stamp(__version__)
             self.store.write(current)
             return current, skipped
-        finally:
-            self.store.unlock(lock)
 
     def status(self, window_s: float) -> StatusReport:
         """What runs now where the state says things were applied (read-only)."""
         state, provider = self._recorded_provider()
         return collect_status(state, provider, window_s)
 
-    def apply(self, planned: Planned, progress: Callable[[str], None], timeout_s: float = 300.0) -> StateDocument:
+    def apply(self, planned: Planned, emit: Emit, timeout_s: float = 300.0) -> StateDocument:
         """Apply ``planned`` under the state lock; refuse if the state moved since it was planned."""
-        lock = self.store.lock("apply" if not planned.plan.destroy else "destroy")
-        try:
-            return self.apply_locked(planned, progress, timeout_s)
-        finally:
-            self.store.unlock(lock)
+        with self.store.locked("apply" if not planned.plan.destroy else "destroy"):
+            return self.apply_locked(planned, emit, timeout_s)
 
-    def apply_locked(self, planned: Planned, progress: Callable[[str], None], timeout_s: float = 300.0) -> StateDocument:
+    def apply_locked(self, planned: Planned, emit: Emit, timeout_s: float = 300.0) -> StateDocument:
         """``apply`` for a caller that holds the state lock already (a rollout, across its steps)."""
         locate.remember(self._backend, self.config_dir)
         current = self.read_state()
@@ -381,7 +366,7 @@ class Workspace:
             frozen = planned.bundle if planned.bundle is not None else self._freeze()
         if planned.plan.has_changes() or current is None:
             document = apply_plan(
-                planned.plan, planned.desired, current, self.store, planned.provider, progress, timeout_s
+                planned.plan, planned.desired, current, self.store, planned.provider, emit, timeout_s
             )
         else:
             document = current
@@ -394,5 +379,5 @@ class Workspace:
         elif not planned.plan.destroy:
             self._record_version(document, planned)
         if planned.plan.destroy:  # also when nothing was left to delete: the cluster may still run
-            planned.provider.teardown(progress)
+            planned.provider.teardown(provider_steps(emit))
         return document

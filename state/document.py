@@ -15,15 +15,14 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
 from servectl.errors import StateError
+from servectl.statuses import ResourceStatus
 from servectl.sensitive import learn
 
 FORMAT_VERSION = 1
 
-APPLIED = "applied"
-FAILED = "failed"
-# Written before a change starts and replaced when it ends: a state that still
-# says "applying" was left by an apply that died mid-change (kill -9, power cut).
-APPLYING = "applying"
+APPLIED = ResourceStatus.APPLIED
+FAILED = ResourceStatus.FAILED
+APPLYING = ResourceStatus.APPLYING
 
 
 @dataclass
@@ -34,7 +33,7 @@ class ResourceState:
     name: str
     attributes: dict[str, Any]
     live: dict[str, Any] = field(default_factory=dict)
-    status: str = APPLIED
+    status: ResourceStatus = APPLIED
     error: Optional[str] = None
 
     @property
@@ -100,7 +99,8 @@ class StateDocument:
         body = upgrade(body, source)
         learn(body)  # what it holds sensitive stays masked in everything this process prints
         try:
-            resources = {address: ResourceState(**r) for address, r in body["resources"].items()}
+            resources = {address: ResourceState(**{**r, "status": ResourceStatus(r.get("status", APPLIED))})
+                         for address, r in body["resources"].items()}
             return cls(
                 lineage=str(body["lineage"]),
                 serial=int(body["serial"]),

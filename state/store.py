@@ -4,12 +4,13 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+import contextlib
+import json
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-import json
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from servectl.state.document import StateDocument
 
@@ -115,6 +116,16 @@ class StateStore(ABC):
     @abstractmethod
     def force_unlock(self, lock_id: str) -> LockInfo:
         """Release a stale lock, only when ``lock_id`` matches the holder's ID."""
+
+    @contextlib.contextmanager
+    def locked(self, operation: str) -> Iterator[LockInfo]:
+        """Hold the lock for ``operation`` (apply, destroy, refresh, rollout, migrate) while the block runs, and release
+        it however the block ends (Terraform holds its state lock the same way). Raises LockError naming the holder."""
+        info = self.lock(operation)
+        try:
+            yield info
+        finally:
+            self.unlock(info)
 
     # -- history: storage primitives each store provides ---------------------------------------------------------
 

@@ -198,3 +198,32 @@ def test_failing_constructor_stops_apply_and_is_recorded(ray_cluster, tmp_path, 
     fixed = run_cli(config, "apply", "--auto-approve")
     assert fixed.code == 0, fixed.output
     assert requests.get(ray_cluster.url("/failing"), timeout=10).text == "ok"
+
+
+def test_apply_json_is_one_object_per_line_plan_events_summary(ray_cluster, tmp_path, applied_dirs):
+    """`apply --json` for CI: the plan, each change as it starts and finishes, then a summary; errors on stderr."""
+    config = copy_example("quickstart", tmp_path)
+    applied_dirs.append(config)
+    asked = run_cli(config, "apply", "--json")
+    assert asked.code == 1 and asked.stderr.strip() == (
+        "Error: --json asks nothing: pass --auto-approve (or apply a saved plan)")
+
+    applied = run_cli(config, "apply", "--json", "--auto-approve")
+    assert applied.code == 0, applied.output
+    lines = [json.loads(line) for line in applied.stdout.splitlines()]
+    assert all(line["format_version"] == 1 for line in lines)
+    assert [line["type"] for line in lines] == ["plan"] + ["event"] * (len(lines) - 2) + ["summary"]
+    assert lines[0]["plan"]["summary"]["add"] == 2
+    changes = [(e["kind"], e.get("address")) for e in lines[1:-1] if e["kind"].startswith("change_")]
+    assert changes == [("change_started", "backend.hello"), ("change_finished", "backend.hello"),
+                       ("change_started", "endpoint.hello"), ("change_finished", "endpoint.hello")]
+    finished = [e for e in lines if e.get("kind") == "change_finished"]
+    assert all(e["action"] == "create" and e["seconds"] > 0 and e["total"] == 2 for e in finished)
+    summary = lines[-1]
+    assert summary["operation"] == "apply" and summary["add"] == 2 and summary["serial"] > 0
+    assert requests.get(ray_cluster.url("/hello"), timeout=10).status_code == 200
+
+    unchanged = run_cli(config, "apply", "--json", "--auto-approve")
+    kinds = [json.loads(line)["type"] for line in unchanged.stdout.splitlines()]
+    assert unchanged.code == 0 and kinds == ["plan", "summary"]
+    assert json.loads(unchanged.stdout.splitlines()[-1])["serial"] == summary["serial"]
