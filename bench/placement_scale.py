@@ -15,8 +15,8 @@ import random
 import statistics
 import time
 
-from servectl.fleet import NodeShape, lower_bound, pack_fleet
-from servectl.placement import ReplicaDemand
+from servectl.planning.fleet import NodeShape, lower_bound, pack_fleet
+from servectl.planning.placement import ReplicaDemand
 
 SHAPES = [  # three shapes, on-demand us-east-1 prices; 500 nodes at most in all (checked below)
     NodeShape("cpu", cpus=32, gpus=0, max_nodes=500, hourly_price=1.536),  # m6i.8xlarge

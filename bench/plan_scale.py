@@ -26,9 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from servectl.loader import load_config  # noqa: E402
-from servectl.placement import NodeCapacity  # noqa: E402
-from servectl.planner import plan_changes  # noqa: E402
+from servectl.loading.loader import load_config  # noqa: E402
+from servectl.model.capacity import NodeCapacity  # noqa: E402
+from servectl.planning.planner import plan_changes  # noqa: E402
 from servectl.state.document import ResourceState, StateDocument  # noqa: E402
 from servectl.state.local import LocalStateStore  # noqa: E402
 

@@ -5,8 +5,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from servectl.placement import NodeCapacity
-from servectl.plan import ResourceChange
+from servectl.model.capacity import NodeCapacity
+from servectl.model.plan import ResourceChange
 from servectl.state.document import ResourceState
 
 Progress = Callable[[str], None]

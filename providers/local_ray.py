@@ -18,22 +18,23 @@ import threading
 import time
 from typing import Any, Optional
 
-from servectl import bundle
+from servectl.loading import bundle
 from servectl.providers.base import ClusterView, LiveView, Progress, Provider
-from servectl.desired import BACKEND, ProviderSpec
+from servectl.model.desired import ProviderSpec
 from servectl.errors import ProviderError
-from servectl.placement import NodeCapacity
+from servectl.model.capacity import NodeCapacity
 from servectl.runtime.proof import route_proof
 from servectl.runtime.sealed import SealError, key_from_token
-from servectl.plan import Action, ResourceChange
+from servectl.model.plan import Action, ResourceChange
 from servectl.state.document import ResourceState
 
-from servectl.providers import serve_apps, serve_health
+from servectl.providers import serve_health
 from servectl.providers.dashboard import RayDashboard
 from servectl.providers.serve_apps import PROXY_LOCATIONS
+from servectl.providers.serve_deploy import deploy_serve, wait_for_handles
 from servectl.providers.embedded_cluster import RUNTIME_DIR, EmbeddedCluster, free_ports, port_open
 from servectl.providers.front_proxy import FrontProxy, render_config, routed_endpoints
-from servectl.policy import POLICY_TTL_S, applied_endpoints, read_policies, write_policies
+from servectl.routing.policy import applied_endpoints, read_policies, write_policies
 
 _connected: dict[str, Optional[str]] = {"address": None}
 
@@ -386,24 +387,6 @@ class LocalRayProvider(Provider):
                 return recorded
         return self._upload()
 
-    def serve_config(
-        self, resources: dict[str, ResourceState], change: ResourceChange
-    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-        """The whole Serve config for ``resources`` (ServeDeploySchema, as ``serve deploy`` sends it), and the live
-        identifiers by address of each backend (``application``, ``package_uri``).
-
-        Each backend keeps its code package unless ``change`` restarts it; sensitive values go sealed; HTTP stays on
-        the internal port. Raises ProviderError when the code cannot be uploaded or the values cannot be sealed.
-        """
-        applications, backends_live = serve_apps.applications(resources, lambda resource: self._package_for(resource, change))
-        config = {
-            "proxy_location": PROXY_LOCATIONS[self.spec.http_location],
-            "http_options": {"host": "127.0.0.1", "port": self._serve_port},
-            # Sensitive values go sealed: Serve logs builder arguments and Ray every runtime_env.
-            "applications": serve_apps.sealed(applications, self.sealing_key),
-        }
-        return config, backends_live
-
     def converge(
         self,
         resources: dict[str, ResourceState],
@@ -411,22 +394,16 @@ class LocalRayProvider(Provider):
         timeout_s: float,
         progress: Progress,
     ) -> dict[str, dict[str, Any]]:
-        """Backends first (Serve, healthy, internal routes served), then the front proxy's rules."""
-        if change.kind == BACKEND and change.action is Action.DELETE:
-            # Handles re-read policies every POLICY_TTL_S: let the last move of
-            # traffic off this backend reach them before it goes.
-            time.sleep(max(0.0, self._policy_written_at + POLICY_TTL_S + 0.2 - time.monotonic()))
-        before = self._details().get("applications", {})
-        config, backends_live = self.serve_config(resources, change)
-        try:
-            self._dashboard().deploy(config)
-        except ProviderError as err:
-            raise ProviderError(f"{change.address}: Serve rejected the configuration: {err}") from None
-        routes = None if self.spec.http_location == "NoServer" else self._serve_routes_problem
-        serve_health.wait_until_live(self._details, change, before, config, timeout_s, routes)
-
-        live, policies = serve_apps.endpoint_policies(resources)
-        live.update(backends_live)
+        """Backends first (Serve, healthy, internal routes served), then the front proxy's rules. Each backend keeps
+        its code package unless ``change`` restarts it; HTTP stays on the internal port."""
+        wait_for_handles(change, self._policy_written_at)
+        live, policies = deploy_serve(
+            change, resources, lambda resource: self._package_for(resource, change),
+            proxy_location=PROXY_LOCATIONS[self.spec.http_location],
+            http_options={"host": "127.0.0.1", "port": self._serve_port},
+            sealing_key=self.sealing_key, details=self._details, deploy=lambda config: self._dashboard().deploy(config),
+            timeout_s=timeout_s, routes_problem=None if self.spec.http_location == "NoServer" else self._serve_routes_problem,
+        )
         routed = routed_endpoints(policies)
         write_policies(policies, applied_endpoints() - set(policies))
         self._policy_written_at = time.monotonic()

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from servectl.desired import BACKEND, ENDPOINT
+from servectl.model.desired import BACKEND, ENDPOINT
 from servectl.providers.front_proxy import internal_route
 from servectl.state.document import ResourceState
 from servectl.runtime.sealed import seal
 from servectl.sensitive import holds_sensitive
-from servectl.traffic import allocate
+from servectl.routing.traffic import allocate
 
 APP_BUILDER = "servectl.runtime.application:build"
 SHADOW_QUEUE_LIMIT = 100
@@ -152,7 +152,7 @@ def endpoint_policies(resources: dict[str, ResourceState]) -> tuple[dict[str, di
     """Each endpoint's live record (route, weights, key-space segments) and its routing policy by name.
 
     Segments are kept while the weights are unchanged and otherwise moved as
-    little as possible (``servectl.traffic.allocate``), so shard keys stay put.
+    little as possible (``servectl.routing.traffic.allocate``), so shard keys stay put.
     """
     live: dict[str, dict[str, Any]] = {}
     policies: dict[str, dict[str, Any]] = {}

@@ -12,9 +12,9 @@ import time
 import urllib.request
 from typing import Any, Callable, Optional
 
-from servectl.desired import BACKEND
+from servectl.model.desired import BACKEND
 from servectl.errors import ProviderError
-from servectl.plan import Action, ResourceChange
+from servectl.model.plan import Action, ResourceChange
 from servectl.providers import serve_apps
 from servectl.providers.base import LiveBackend
 from servectl.providers.front_proxy import internal_route

@@ -12,7 +12,7 @@ import json
 import os
 from typing import Optional
 
-from servectl.desired import StateBackendSpec
+from servectl.model.desired import StateBackendSpec
 from servectl.errors import StateError
 from servectl.state.local import LocalStateStore, write_private
 from servectl.state.store import StateStore

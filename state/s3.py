@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Optional
 
-from servectl.desired import StateBackendSpec
+from servectl.model.desired import StateBackendSpec
 from servectl.errors import LockError, StateError
 from servectl.state.document import StateDocument
 from servectl.state.local import INDEX_NAME

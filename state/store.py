@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
+from servectl.config.blocks import HISTORY_KEEP as BLOCK_HISTORY_KEEP
 from servectl.state.document import StateDocument
 
 if TYPE_CHECKING:
-    from servectl.history import HistoryEntry
+    from servectl.state.history import HistoryEntry
 
 
 @dataclass
@@ -48,7 +49,7 @@ class LockInfo:
         return f"{self.who} (pid {self.pid}) since {self.created} for '{self.operation}', lock ID {self.id}"
 
 
-HISTORY_KEEP = 50  # applied versions kept by default (servectl.config.History(keep=…))
+HISTORY_KEEP = BLOCK_HISTORY_KEEP  # applied versions kept by default (servectl.config.History(keep=…))
 INDEX_FORMAT_VERSION = 1
 
 
@@ -66,7 +67,7 @@ class HistorySummary:
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> "HistorySummary":
-        """The summary of an entry's JSON body (``servectl.history.HistoryEntry.to_dict``)."""
+        """The summary of an entry's JSON body (``servectl.state.history.HistoryEntry.to_dict``)."""
         return cls(
             serial=int(body["serial"]), lineage=str(body["lineage"]), time=str(body["time"]), who=str(body["who"]),
             operation=str(body["operation"]), summary=str(body["summary"]), applied=body.get("desired") is not None,
@@ -201,7 +202,7 @@ class StateStore(ABC):
     def history_entry(self, serial: int) -> "HistoryEntry":
         """The kept version with ``serial``, bundle and all. Raises StateError when it is not kept or unreadable."""
         from servectl.errors import StateError
-        from servectl.history import HistoryEntry
+        from servectl.state.history import HistoryEntry
 
         found = self._read_history_text(serial)
         if found is None:

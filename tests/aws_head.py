@@ -6,7 +6,7 @@ import re
 import shlex
 import time
 
-from servectl.providers import aws_resources as aws
+from servectl.providers.aws import resources as aws
 
 
 def head_boot(ctx: aws.AwsContext, timeout_s: float = 120) -> dict[str, object]:

@@ -1,8 +1,8 @@
 """Rollout gates as pure functions: windows from two scrapes, and the verdicts they give."""
 from __future__ import annotations
 
-from servectl.analysis import FAIL, PASS, WAIT, Window, evaluate, window
-from servectl.prometheus import Scrape, parse
+from servectl.engine.analysis import FAIL, PASS, WAIT, Window, evaluate, window
+from servectl.engine.prometheus import Scrape, parse
 
 GATES = [
     {"kind": "error_rate", "max": 0.01},

@@ -21,7 +21,7 @@ import time
 
 import requests
 
-from servectl.providers import aws_resources as aws
+from servectl.providers.aws import resources as aws
 from servectl.providers.embedded_cluster import EmbeddedCluster, free_ports
 from tests.aws_head import head_boot
 from tests.conftest import REPO, SERVECTL, write_config
@@ -161,7 +161,7 @@ def test_plan_apply_split_grow_drift_rollback_and_destroy_on_aws(moto_server, tm
         # A saved plan is refused once the live system moved (here: a new routing version published behind it).
         saved = _cli(config, "plan", "--var", "vision_replicas=3", "--out", str(tmp_path / "aws.plan"))
         assert saved.returncode == 0, saved.stdout + saved.stderr
-        from servectl.providers.aws_routing import RoutingStore
+        from servectl.providers.aws.routing import RoutingStore
 
         store = RoutingStore(ctx.client("s3"), f"{CLUSTER}-code-us-east-1", CLUSTER)
         current = store.current()

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from servectl.desired import NODE_GROUP
+from servectl.providers.aws.infra import NODE_GROUP
 from servectl.errors import ConfigError, PlanError
-from servectl.loader import load_config
-from servectl.plan import Action
-from servectl.planner import plan_changes
-from servectl.render import summary_line
+from servectl.loading.loader import load_config
+from servectl.model.plan import Action
+from servectl.planning.planner import plan_changes
+from servectl.render.plan import summary_line
 from servectl.state.document import ResourceState, StateDocument
 from tests.conftest import EXAMPLES, write_config
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import hashlib
 
-from servectl.apply import _after_change
-from servectl.loader import load_config
-from servectl.plan import Action
-from servectl.planner import plan_changes
-from servectl.providers import aws_resources as aws
+from servectl.engine.apply import _after_change
+from servectl.loading.loader import load_config
+from servectl.model.plan import Action
+from servectl.planning.planner import plan_changes
+from servectl.providers.aws import resources as aws
 from servectl.providers import provider_for
 from servectl.state.document import ResourceState
 from tests.conftest import EXAMPLES
@@ -67,7 +67,7 @@ def test_the_provider_creates_resizes_and_deletes_its_aws_resources(moto_server,
 
 def test_drift_reads_hand_resized_groups_and_a_deleted_target_group(moto_server):
     """What `servectl drift` sees of the AWS resources (the Serve half is read as on any cluster)."""
-    from servectl import drift
+    from servectl.engine import drift
 
     desired = load_config(str(EXAMPLES / "aws"), {"vision_replicas": "6"})  # gpu group: min = desired = max = 3
     provider = provider_for(desired.provider, str(EXAMPLES / "aws"))

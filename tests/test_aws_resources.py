@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import itertools
 
-from servectl.loader import load_config
-from servectl.providers import aws_resources as aws
+from servectl.loading.loader import load_config
+from servectl.providers.aws import resources as aws
 from tests.conftest import EXAMPLES
 
 _clusters = itertools.count()

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from servectl.errors import ProviderError
-from servectl.providers.aws_routing import RoutingStore
+from servectl.providers.aws.routing import RoutingStore
 
 
 def routing_store(moto_server, name: str) -> RoutingStore:
@@ -47,7 +47,7 @@ def test_wait_for_returns_once_every_node_serves_and_names_the_laggards(moto_ser
 
 
 def _agent(store: RoutingStore, tmp_path, port: int):
-    from servectl.node_agent import NodeAgent
+    from servectl.node_agent.agent import NodeAgent
     from servectl.providers.front_proxy import FrontProxy
 
     return NodeAgent(store=store, proxy=FrontProxy(str(tmp_path / "agent")), node_ip="10.0.0.9",

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from servectl.composition import check_cycles, handle_calls
+from servectl.loading.composition import check_cycles, handle_calls
 from servectl.config import Backend
 from servectl.errors import ConfigError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from servectl.errors import ConfigError
-from servectl.loader import load_config
+from servectl.loading.loader import load_config
 from tests.conftest import EXAMPLES, write_config
 
 BASIC = """

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from servectl.fleet import NodeShape, lower_bound, pack_fleet
-from servectl.placement import ReplicaDemand
+from servectl.planning.fleet import NodeShape, lower_bound, pack_fleet
+from servectl.planning.placement import ReplicaDemand
 
 CPU = NodeShape("cpu", cpus=4, gpus=0, min_nodes=1, max_nodes=10, hourly_price=0.192)
 GPU = NodeShape("gpu", cpus=4, gpus=1, min_nodes=0, max_nodes=8, hourly_price=1.006)

@@ -18,11 +18,11 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from servectl.apply import _after_change
+from servectl.engine.apply import _after_change
 from servectl.errors import ServectlError
-from servectl.loader import load_config
-from servectl.placement import NodeCapacity
-from servectl.planner import plan_changes
+from servectl.loading.loader import load_config
+from servectl.model.capacity import NodeCapacity
+from servectl.planning.planner import plan_changes
 from servectl.state.document import StateDocument
 
 NAMES = ("alpha", "beta", "gamma", "delta")

@@ -24,7 +24,7 @@ from collections import Counter
 import pytest
 import requests
 
-from servectl.providers import aws_resources as aws
+from servectl.providers.aws import resources as aws
 from servectl.providers.dashboard import RayDashboard
 from servectl.providers.embedded_cluster import free_ports
 from tests.aws_head import head_boot

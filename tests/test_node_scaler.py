@@ -4,9 +4,9 @@ from __future__ import annotations
 import itertools
 import json
 
-from servectl.loader import load_config
-from servectl.node_scaler import Group, Member, NodeScaler, carry_out, members
-from servectl.providers import aws_resources as aws
+from servectl.loading.loader import load_config
+from servectl.node_agent.scaler import Group, Member, NodeScaler, carry_out, members
+from servectl.providers.aws import resources as aws
 from tests.conftest import EXAMPLES
 
 CPU = Group("cpu", "c-cpu", {"CPU": 4}, min_size=1, max_size=3)

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from servectl.desired import BACKEND, ENDPOINT, DesiredState, ProviderSpec, ResourceSpec
+from servectl.model.desired import BACKEND, ENDPOINT, DesiredState, ProviderSpec, ResourceSpec
 from servectl.errors import PlanError
-from servectl.placement import NodeCapacity, ReplicaDemand, pack
-from servectl.plan import Action
-from servectl.planner import plan_changes
+from servectl.model.capacity import NodeCapacity
+from servectl.planning.placement import ReplicaDemand, pack
+from servectl.model.plan import Action
+from servectl.planning.planner import plan_changes
 from servectl.state.document import FAILED, ResourceState, StateDocument
 
 PROVIDER = ProviderSpec("local_ray", None, "127.0.0.1", 8000, "HeadOnly", 4, 0, {}, None)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from servectl.prometheus import Scrape, delta, parse, quantile
+from servectl.engine.prometheus import Scrape, delta, parse, quantile
 
 TEXT = '''
 # HELP ray_serve_deployment_request_counter_total The number of queries that have been processed in this replica.

@@ -5,9 +5,9 @@ import io
 
 from rich.console import Console
 
-from servectl.analysis import Verdict, Window
-from servectl.render_rollout import RichDisplay
-from servectl.rollout import StepReport
+from servectl.engine.analysis import Verdict, Window
+from servectl.render.rollout import RichDisplay
+from servectl.engine.rollout import StepReport
 
 STEP = StepReport(step=1, weight=0.1, window_s=10.0, new={"requests": 57, "errors": 12, "error_ratio": 0.21, "p99_ms": 9.0},
                   stable={"requests": 512, "errors": 0, "error_ratio": 0.0, "p99_ms": 8.0}, verdict="fail",

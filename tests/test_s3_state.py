@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from servectl.desired import StateBackendSpec
+from servectl.model.desired import StateBackendSpec
 from servectl.errors import LockError, StateError
-from servectl.history import HistoryEntry
+from servectl.state.history import HistoryEntry
 from servectl.state.document import StateDocument
 from servectl.state.s3 import S3StateStore
 

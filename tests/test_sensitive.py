@@ -7,11 +7,12 @@ import zipfile
 
 import pytest
 
-from servectl import bundle
-from servectl.config import Registry, reset_registry, set_registry, var
+from servectl.loading import bundle
+from servectl.config import Registry, var
+from servectl.config.registry import reset_registry, set_registry
 from servectl.errors import ConfigError
-from servectl.planner import reasons_for
-from servectl.plan import AttributeDiff
+from servectl.planning.planner import reasons_for
+from servectl.model.plan import AttributeDiff
 from servectl.runtime.sealed import SealError, key_from_token, seal, unseal
 from servectl.sensitive import MARK, MaskedStream, Sensitive, learn, mask, reveal, sensitive
 from servectl.state.document import StateDocument

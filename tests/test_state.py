@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from servectl.errors import LockError, StateError
-from servectl.history import HistoryEntry
+from servectl.state.history import HistoryEntry
 from servectl.state.document import FORMAT_VERSION, ResourceState, StateDocument
 from servectl.state.local import LocalStateStore
 

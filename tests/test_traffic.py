@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from servectl.traffic import KEY_SPACE, allocate, backend_at, key_point, moved_fraction, shares
+from servectl.routing.traffic import KEY_SPACE, allocate, backend_at, key_point, moved_fraction, shares
 
 
 def total(segments, backend):

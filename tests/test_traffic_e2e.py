@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from servectl.traffic import backend_at, key_point
+from servectl.routing.traffic import backend_at, key_point
 from tests.conftest import RayCluster, copy_example, run_cli
 from tests.test_cli_e2e import replica_pids
 

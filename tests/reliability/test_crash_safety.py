@@ -29,7 +29,7 @@ import pytest
 
 from servectl.state.document import StateDocument
 from servectl.state.local import LocalStateStore
-from servectl.workspace import Workspace
+from servectl.engine.workspace import Workspace
 from tests.conftest import SERVECTL, run_cli, write_config
 
 pytestmark = pytest.mark.ray

@@ -1,0 +1,67 @@
+"""The Serve deploy step both providers take for a backend or endpoint change, written once.
+
+Send the whole Serve config (``serve deploy``'s ServeDeploySchema) with
+sensitive values sealed, wait until it is live (replicas on the new version,
+deletions gone, routes served), and return what the state records and the
+endpoint policies the provider then publishes its own way (local: the front
+proxy and Serve's KV store; AWS: the routing document the node agents apply).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+from servectl.errors import ProviderError
+from servectl.model.desired import BACKEND
+from servectl.model.plan import Action, ResourceChange
+from servectl.providers import serve_apps, serve_health
+from servectl.routing.policy import POLICY_TTL_S
+from servectl.state.document import ResourceState
+
+# A handle re-reads its endpoint's policy at most every POLICY_TTL_S seconds; the margin covers the read itself
+# (a KV round trip) so that one which read just before a move has read it again before a backend goes.
+HANDLE_POLICY_MARGIN_S = 0.2
+
+
+def wait_for_handles(change: ResourceChange, policy_written_at: float) -> None:
+    """Before a backend is deleted, sleep until every handle has re-read the policy that moved traffic off it
+    (``policy_written_at``: ``time.monotonic()`` of that write)."""
+    if change.kind == BACKEND and change.action is Action.DELETE:
+        time.sleep(max(0.0, policy_written_at + POLICY_TTL_S + HANDLE_POLICY_MARGIN_S - time.monotonic()))
+
+
+def deploy_serve(
+    change: ResourceChange,
+    resources: dict[str, ResourceState],
+    package_for: Callable[[ResourceState], str],
+    proxy_location: str,
+    http_options: dict[str, Any],
+    sealing_key: Callable[[], bytes],
+    details: Callable[[], dict[str, Any]],
+    deploy: Callable[[dict[str, Any]], None],
+    timeout_s: float,
+    routes_problem: Optional[Callable[[set[str]], Optional[str]]] = None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Deploy ``resources`` to Serve for ``change`` and wait (at most ``timeout_s`` seconds) until it is live.
+
+    ``package_for(resource)`` is the code package URI a backend runs (its recorded one unless this change
+    restarts it); ``details()`` reads Serve's applications (the dashboard's ``serve_details``); ``deploy(config)``
+    sends the config. Returns (live identifiers by address, endpoint policies by endpoint name). Raises
+    ProviderError naming ``change.address`` when Serve rejects the config or it does not become live.
+    """
+    before = details().get("applications") or {}
+    applications, backends_live = serve_apps.applications(resources, package_for)
+    config = {
+        "proxy_location": proxy_location,
+        "http_options": http_options,
+        # Sensitive values go sealed: Serve logs builder arguments and Ray every runtime_env.
+        "applications": serve_apps.sealed(applications, sealing_key),
+    }
+    try:
+        deploy(config)
+    except ProviderError as err:
+        raise ProviderError(f"{change.address}: Serve rejected the configuration: {err}") from None
+    serve_health.wait_until_live(details, change, before, config, timeout_s, routes_problem)
+    live, policies = serve_apps.endpoint_policies(resources)
+    live.update(backends_live)
+    return live, policies

@@ -1,0 +1,65 @@
+"""``validate`` and ``plan``: read the config (and the cluster), change nothing."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from servectl.cli.common import TargetOption, VarOption, command, options, out, print_json, variables, warn_targeting
+from servectl.engine.drift import DriftReport
+from servectl.errors import ServectlError
+from servectl.loading.loader import load_config
+from servectl.render import outcomes
+from servectl.render.plan import render_drift, render_plan
+from servectl.sensitive import redact
+
+
+@command
+def validate(ctx: typer.Context, var: Optional[List[str]] = VarOption) -> None:
+    """Load and check the config without contacting any cluster."""
+    desired = load_config(options(ctx).config_dir, variables(var))
+    outcomes.valid(out, len(desired.backends()), len(desired.endpoints()))
+
+
+@command
+def plan(
+    ctx: typer.Context,
+    var: Optional[List[str]] = VarOption,
+    detailed_exitcode: bool = typer.Option(False, "--detailed-exitcode", help="Exit 2 when there are changes."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    out_path: Optional[str] = typer.Option(None, "--out", help="Save the plan to apply later with `apply FILE`."),
+    refresh_only: bool = typer.Option(False, "--refresh-only", help="Show only drift: how the live system differs from the state."),
+    target: Optional[List[str]] = TargetOption,
+) -> None:
+    """Show what apply would change, and where the replicas would go."""
+    workspace = options(ctx).workspace(var)
+    if refresh_only:
+        if out_path:
+            raise ServectlError("--out cannot be used with --refresh-only")
+        _, items = workspace.detect_drift()
+        if as_json:
+            print_json(DriftReport(drift=items).to_json())
+        else:
+            render_drift(out, items, refreshing=True)
+        if detailed_exitcode and items:
+            raise typer.Exit(2)
+        return
+    planned = workspace.plan(targets=target)
+    warn_targeting(target)  # once the targets are known to exist: a bad one is the only line
+    if as_json:
+        print_json(redact(planned.plan.to_dict()))
+    else:
+        render_plan(out, planned.plan)
+        outcomes.rollout_notes(out, planned.desired)
+    if out_path:
+        workspace.save_plan(planned, out_path)
+        if not as_json:
+            outcomes.plan_saved(out, out_path, workspace.config_dir)
+    if detailed_exitcode and planned.has_work():
+        raise typer.Exit(2)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``validate`` and ``plan`` to the root command."""
+    app.command()(validate)
+    app.command()(plan)

@@ -1,0 +1,84 @@
+"""Handles to endpoints: ``get_handle("model_one")`` follows that endpoint's traffic policy.
+
+The backend is picked on the caller's side — the same shard-key hash and the
+same segments as the front proxy, so a key lands on the same backend over
+HTTP and over a handle — and the call goes straight to that backend's Serve
+deployment: no extra hop.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Optional
+
+from servectl.routing.policy import PolicyCache
+from servectl.runtime.headers import ENDPOINT_HEADER, SHADOW_HEADER, SHARD_KEY_HEADER
+from servectl.runtime.request import HandleRequest
+from servectl.routing.traffic import KEY_SPACE, backend_at, key_point
+
+
+class EndpointHandle:
+    """A handle to one applied endpoint (see ``get_handle``), following its traffic policy.
+
+    Each call picks a backend from the endpoint's segments (the front proxy's, read through PolicyCache) and calls
+    that backend's Serve deployment directly; ``sync`` picks blocking responses or coroutines, and ``shard_key``
+    pins every call to one key's backend.
+    """
+
+    def __init__(self, endpoint: str, sync: bool, shard_key: Optional[str] = None, policy: Optional[PolicyCache] = None) -> None:
+        self.endpoint = endpoint
+        self.sync = sync
+        self.shard_key = shard_key
+        self._policy = policy or PolicyCache(endpoint)
+        self._deployments: dict[str, Any] = {}
+
+    def options(self, shard_key: Optional[str] = None) -> "EndpointHandle":
+        """A handle whose calls carry ``shard_key`` (session affinity), as ``X-SERVE-SHARD-KEY`` does over HTTP."""
+        clone = EndpointHandle(self.endpoint, self.sync, shard_key, self._policy)
+        clone._deployments = self._deployments
+        return clone
+
+    def pick_backend(self) -> str:
+        """The backend for the next call: the one whose segments hold the shard key's point (or a random point).
+
+        Raises ServectlError when the cluster holds no policy for the endpoint, RuntimeError when no backend has
+        traffic.
+        """
+        segments = self._policy.get()["segments"]
+        point = key_point(self.shard_key) if self.shard_key is not None else random.randrange(KEY_SPACE)
+        backend = backend_at(segments, point)
+        if backend is None:
+            raise RuntimeError(f"endpoint {self.endpoint!r} has no backend with traffic")
+        return backend
+
+    def _deployment(self, backend: str) -> Any:
+        if backend not in self._deployments:
+            from ray import serve
+
+            self._deployments[backend] = serve.get_deployment_handle(backend, app_name=backend)
+        return self._deployments[backend]
+
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        backend = self.pick_backend()
+        headers = {SHARD_KEY_HEADER: self.shard_key} if self.shard_key is not None else {}
+        headers[ENDPOINT_HEADER] = self.endpoint
+        shadows = [b for b, p in self._policy.get().get("shadow", {}).items() if random.random() < p]
+        if shadows:  # the primary's replica copies the call to these, as for HTTP
+            headers[SHADOW_HEADER] = ",".join(shadows)
+        return self._deployment(backend).remote(HandleRequest.from_call(args, kwargs, headers))
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the endpoint. Sync handle: returns a response whose ``.result()`` blocks.
+
+        Async handle (``sync=False``): a coroutine — ``await handle.remote(...)`` gives the result.
+        """
+        if self.sync:
+            return self._call(args, kwargs)
+        return self._remote_async(args, kwargs)
+
+    async def _remote_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return await self._call(args, kwargs)
+
+
+def get_handle(endpoint: str, sync: bool = True) -> EndpointHandle:
+    """A handle to an applied endpoint, from a backend or a driver connected to the cluster."""
+    return EndpointHandle(endpoint, sync)
