@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
 
 if TYPE_CHECKING:
     from servectl.config.blocks import History, S3State
@@ -78,6 +79,21 @@ def declaration_site() -> str:
     return fallback or "<config>"
 
 
+RULE = "servectl_rule"  # the error type of servectl's own rules: their message is the whole line
+
+
+def rule_error(message: str) -> PydanticCustomError:
+    """A validator's error for one of servectl's rules (names, routes, import paths): ``first_error`` shows
+    ``message`` as it is, without pydantic's ``field: … (got …)`` around it."""
+    return PydanticCustomError(RULE, "{message}", {"message": message})
+
+
+def broke_rule_on(err: ValidationError, field: str) -> bool:
+    """Whether ``err``'s first error is one of servectl's rules on ``field`` (a name: the line then leads with it)."""
+    first = err.errors()[0]
+    return first["type"] == RULE and tuple(first["loc"]) == (field,)
+
+
 def first_error(err: ValidationError) -> str:
     """A pydantic ValidationError as the one line a config mistake gets: ``where: what (got value)``.
 
@@ -87,6 +103,8 @@ def first_error(err: ValidationError) -> str:
     """
     first = err.errors()[0]
     message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == RULE:
+        return message
     if first["type"] == "extra_forbidden":
         message = "unknown setting (check the spelling)"
     if not first["loc"]:  # a check across settings: the input is the whole block, too long to echo

@@ -11,10 +11,11 @@ import math
 from typing import Any, Callable, ClassVar, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from servectl import names
 from servectl.config.costs import UpdateType, costs
-from servectl.config.registry import active_registry, declaration_site, first_error
+from servectl.config.registry import active_registry, broke_rule_on, declaration_site, first_error, rule_error
 from servectl.errors import ConfigError
 from servectl.sensitive import Sensitive
 
@@ -158,15 +159,9 @@ class Backend(_Resource):
         try:
             super().__init__(name=name, code=code, init_args=tuple(init_args), declared_at=site, **settings)
         except ValidationError as err:
+            if broke_rule_on(err, "name"):
+                raise ConfigError(f"{site}: {first_error(err)}") from None
             raise ConfigError(f"{site}: backend {name!r}: {first_error(err)}") from None
-        if not isinstance(name, str) or not names.matches(names.NAME, name):
-            raise ConfigError(
-                f"{site}: backend name {name!r} is invalid: use letters, digits, '-' or '_', starting with a letter"
-            )
-        if not (isinstance(code, str) or callable(code)):
-            raise ConfigError(f"{site}: backend {name!r}: code must be an import path 'module:attr' or a class/function")
-        if isinstance(code, str) and not names.matches(names.IMPORT_PATH, code):
-            raise ConfigError(f"{site}: backend {name!r}: import path {code!r} must look like 'module:attr'")
         if self.autoscaling is not None and "num_replicas" in settings:
             raise ConfigError(
                 f"{site}: backend {name!r}: give num_replicas or autoscaling={{...}}, not both "
@@ -184,14 +179,35 @@ class Backend(_Resource):
                 f"{site}: backend {name!r}: give pip=[...] or conda=..., not both "
                 "(Ray installs pip requirements into the conda env only when they are listed inside it)"
             )
-        for requirement in self.pip:
-            if not isinstance(requirement, str) or not requirement.strip() or requirement.strip().startswith("-"):
-                raise ConfigError(
-                    f"{site}: backend {name!r}: pip requirement {requirement!r} must be a requirement like 'pkg==1.2'"
-                )
         registry = active_registry()
         if registry is not None:
             registry.backends.append(self)
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name_rule(cls, value: Any) -> Any:
+        if not isinstance(value, str) or not names.matches(names.NAME, value):
+            raise rule_error(
+                f"backend name {value!r} is invalid: use letters, digits, '-' or '_', starting with a letter"
+            )
+        return value
+
+    @field_validator("code", mode="before")
+    @classmethod
+    def _code_rule(cls, value: Any) -> Any:
+        if not (isinstance(value, str) or callable(value)):
+            raise rule_error("code must be an import path 'module:attr' or a class/function")
+        if isinstance(value, str) and not names.matches(names.IMPORT_PATH, value):
+            raise rule_error(f"import path {value!r} must look like 'module:attr'")
+        return value
+
+    @field_validator("pip", mode="before")
+    @classmethod
+    def _requirement_rule(cls, value: Any) -> Any:
+        for requirement in value if isinstance(value, (list, tuple)) else []:
+            if not isinstance(requirement, str) or not requirement.strip() or requirement.strip().startswith("-"):
+                raise rule_error(f"pip requirement {requirement!r} must be a requirement like 'pkg==1.2'")
+        return value
 
 
 class Endpoint(_Resource):
@@ -223,23 +239,16 @@ class Endpoint(_Resource):
         shadow: Optional[dict[Union[Backend, str], float]] = None,
     ) -> None:
         site = declaration_site()
-        if not isinstance(name, str) or not names.matches(names.NAME, name):
-            raise ConfigError(
-                f"{site}: endpoint name {name!r} is invalid: use letters, digits, '-' or '_', starting with a letter"
-            )
+        try:  # the field's own rule, first: every later message names the endpoint
+            type(self)._name_rule(name)
+        except PydanticCustomError as err:
+            raise ConfigError(f"{site}: {err.message()}") from None
         if (backend is None) == (traffic is None):
             raise ConfigError(f"{site}: endpoint {name!r}: give exactly one of backend=… or traffic={{backend: weight}}")
         if traffic is None:
             traffic = {backend: 1.0}
         if not isinstance(traffic, dict) or not traffic:
             raise ConfigError(f"{site}: endpoint {name!r}: traffic must be a non-empty dict of backend -> weight")
-        if route is not None and not names.matches(names.ROUTE, route):
-            raise ConfigError(
-                f"{site}: endpoint {name!r}: route {route!r} must be a path starting with '/' (letters, digits, '.', "
-                "'_', '~', '-', '/'), and not under /_servectl or /-/ (servectl's and Serve's own)"
-            )
-        if route is not None and len(route) > 1 and route.endswith("/"):
-            raise ConfigError(f"{site}: endpoint {name!r}: route {route!r} must not end with '/'")
         for key, weight in traffic.items():
             if not isinstance(key, (Backend, str)):
                 raise ConfigError(f"{site}: endpoint {name!r}: traffic key {key!r} is not a Backend or backend name")
@@ -261,10 +270,34 @@ class Endpoint(_Resource):
                 or math.isnan(proportion) or not 0 <= proportion <= 1
             ):
                 raise ConfigError(f"{site}: endpoint {name!r}: shadow proportion for {label!r} must be between 0 and 1, got {proportion!r}")
-        super().__init__(name=name, route=route, traffic=dict(traffic), shadow=dict(shadow), declared_at=site)
+        try:
+            super().__init__(name=name, route=route, traffic=dict(traffic), shadow=dict(shadow), declared_at=site)
+        except ValidationError as err:
+            raise ConfigError(f"{site}: endpoint {name!r}: {first_error(err)}") from None
         registry = active_registry()
         if registry is not None:
             registry.endpoints.append(self)
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name_rule(cls, value: Any) -> Any:
+        if not isinstance(value, str) or not names.matches(names.NAME, value):
+            raise rule_error(f"endpoint name {value!r} is invalid: use letters, digits, '-' or '_', starting with a letter")
+        return value
+
+    @field_validator("route", mode="before")
+    @classmethod
+    def _route_rule(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        if not isinstance(value, str) or not names.matches(names.ROUTE, value):
+            raise rule_error(
+                f"route {value!r} must be a path starting with '/' (letters, digits, '.', '_', '~', '-', '/'), and "
+                "not under /_servectl or /-/ (servectl's and Serve's own)"
+            )
+        if len(value) > 1 and value.endswith("/"):
+            raise rule_error(f"route {value!r} must not end with '/'")
+        return value
 
 
 class Block(_Resource):

@@ -18,7 +18,9 @@ from servectl.errors import ConfigError, ServectlError
 from servectl.loading.attributes import backend_attributes, declare_rollouts, endpoint_attributes, provider_spec
 from servectl.loading.code_identity import CONFIG_MODULE_RUN_NAME
 from servectl.loading.composition import check_cycles, handle_calls
-from servectl.model.desired import BACKEND, ENDPOINT, DesiredState, ResourceSpec, StateBackendSpec, address_of
+from servectl.model.desired import (
+    BACKEND, ENDPOINT, DesiredState, ResourceSpec, StateBackendSpec, address_of, backends_used,
+)
 from servectl.model.kinds import plugin_for_block
 from servectl.sensitive import to_plain
 
@@ -133,14 +135,14 @@ def load_config(config_dir: str, variables: Optional[Mapping[str, str]] = None) 
             kind=ENDPOINT,
             name=endpoint.name,
             attributes=attributes,
-            depends_on=[address_of(BACKEND, name) for name in {**attributes["traffic"], **attributes["shadow"]}],
+            depends_on=[address_of(BACKEND, name) for name in backends_used(attributes)],
             declared_at=endpoint.declared_at,
         )
     declare_rollouts(registry.rollouts, resources)
     check_cycles(
         {b.name: handle_calls(b, resources[address_of(BACKEND, b.name)].attributes["code"], registry.config_dir)
          for b in registry.backends},
-        {spec.name: sorted({*spec.attributes["traffic"], *spec.attributes["shadow"]})
+        {spec.name: backends_used(spec.attributes)
          for spec in resources.values() if spec.kind == ENDPOINT},
         {b.name: b.declared_at for b in registry.backends},
     )

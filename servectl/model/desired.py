@@ -36,6 +36,12 @@ def address_of(kind: str, name: str) -> str:
     return f"{kind}.{name}"
 
 
+def backends_used(endpoint_attributes: dict[str, Any]) -> list[str]:
+    """The backends an endpoint's attributes name — its traffic and its shadows — sorted: the one reading of an
+    endpoint's references (its dependencies, composition cycles, what a targeted backend removal must move)."""
+    return sorted({*(endpoint_attributes.get("traffic") or {}), *(endpoint_attributes.get("shadow") or {})})
+
+
 class ProviderRecord(TypedDict, total=False):
     """The provider as a plan and the state record it (``ProviderSpec.attributes``); the state adds ``live`` (what
     the provider's prepare() returned: the embedded head's address, the AWS cluster's token, …)."""

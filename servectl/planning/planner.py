@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from servectl.model.desired import BACKEND, ENDPOINT, DesiredState, ResourceSpec, initial_replicas, replica_range
+from servectl.model.desired import (
+    BACKEND, ENDPOINT, DesiredState, ResourceSpec, backends_used, initial_replicas, replica_range,
+)
 from servectl.model.kinds import (
     ProviderPlugin, attribute_costs, in_place_attributes, plugin_for_provider, plugin_for_resource,
 )
@@ -301,8 +303,7 @@ def _targeted(targets: list[str], wanted: dict[str, Any], recorded: dict[str, Re
         if target.startswith(f"{BACKEND}.") and target not in wanted:
             name = target.split(".", 1)[1]
             for address, resource in recorded.items():
-                uses = set(resource.attributes.get("traffic", {})) | set(resource.attributes.get("shadow", {}))
-                if resource.kind == ENDPOINT and name in uses:
+                if resource.kind == ENDPOINT and name in backends_used(resource.attributes):
                     selected.add(address)
                     if address in wanted:
                         selected |= set(wanted[address].depends_on)
