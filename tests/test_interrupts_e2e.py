@@ -23,7 +23,7 @@ import time
 
 class Slow:
     def __init__(self):
-        time.sleep(30)
+        time.sleep(12)  # long enough to be signalled in (2 s after it starts), short enough to clean up after
 
     def __call__(self, request):
         return "up"

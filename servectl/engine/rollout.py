@@ -29,7 +29,8 @@ from servectl.engine.events import Emit
 from servectl.engine.status import scrape_all
 
 if TYPE_CHECKING:
-    from servectl.engine.workspace import Planned, Workspace
+    from servectl.engine.workspace import Workspace
+    from servectl.providers.base import Provider
 
 ROLLOUT_JSON_VERSION = 1  # of `rollout --json`; see docs/reference/json.md
 TICK_S = 1.0
@@ -124,8 +125,9 @@ class RolloutRunner:
         however the run ends.
         """
         with self.workspace.store.locked("rollout"):
+            self._provider: Optional["Provider"] = None
             return [self._drive(endpoint, rollout, resume=resume, abort=abort, retry=retry)
-                    for endpoint, rollout in declared(self._planned().desired)]
+                    for endpoint, rollout in declared(self.workspace.positioned())]
 
     # -- one rollout ---------------------------------------------------------------------------------------------
 
@@ -142,7 +144,7 @@ class RolloutRunner:
             status, weight = PENDING, 0.0
         if status == PAUSED and not resume or status in (COMPLETED, ABORTED):
             return self._left(report)
-        if rollout["analysis"] and not self._planned().provider.observe().metrics_urls:
+        if rollout["analysis"] and not self._metrics_urls():
             raise RolloutError(
                 f"rollout {endpoint}: this provider gives servectl no metrics endpoint to judge the gates by (the AWS "
                 "provider reads no node metrics yet); nothing was moved. Declare the rollout without analysis to step "
@@ -183,7 +185,7 @@ class RolloutRunner:
     def _watch(self, endpoint: str, rollout: dict[str, Any], step: int, steps: int, weight: float) -> StepReport:
         """Scrape at the start of the window and every tick; judge at ``pause_s`` (or, short of requests, as soon as
         there are enough, up to ``max_wait_s``); stop early on a failed error-rate gate."""
-        urls = self._planned().provider.observe().metrics_urls
+        urls = self._metrics_urls()
         before, _ = scrape_all(urls)
         started = time.monotonic()
         window_s = float(rollout["pause_s"])
@@ -207,8 +209,11 @@ class RolloutRunner:
 
     # -- moves: each one an in-place endpoint update, a state serial and a history entry -------------------------
 
-    def _planned(self, moves: Optional[dict[str, dict[str, Any]]] = None) -> "Planned":
-        return self.workspace.plan(rollout_moves=moves)
+    def _metrics_urls(self) -> list[str]:
+        """Where the gates' metrics are scraped: read from the provider once per run (no plan needed for it)."""
+        if self._provider is None:
+            self._provider = self.workspace.provider()
+        return list(self._provider.observe().metrics_urls)
 
     def _move(self, endpoint: str, status: str, weight: float, reason: str, operation: str) -> None:
         address = address_of(ENDPOINT, endpoint)

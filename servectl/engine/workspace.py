@@ -303,6 +303,15 @@ class Workspace:
         latest = self.store.latest_history()
         return latest is not None and (latest.serial, latest.lineage) == (document.serial, document.lineage)
 
+    def positioned(self) -> DesiredState:
+        """The desired state with every declared rollout where the state records it (what a plan would resolve),
+        without contacting the cluster."""
+        return rollout_position.resolve(self.load(), self.read_state())
+
+    def provider(self) -> Provider:
+        """A provider for where the state says things were applied (the config's provider before any apply)."""
+        return self._recorded_provider()[1]
+
     def _recorded_provider(self) -> tuple[Optional[StateDocument], Provider]:
         """The state and a provider for where it says things were applied."""
         desired = self.load()

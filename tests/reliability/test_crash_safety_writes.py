@@ -1,0 +1,15 @@
+"""Crash safety, part two: `servectl apply` SIGKILLed halfway through a state write (fault injection), at 9 of
+its 14 writes including the first, the last and the history entry's (see ``crash.py``)."""
+from __future__ import annotations
+
+import pytest
+
+from tests.reliability.crash import WRITE_POINTS, kill_at_points
+
+pytestmark = pytest.mark.ray
+
+
+def test_kills_inside_state_writes_leave_true_states_that_converge(ray_cluster, tmp_path, applied_dirs):
+    applied_dirs.append(tmp_path / "crash")  # destroyed afterwards, however the test ends
+    kills, corrupt, converged, _ = kill_at_points(WRITE_POINTS, tmp_path)
+    assert (kills, corrupt, converged) == (len(WRITE_POINTS), 0, len(WRITE_POINTS)) == (9, 0, 9)
