@@ -28,7 +28,10 @@ from tests.conftest import SERVECTL, CliResult, copy_example, run_cli
 pytestmark = pytest.mark.ray
 
 KEYS = [f"user-{i}" for i in range(40)]
-FAST = ("--var", "pause_s=4", "--var", "min_requests=10")
+# The comparison with the stable backend's p99 is left wide here: two test workers share two cores, and a few
+# requests delayed by the other worker move a 100-request p99 by hundreds of ms. The absolute limit (250 ms) still
+# judges every step (a slow candidate fails it below), and tests/test_analysis.py holds the comparison itself.
+FAST = ("--var", "pause_s=4", "--var", "min_requests=10", "--var", "p99_vs_stable=20")
 
 
 def cli_env() -> dict[str, str]:
@@ -203,7 +206,7 @@ def read_until(process: subprocess.Popen, marker: str) -> list[str]:
 def test_a_killed_rollout_resumes_and_a_paused_one_resumes_or_aborts(ray_cluster, tmp_path, applied_dirs):
     config = copy_example("progressive_rollout", tmp_path)
     applied_dirs.append(config)
-    slow_steps = ("--var", "pause_s=8", "--var", "min_requests=10")
+    slow_steps = ("--var", "pause_s=8", "--var", "min_requests=10", "--var", "p99_vs_stable=20")
     process = subprocess.Popen([SERVECTL, "-C", str(config), "rollout", "--auto-approve", *slow_steps], text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=cli_env())
     serving(ray_cluster.url("/api"), process)

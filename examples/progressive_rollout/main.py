@@ -4,6 +4,7 @@
     servectl -C examples/progressive_rollout rollout --json # the same, for CI: JSON out, exit 1 if aborted
 
 Try a bad candidate: `--var fail_ratio=0.2` (errors) or `--var delay_ms=400` (slow).
+`--var p99_vs_stable=…` sets how much slower than the stable backend's p99 the candidate's may be (1.5×).
 """
 from servectl import Backend, Endpoint, ErrorRate, LatencyP99, LocalRay, MinRequests, Rollout, var
 
@@ -20,6 +21,10 @@ Rollout(
     new=candidate,
     steps=[0.1, 0.5, 1.0],
     pause_s=var("pause_s", default=10.0),
-    analysis=[ErrorRate(max=0.01), LatencyP99(max_ms=250, vs_stable=1.5), MinRequests(var("min_requests", default=20))],
+    analysis=[
+        ErrorRate(max=0.01),
+        LatencyP99(max_ms=250, vs_stable=var("p99_vs_stable", default=1.5)),
+        MinRequests(var("min_requests", default=20)),
+    ],
     on_failure=var("on_failure", default="rollback"),
 )

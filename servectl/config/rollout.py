@@ -41,8 +41,8 @@ class ErrorRate(_Gate):
 class LatencyP99(_Gate):
     """The new backend's p99 latency in the window: at most ``max_ms``, and at most ``vs_stable`` × the stable's."""
 
-    max_ms: Optional[float] = Field(None, gt=0)
-    vs_stable: Optional[float] = Field(None, ge=1)
+    max_ms: Optional[float] = Field(None, gt=0, le=3_600_000)  # at most an hour
+    vs_stable: Optional[float] = Field(None, ge=1, le=1_000)
 
     def __init__(self, max_ms: Optional[float] = None, vs_stable: Optional[float] = None) -> None:
         _gate(self, max_ms=max_ms, vs_stable=vs_stable)
@@ -61,7 +61,7 @@ class LatencyP99(_Gate):
 class MinRequests(_Gate):
     """A step is judged only once the new backend served this many requests in its window."""
 
-    count: int = Field(ge=1)
+    count: int = Field(ge=1, le=100_000_000)
 
     def __init__(self, count: int) -> None:
         _gate(self, count=count)
