@@ -27,12 +27,17 @@ from servectl.providers.embedded_cluster import port_open
 from servectl.providers.processes import (
     TAG_VARIABLE, ProcessIdentity, identify, is_running, new_tag, session_members, signal_verified, stop_session,
 )
-from servectl.runtime.headers import ENDPOINT_HEADER, PROOF_HEADER, ROLE_HEADER, SHADOW_HEADER, SHARD_KEY_HEADER
+from servectl.runtime.headers import (
+    ENDPOINT_HEADER, PROOF_HEADER, ROLE_HEADER, ROUTE_HEADER, SHADOW_HEADER, SHARD_KEY_HEADER,
+)
 from servectl.routing.traffic import KEY_SPACE, Segments
 
 INTERNAL_PREFIX = "/_servectl/"
 HEALTH_PATH = "/-/healthz"  # Serve's proxy health route: the load balancer's check passes through
 DRAIN_TIMEOUT_S = 30
+
+
+MAX_TIMEOUT_S = 86_400.0  # a request timeout in a policy: at most a day (the config's own bound)
 
 
 def internal_route(backend: str) -> str:
@@ -63,12 +68,13 @@ class RoutedEndpoint:
     route: str
     segments: Segments
     shadow: dict[str, float] = field(default_factory=dict)
+    timeouts: dict[str, float] = field(default_factory=dict)  # backend -> seconds an HTTP request may take (504 after)
 
 
 def routed_endpoints(policies: dict[str, dict[str, Any]]) -> list[RoutedEndpoint]:
     """The endpoints with a route, from their routing policies (as the policy store and the node agents hold them)."""
     return [
-        RoutedEndpoint(name, policy["route"], policy["segments"], policy.get("shadow") or {})
+        RoutedEndpoint(name, policy["route"], policy["segments"], policy.get("shadow") or {}, policy.get("timeouts") or {})
         for name, policy in sorted(policies.items())
         if policy.get("route") is not None
     ]
@@ -114,6 +120,7 @@ def render_config(
         f"    http-request del-header {SHADOW_HEADER}",
         f"    http-request del-header {ENDPOINT_HEADER}",
         f"    http-request del-header {ROLE_HEADER}",
+        f"    http-request del-header {ROUTE_HEADER}",
         f"    http-request set-var(txn.sc_p) req.hdr({SHARD_KEY_HEADER}),crc32,mod(1000000) if {{ req.hdr({SHARD_KEY_HEADER}) -m found }}",
         "    http-request set-var(txn.sc_p) rand(1000000) unless { var(txn.sc_p) -m found }",
     ]
@@ -133,6 +140,8 @@ def render_config(
                     f"{{ var(txn.sc_p) -m int {lo}:{hi - 1} }}"
                 )
         lines.append(f"    http-request set-header {ENDPOINT_HEADER} {endpoint.name} if {acl} {{ var(txn.sc_b) -m found }} !{{ req.hdr({ENDPOINT_HEADER}) -m found }}")
+        # An ingress app's root_path: the URLs it makes (FastAPI's docs, redirects) must be the public ones.
+        lines.append(f"    http-request set-header {ROUTE_HEADER} {endpoint.route} if {acl} {{ var(txn.sc_b) -m found }} !{{ req.hdr({ROUTE_HEADER}) -m found }}")
         for backend, proportion in sorted(endpoint.shadow.items()):
             cut = int(round(proportion * 1_000_000))
             if cut > 0:
@@ -148,12 +157,20 @@ def render_config(
     lines += [
         "    http-request set-header x-servectl-backend %[var(txn.sc_b)] if { var(txn.sc_b) -m found }",
         *([f"    http-request set-header {PROOF_HEADER} {proof} if {{ var(txn.sc_b) -m found }}"] if proof else []),
+        # A full queue (a backend's max_queued_requests) is a 503 a client may retry: say when.
+        "    http-response set-header Retry-After 1 if { status 503 } !{ res.hdr(retry-after) -m found }",
         "    default_backend serve",
         "backend serve",
         f"    server serve 127.0.0.1:{serve_port}",
-        "",
     ]
-    return "\n".join(lines)
+    # A backend's request_timeout_s (the same wherever it is routed from): past it HAProxy answers 504 and closes
+    # its side; Serve cancels the request and the replica serves on.
+    timeouts = {backend: seconds for endpoint in endpoints for backend, seconds in endpoint.timeouts.items()}
+    lines += [
+        f"    http-request set-timeout server {int(round(seconds * 1000))}ms if {{ var(txn.sc_b) -m str {backend} }}"
+        for backend, seconds in sorted(timeouts.items())
+    ]
+    return "\n".join(lines + [""])
 
 
 def check_inputs(
@@ -171,12 +188,20 @@ def check_inputs(
         raise ValueError("the route proof is not 64 hex digits")
     for endpoint in endpoints:
         names.require(names.ROUTE, endpoint.route, f"endpoint {endpoint.name}'s route")
-        check_policy(endpoint.name, endpoint.segments, endpoint.shadow)
+        check_policy(endpoint.name, endpoint.segments, endpoint.shadow, endpoint.timeouts)
 
 
-def check_policy(name: Any, segments: Any, shadow: Any) -> None:
-    """Refuse, with ValueError, an endpoint's routing policy (as handles and proxies read it) that breaks a rule."""
+def check_policy(name: Any, segments: Any, shadow: Any, timeouts: Any = None) -> None:
+    """Refuse, with ValueError, an endpoint's routing policy (as handles and proxies read it) that breaks a rule:
+    names by ``servectl.names``, segments within the key space, shadow proportions within 0..1, timeouts (seconds)
+    within 0..86400."""
     names.require(names.NAME, name, "endpoint name")
+    if not isinstance(timeouts or {}, dict):
+        raise ValueError(f"endpoint {name}'s timeouts must be a mapping")
+    for backend, seconds in (timeouts or {}).items():
+        names.require(names.NAME, backend, f"endpoint {name}'s timeout backend")
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 < seconds <= MAX_TIMEOUT_S:
+            raise ValueError(f"endpoint {name}: timeout {seconds!r} of {backend} is not within 0..{MAX_TIMEOUT_S:g} s")
     if not isinstance(segments, dict) or not isinstance(shadow, dict):
         raise ValueError(f"endpoint {name}'s segments and shadow must be mappings")
     for backend, owned in segments.items():

@@ -7,7 +7,7 @@ local cluster or talks to a head node's dashboard from afar.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from servectl.model.desired import BACKEND, ENDPOINT
 from servectl.providers.front_proxy import internal_route
@@ -61,6 +61,19 @@ def replica_count(attrs: dict[str, Any]) -> dict[str, Any]:
     return {"autoscaling_config": {key: value for key, value in scaling.items() if value is not None}}
 
 
+# Serve deployment settings a backend may set, passed as they are (None: Serve's default).
+LIFECYCLE_SETTINGS = ("graceful_shutdown_timeout_s", "health_check_period_s", "health_check_timeout_s")
+
+
+def queue_limit(declared: Optional[int], shadow_target: bool) -> int:
+    """Serve's ``max_queued_requests`` for a backend: as declared (-1: none), and never above SHADOW_QUEUE_LIMIT for
+    a shadow's target, whose copies must be refused rather than piled up."""
+    limit = declared if declared is not None else -1
+    if shadow_target:
+        return SHADOW_QUEUE_LIMIT if limit < 0 else min(limit, SHADOW_QUEUE_LIMIT)
+    return limit
+
+
 def applications(
     resources: dict[str, ResourceState], package_for: Callable[[ResourceState], str]
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -112,7 +125,8 @@ def applications(
                 },
                 "ray_actor_options": actor_options,
                 # A shadow's queue is bounded: copies beyond it are refused, never piled up.
-                "max_queued_requests": SHADOW_QUEUE_LIMIT if resource.name in shadow_targets else -1,
+                "max_queued_requests": queue_limit(attrs.get("max_queued_requests"), resource.name in shadow_targets),
+                **{key: attrs[key] for key in LIFECYCLE_SETTINGS if attrs.get(key) is not None},
                 # A stopping replica takes no new requests and finishes the ones
                 # it has; Serve polls for "finished" every 2 s by default, which
                 # made every replace and delete wait seconds for nothing.
@@ -156,6 +170,7 @@ def endpoint_policies(resources: dict[str, ResourceState]) -> tuple[dict[str, di
     """
     live: dict[str, dict[str, Any]] = {}
     policies: dict[str, dict[str, Any]] = {}
+    backends = {r.name: r for r in resources.values() if r.kind == BACKEND}
     for address, resource in resources.items():
         if resource.kind != ENDPOINT:
             continue
@@ -165,4 +180,11 @@ def endpoint_policies(resources: dict[str, ResourceState]) -> tuple[dict[str, di
         route = resource.attributes["route"]
         live[address] = {"route": route, "traffic": resource.attributes["traffic"], "segments": segments}
         policies[resource.name] = {"segments": segments, "route": route, "shadow": resource.attributes.get("shadow", {})}
+        timeouts = {
+            name: float(backends[name].attributes["request_timeout_s"])
+            for name in segments
+            if name in backends and backends[name].attributes.get("request_timeout_s") is not None
+        }
+        if timeouts:  # the front proxy's per-backend limit for HTTP requests (absent: its own default)
+            policies[resource.name]["timeouts"] = timeouts
     return live, policies

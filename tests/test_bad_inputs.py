@@ -175,6 +175,16 @@ def cases(closed_port: int, failing_dashboard: str) -> list[Case]:
              main=SINGLE + ROLLOUT.format(endpoint="'one'", new="b", extra="")),
         Case("rollout without a Rollout", ["rollout", "--auto-approve"], "the config declares no Rollout(...)"),
         # --- values that reach configuration files, command lines and scripts: whole-value rules -----------------
+        # --- the app shapes of issue #17 -------------------------------------------------------------------------
+        Case("a class neither callable nor an ASGI ingress", ["plan"],
+             "class M (models.py:1) has no __call__(self, request) method and is not under @serve.ingress(app)",
+             models="class M:\n    def handle(self, request):\n        return 'ok'\n"),
+        Case("a request timeout of 0", ["plan"], "request_timeout_s: Input should be greater than 0",
+             main=_swap('Backend("bad_b", "models:M",', 'Backend("bad_b", "models:M", request_timeout_s=0,')),
+        Case("a health check timeout below 0", ["plan"], "health_check_timeout_s: Input should be greater than 0",
+             main=_swap('Backend("bad_b", "models:M",', 'Backend("bad_b", "models:M", health_check_timeout_s=-1,')),
+        Case("a queue limit of 10**12", ["plan"], "max_queued_requests: Input should be less than or equal to 1000000",
+             main=_swap('Backend("bad_b", "models:M",', 'Backend("bad_b", "models:M", max_queued_requests=10**12,')),
         Case("backend name ending in a newline", ["plan"], "backend name 'bad_b\\n' is invalid",
              main=_swap('Backend("bad_b", "models:M"', 'Backend("bad_b\\n", "models:M"')),
         Case("route ending in a newline", ["plan"], "route '/bad\\n' must be a path starting with '/'",

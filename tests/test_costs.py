@@ -25,7 +25,9 @@ def test_every_attribute_the_planner_diffs_has_a_declared_cost():
 
 def test_in_place_sets_derive_from_the_fields():
     assert in_place_attributes(BACKEND) == frozenset(
-        {"num_replicas", "autoscaling", "max_concurrent_queries", "user_config", "max_batch_size", "batch_wait_timeout_s"}
+        {"num_replicas", "autoscaling", "max_concurrent_queries", "user_config", "max_batch_size", "batch_wait_timeout_s",
+         "request_timeout_s", "max_queued_requests", "graceful_shutdown_timeout_s", "health_check_period_s",
+         "health_check_timeout_s"}
     )
     assert in_place_attributes(ENDPOINT) == frozenset({"route", "traffic", "shadow", "rollout"})
     # Two settings feed one attribute: they must agree (omp_num_threads lands in env_vars, code_version in code).

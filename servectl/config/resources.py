@@ -30,6 +30,9 @@ MAX_MEMORY_BYTES = 2**50  # per replica: 1 PiB
 MAX_RESOURCE_AMOUNT = 1_000_000.0
 MAX_DELAY_S = 86_400.0  # autoscaling periods and delays: a day
 MAX_BATCH_WAIT_S = 60.0
+MAX_REQUEST_TIMEOUT_S = 86_400.0  # a day
+MAX_QUEUED_REQUESTS = 1_000_000
+MAX_LIFECYCLE_S = 3_600.0  # health checks and graceful shutdown: an hour
 MAX_THREADS = 1_024
 MAX_NODE_CPUS = 100_000.0  # the embedded head's
 MAX_NODE_GPUS = 1_024
@@ -147,6 +150,28 @@ class Backend(_Resource):
     conda: Optional[str] = Field(
         None, json_schema_extra=costs(UpdateType.RESTART),
         description="name of an existing conda env on the nodes (Ray runtime_env conda)",
+    )
+    request_timeout_s: Optional[float] = Field(
+        None, gt=0, le=MAX_REQUEST_TIMEOUT_S, json_schema_extra=costs(UpdateType.LIGHTWEIGHT),
+        description="an HTTP request still unanswered after this many seconds gets 504 from the front proxy "
+        "(the replica keeps serving); None: the front proxy's 120 s",
+    )
+    max_queued_requests: Optional[int] = Field(
+        None, ge=1, le=MAX_QUEUED_REQUESTS, json_schema_extra=costs(UpdateType.LIGHTWEIGHT),
+        description="requests waiting for a replica beyond this are refused at once with 503 and Retry-After "
+        "(Ray Serve's max_queued_requests); None: no limit",
+    )
+    graceful_shutdown_timeout_s: Optional[float] = Field(
+        None, ge=0, le=MAX_LIFECYCLE_S, json_schema_extra=costs(UpdateType.LIGHTWEIGHT),
+        description="how long a stopping replica may finish its requests (Ray Serve's; None: Serve's 20 s)",
+    )
+    health_check_period_s: Optional[float] = Field(
+        None, gt=0, le=MAX_LIFECYCLE_S, json_schema_extra=costs(UpdateType.LIGHTWEIGHT),
+        description="seconds between Serve's health checks of each replica (None: Serve's 10 s)",
+    )
+    health_check_timeout_s: Optional[float] = Field(
+        None, gt=0, le=MAX_LIFECYCLE_S, json_schema_extra=costs(UpdateType.LIGHTWEIGHT),
+        description="a health check unanswered this long fails the replica (None: Serve's 30 s)",
     )
     code_version: Optional[str] = Field(
         None, json_schema_extra=costs(UpdateType.RESTART, "code"),

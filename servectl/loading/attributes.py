@@ -107,6 +107,11 @@ def backend_attributes(backend: Backend, config_dir: str) -> dict[str, Any]:
         "env_vars": replica_env(backend),
         "pip": [requirement.strip() for requirement in backend.pip],
         "conda": backend.conda,
+        "request_timeout_s": backend.request_timeout_s,
+        "max_queued_requests": backend.max_queued_requests,
+        "graceful_shutdown_timeout_s": backend.graceful_shutdown_timeout_s,
+        "health_check_period_s": backend.health_check_period_s,
+        "health_check_timeout_s": backend.health_check_timeout_s,
     }
 
 

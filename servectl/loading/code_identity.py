@@ -153,6 +153,8 @@ def _check_defines(backend: Backend, source_file: str, config_dir: str, attribut
         return
     names: set[str] = set()
     for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == top and "." not in attribute:
+            _check_servable(backend, node, relative)
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -196,4 +198,17 @@ def _local_module_file(module_name: str, config_dir: str) -> Optional[str]:
             return candidate
     return None
 
+
+def _check_servable(backend: Backend, node: ast.ClassDef, relative: str) -> None:
+    """Refuse a class Serve could not call: no ``__call__``, no ``@serve.ingress(app)`` (nor any decorator that may
+    make it one) and no base class that may bring either."""
+    defines_call = any(
+        isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.name == "__call__" for item in node.body
+    )
+    if defines_call or node.decorator_list or node.bases:
+        return
+    raise ConfigError(
+        f"{backend.declared_at}: backend {backend.name!r}: class {node.name} ({relative}:{node.lineno}) has no "
+        "__call__(self, request) method and is not under @serve.ingress(app): give it one of the two"
+    )
 

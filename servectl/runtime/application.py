@@ -22,39 +22,26 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import importlib
 import inspect
-import os
+import json
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, AsyncIterator, Optional
 
 from ray import serve
 
 from servectl.runtime.batching import Batcher
+from servectl.runtime.environment import import_target, open_environment, restore_environment
+from servectl.runtime.metrics import ReplicaMetrics
 from servectl.runtime.headers import ENDPOINT_HEADER, ROLE_HEADER, SHADOW_HEADER
+from servectl.runtime.ingress import ingress_replica_class, is_asgi_app, is_ingress_class
 from servectl.runtime.proof import is_http, take_proof, worker_route_proof
 from servectl.runtime.request import HandleRequest
 from servectl.runtime.sealed import unseal
 
 SHADOW_RESPONSES_KEPT = 1024
-QUEUING_BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 QUEUE_REPORT_S = 1.0
-LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000]
 
-
-
-def import_target(import_path: str) -> Any:
-    """The object an import path names: ``"module:attr.attr"``, Serve's ``import_path`` form.
-
-    Imports the module, then follows the dotted attributes. Raises ImportError when the module
-    does not import and AttributeError when an attribute is missing (a path without ``:`` included).
-    """
-    module_name, _, attr = import_path.partition(":")
-    target: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        target = getattr(target, part)
-    return target
 
 
 def _header_values(request: Any, name: str) -> list[str]:
@@ -76,70 +63,6 @@ async def _copy_of(request: Any, endpoint: str) -> HandleRequest:
     return HandleRequest(query_params=query, headers=headers, raw_body=body, method=getattr(request, "method", "GET"), path=path)
 
 
-class _Metrics:
-    """servectl's own request counters, exported with Ray's metrics (``ray_servectl_*``)."""
-
-    def __init__(self, backend: str) -> None:
-        from ray.util import metrics
-
-        self.backend = backend
-        self.requests = metrics.Counter(
-            "servectl_requests",
-            description="Requests a backend served, by endpoint and role (primary or shadow).",
-            tag_keys=("endpoint", "backend", "role"),
-        )
-        self.shadow_sent = metrics.Counter(
-            "servectl_shadow_sent",
-            description="Shadow copies a primary sent, by endpoint and shadow backend.",
-            tag_keys=("endpoint", "backend"),
-        )
-        self.errors = metrics.Counter(
-            "servectl_errors",
-            description="Requests whose backend code raised, by endpoint and role (primary or shadow).",
-            tag_keys=("endpoint", "backend", "role"),
-        )
-        # Ray Serve 2.x has no replica-side queueing series (the seed's
-        # serve_backend_queuing_latency_ms and serve_replica_queued_queries):
-        # time and count from arrival at the replica until the user's code starts,
-        # batch forming and the sync thread pool's queue included.
-        self.queuing_latency = metrics.Histogram(
-            "servectl_queuing_latency_ms",
-            description="Time a request waited in the replica (batch queue, thread pool) before the backend's code ran.",
-            boundaries=QUEUING_BOUNDARIES_MS,
-            tag_keys=("backend",),
-        )
-        self.queued = metrics.Gauge(
-            "servectl_replica_queued_queries",
-            description="Requests in a replica waiting for the backend's code to start (per replica process).",
-            tag_keys=("backend",),
-        )
-        self.latency = metrics.Histogram(
-            "servectl_request_latency_ms",
-            description="Time from a request's arrival at the replica to its answer, by endpoint and role.",
-            boundaries=LATENCY_BOUNDARIES_MS,
-            tag_keys=("endpoint", "backend", "role"),
-        )
-        self.tags = {"backend": backend}
-
-    def served(self, endpoint: str, role: str) -> None:
-        self.requests.inc(1, tags={"endpoint": endpoint or "-", "backend": self.backend, "role": role})
-
-    def shadowed(self, endpoint: str, target: str) -> None:
-        self.shadow_sent.inc(1, tags={"endpoint": endpoint or "-", "backend": target})
-
-    def failed(self, endpoint: str, role: str) -> None:
-        self.errors.inc(1, tags={"endpoint": endpoint or "-", "backend": self.backend, "role": role})
-
-    def answered(self, endpoint: str, role: str, milliseconds: float) -> None:
-        self.latency.observe(milliseconds, tags={"endpoint": endpoint or "-", "backend": self.backend, "role": role})
-
-    def waiting(self, count: int) -> None:
-        self.queued.set(count, tags=self.tags)
-
-    def waited(self, milliseconds: float) -> None:
-        self.queuing_latency.observe(milliseconds, tags=self.tags)
-
-
 @dataclass
 class _Arrival:
     """A request's arrival at the replica, until the backend's code starts on it."""
@@ -148,30 +71,64 @@ class _Arrival:
     started: bool = False
 
 
-def open_environment(args: dict[str, Any]) -> dict[str, Optional[str]]:
-    """Put the backend's sensitive environment variables (sealed in ``args``) into this process's environment.
-
-    Called before the backend's code is imported, wherever that happens (the
-    application's build task, each replica), so module-level reads see them.
-    Returns what the variables were before, for ``restore_environment``.
-    """
-    opened = unseal(args.get("sensitive_env") or {})
-    before = {name: os.environ.get(name) for name in opened}
-    os.environ.update({name: str(value) for name, value in opened.items()})
-    return before
-
-
-def restore_environment(before: dict[str, Optional[str]]) -> None:
-    """Undo ``open_environment`` (the build task's worker may serve another application next)."""
-    for name, value in before.items():
-        if value is None:
-            os.environ.pop(name, None)
+async def chunks_of(result: Any) -> AsyncIterator[Any]:
+    """A backend's generator (sync or async) as an async generator. A sync one is advanced in the thread pool, so
+    a backend sleeping between chunks never holds the replica's event loop; closing this one (the client went
+    away, the stream was cancelled) closes the backend's, so its ``finally`` runs on the replica."""
+    if inspect.isasyncgen(result):
+        try:
+            async for item in result:
+                yield item
+        finally:
+            await result.aclose()
+        return
+    loop = asyncio.get_running_loop()
+    done = object()
+    step: Optional[asyncio.Future] = None
+    try:
+        while True:
+            step = loop.run_in_executor(None, next, result, done)
+            item = await step
+            step = None
+            if item is done:
+                return
+            yield item
+    finally:
+        if step is not None and not step.done():
+            # Cancelled while the backend's code runs in a thread: close it once that step is over (a generator
+            # cannot be closed while it executes).
+            step.add_done_callback(lambda _: result.close())
         else:
-            os.environ[name] = value
+            result.close()
+
+
+def encoded(item: Any) -> bytes:
+    """One streamed chunk as HTTP sends it: bytes as they are, text UTF-8, anything else as a JSON line."""
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item)
+    if isinstance(item, str):
+        return item.encode()
+    return (json.dumps(item) + "\n").encode()
+
+
+def streamed(result: Any, over_http: bool) -> Any:
+    """A backend's generator answer: over HTTP a Starlette ``StreamingResponse`` of its chunks (sent as they come,
+    never buffered); to a handle the chunks themselves, for ``handle.options(stream=True)`` (Serve's streaming)."""
+    chunks = chunks_of(result)
+    if not over_http:
+        return chunks
+    from starlette.responses import StreamingResponse
+
+    async def body() -> AsyncIterator[bytes]:
+        async for item in chunks:
+            yield encoded(item)
+
+    return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
 
 
 def replica_class(args: dict[str, Any]) -> type:
-    """A class Serve can run whose instances hold the user's backend.
+    """A class Serve can run whose instances hold the user's backend (an ingress backend's: see
+    ``servectl.runtime.ingress``). Raises TypeError when the code is neither callable nor an ASGI ingress.
 
     The class keeps the backend's import path, not the backend's class: Serve
     pickles it to the replicas, and unpickling a class reference would import
@@ -186,8 +143,12 @@ def replica_class(args: dict[str, Any]) -> type:
     init_args = list(args.get("init_args") or [])
     init_kwargs = dict(args.get("init_kwargs") or {})
     is_class = inspect.isclass(target)
-    if is_class and not callable(getattr(target, "__call__", None)):
-        raise TypeError(f"{import_path} has no __call__(self, request) method")
+    if is_ingress_class(target) or is_asgi_app(target):
+        return ingress_replica_class(args)
+    if is_class and "__call__" not in dir(target):
+        raise TypeError(f"{import_path} has neither __call__(self, request) nor @serve.ingress(app)")
+    if not is_class and not callable(target):
+        raise TypeError(f"{import_path} is neither a class, a function nor an ASGI app")
     del target
     backend = args["backend"]
     batched = bool(args.get("batched"))
@@ -200,7 +161,7 @@ def replica_class(args: dict[str, Any]) -> type:
             self.handler = self.instance if is_class else target
             call = self.instance.__call__ if is_class else target
             self.is_async = inspect.iscoroutinefunction(call)
-            self.metrics = _Metrics(backend)
+            self.metrics = ReplicaMetrics(backend)
             self.shadow_handles: dict[str, Any] = {}
             self.shadow_responses: collections.deque = collections.deque(maxlen=SHADOW_RESPONSES_KEPT)
             self.batcher = Batcher(self._run_batch, describe=f"backend {backend}") if batched else None
@@ -269,7 +230,10 @@ def replica_class(args: dict[str, Any]) -> type:
             try:
                 if self.batcher is not None:
                     return await self.batcher.submit((request, arrived))
-                return await self._run(request, [arrived])
+                result = await self._run(request, [arrived])
+                if inspect.isgenerator(result) or inspect.isasyncgen(result):
+                    return streamed(result, over_http=is_http(request))
+                return result
             except Exception:
                 self.metrics.failed(endpoint, role)
                 raise

@@ -24,16 +24,25 @@ class EndpointHandle:
     pins every call to one key's backend.
     """
 
-    def __init__(self, endpoint: str, sync: bool, shard_key: Optional[str] = None, policy: Optional[PolicyCache] = None) -> None:
+    def __init__(
+        self, endpoint: str, sync: bool, shard_key: Optional[str] = None, policy: Optional[PolicyCache] = None,
+        stream: bool = False,
+    ) -> None:
         self.endpoint = endpoint
         self.sync = sync
         self.shard_key = shard_key
+        self.stream = stream
         self._policy = policy or PolicyCache(endpoint)
         self._deployments: dict[str, Any] = {}
 
-    def options(self, shard_key: Optional[str] = None) -> "EndpointHandle":
-        """A handle whose calls carry ``shard_key`` (session affinity), as ``X-SERVE-SHARD-KEY`` does over HTTP."""
-        clone = EndpointHandle(self.endpoint, self.sync, shard_key, self._policy)
+    def options(self, shard_key: Optional[str] = None, stream: Optional[bool] = None) -> "EndpointHandle":
+        """A handle whose calls carry ``shard_key`` (session affinity, as ``X-SERVE-SHARD-KEY`` does over HTTP) and,
+        with ``stream=True``, answer a backend's generator chunk by chunk (Ray Serve's ``handle.options(stream=True)``:
+        ``remote()`` then gives an iterator that is also an async iterator). Unset options keep this handle's."""
+        clone = EndpointHandle(
+            self.endpoint, self.sync, self.shard_key if shard_key is None else shard_key, self._policy,
+            self.stream if stream is None else stream,
+        )
         clone._deployments = self._deployments
         return clone
 
@@ -64,14 +73,18 @@ class EndpointHandle:
         shadows = [b for b, p in self._policy.get().get("shadow", {}).items() if random.random() < p]
         if shadows:  # the primary's replica copies the call to these, as for HTTP
             headers[SHADOW_HEADER] = ",".join(shadows)
-        return self._deployment(backend).remote(HandleRequest.from_call(args, kwargs, headers))
+        deployment = self._deployment(backend)
+        if self.stream:
+            deployment = deployment.options(stream=True)
+        return deployment.remote(HandleRequest.from_call(args, kwargs, headers))
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Call the endpoint. Sync handle: returns a response whose ``.result()`` blocks.
 
-        Async handle (``sync=False``): a coroutine — ``await handle.remote(...)`` gives the result.
+        Async handle (``sync=False``): a coroutine — ``await handle.remote(...)`` gives the result. A streaming
+        handle (``options(stream=True)``), either kind: the chunks, as ``for chunk in …`` or ``async for chunk in …``.
         """
-        if self.sync:
+        if self.sync or self.stream:
             return self._call(args, kwargs)
         return self._remote_async(args, kwargs)
 

@@ -7,3 +7,4 @@ ROLE_HEADER = "x-servectl-role"  # "shadow" on the copies
 ENDPOINT_HEADER = "x-servectl-endpoint"  # the endpoint the request came in on
 SHARD_KEY_HEADER = "x-serve-shard-key"  # the seed's session-affinity header (set by clients)
 PROOF_HEADER = "x-servectl-proof"  # set by the front proxy on what an endpoint routed (see servectl.runtime.proof)
+ROUTE_HEADER = "x-servectl-route"  # the endpoint's public route, for an ingress app's root_path (front proxy)
