@@ -235,18 +235,21 @@ def applied_dirs(ray_cluster: RayCluster):
 # this order, the long ones run side by side from the start instead of one of them last, alone. A file missing
 # here runs after these, in collection order; the order changes how long the suite takes, never what it checks.
 LONGEST_FIRST = (
-    "reliability/test_apply_under_load.py",  # ~130 s
-    "reliability/test_crash_safety.py",  # ~130 s
-    "test_rollout_e2e.py",  # ~130 s
-    "reliability/test_crash_safety_writes.py",  # ~110 s
-    "test_secrets_e2e.py",  # ~90 s
-    "test_multinode_lb.py",  # ~80 s
-    "test_shadow_e2e.py",  # ~75 s
-    "test_workflow_e2e.py",  # ~75 s
-    "test_aws_e2e.py",  # ~65 s
-    "test_embedded_cluster.py",  # ~60 s
-    "test_interrupts_e2e.py",  # ~40 s
-    "test_traffic_e2e.py",  # ~40 s
+    "reliability/test_apply_under_load.py",  # ~130 s alone, ~320 s beside two others
+    "test_rollout_e2e.py",  # ~125 s / ~280 s
+    "reliability/test_crash_safety_writes.py",  # ~110 s / ~220 s
+    "reliability/test_crash_safety_waits.py",  # ~75 s / ~200 s
+    "test_multinode_lb.py",  # ~80 s / ~180 s
+    "reliability/test_crash_safety.py",  # ~60 s / ~170 s
+    "test_secrets_e2e.py",  # ~90 s / ~125 s
+    "test_aws_e2e.py",  # ~65 s / ~105 s
+    "test_workflow_e2e.py",  # ~75 s / ~160 s in all
+    "test_shadow_e2e.py",  # ~75 s / ~95 s
+    "test_bad_inputs.py",  # ~35 s / ~70 s
+    "test_fastapi_ingress_e2e.py",
+    "test_embedded_cluster.py",
+    "test_traffic_e2e.py",
+    "test_interrupts_e2e.py",
 )
 
 

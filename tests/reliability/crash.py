@@ -1,9 +1,10 @@
 """Crash safety: `servectl apply` SIGKILLed at 20 points, and every time the state stays true and apply converges.
 
-The points are killed in two tests (``test_crash_safety.py``: after changes
-and during health waits; ``test_crash_safety_writes.py``: inside state
-writes), so the suite's two workers run them side by side; each starts from
-its own applied config. This module holds what both run.
+The points are killed in three tests (``test_crash_safety.py``: after each
+change; ``test_crash_safety_waits.py``: inside each health wait;
+``test_crash_safety_writes.py``: inside state writes), so the suite's workers
+run them side by side; each starts from its own applied config. This module
+holds what they run.
 
 The points: after each of its changes, while it waits for a change to be
 healthy, and halfway through a state write (fault injection: the store
@@ -67,9 +68,10 @@ DONE = re.compile(r"› (\S+): (created|updated|replaced|destroyed) in ")
 STARTED = re.compile(r"› (\S+): [\w ]+ … \((\d+)/(\d+)\)")
 # A round's apply writes the state 13 times (each change: "applying", then done; then the final write),
 # then its history entry (write 14). After its last change only writes are left: those are the write points.
-CHANGE_POINTS = [("after change", k) for k in range(1, 6)] + [("waiting for health", k) for k in range(1, 7)]
+AFTER_CHANGE_POINTS = [("after change", k) for k in range(1, 6)]
+HEALTH_WAIT_POINTS = [("waiting for health", k) for k in range(1, 7)]
 WRITE_POINTS = [("state write", n) for n in (1, 2, 4, 6, 9, 11, 12, 13, 14)]
-POINTS = CHANGE_POINTS + WRITE_POINTS
+POINTS = AFTER_CHANGE_POINTS + HEALTH_WAIT_POINTS + WRITE_POINTS
 assert len(POINTS) == 20 and len(set(POINTS)) == 20
 
 

@@ -1,4 +1,4 @@
-"""Crash safety, part two: `servectl apply` SIGKILLed halfway through a state write (fault injection), at 9 of
+"""Crash safety, part three: `servectl apply` SIGKILLed halfway through a state write (fault injection), at 9 of
 its 14 writes including the first, the last and the history entry's (see ``crash.py``)."""
 from __future__ import annotations
 
