@@ -1,5 +1,5 @@
 """A FastAPI app under `@serve.ingress`, and a plain ASGI app, as servectl backends."""
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import RedirectResponse
 from pydantic import BaseModel
 from ray import serve
@@ -44,6 +44,15 @@ class ItemsApi:
     @app.get("/")
     def root(self) -> dict:
         return {"version": self.version}
+
+    @app.websocket("/ws")
+    async def echo(self, websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            while True:
+                await websocket.send_text(f"{self.version}: {await websocket.receive_text()}")
+        except WebSocketDisconnect:
+            pass
 
 
 health_app = FastAPI()
