@@ -110,7 +110,16 @@ def head_environment(parent: dict[str, str], token_path: str) -> dict[str, str]:
         # Ray's default (10 s) is too coarse for `servectl status` rates over a few seconds.
         RAY_metrics_report_interval_ms=str(METRICS_REPORT_INTERVAL_MS),
     )
+    # Ray (2.57+) starts each worker as a process-group leader and, after the worker exits, SIGKILLs the group by
+    # its number. On a shared machine (pid_max 32768 wraps within minutes of churn) that number may by then lead a
+    # stranger's group, which Ray kills unverified. servectl signals only what it proved its own, so the embedded
+    # head turns the sweep off unless the user set it; a replica's own children still die with it (Ray's
+    # kill_child_processes_on_worker_exit, from the parent, which cannot name a stranger).
+    env.setdefault(PROCESS_GROUP_SWEEP, "false")
     return env
+
+
+PROCESS_GROUP_SWEEP = "RAY_process_group_cleanup_enabled"
 
 
 METRICS_REPORT_INTERVAL_MS = 1000

@@ -117,6 +117,8 @@ class MultiNodeCluster:
     def _env(self) -> dict[str, str]:
         return dict(
             os.environ, **self.extra_env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=self.token_path, RAY_USAGE_STATS_ENABLED="0",
+            # These nodes share the suite's PID space: Ray's group sweep by number could kill a test's process.
+            RAY_process_group_cleanup_enabled="false",
             # Notice a dead node in ~2 s instead of Ray's default ~15 s.
             RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="2",
             RAY_health_check_timeout_ms="1000",

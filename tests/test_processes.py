@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from servectl.providers.embedded_cluster import EmbeddedCluster
+from servectl.providers.embedded_cluster import PROCESS_GROUP_SWEEP, EmbeddedCluster, head_environment
 from servectl.providers.front_proxy import FrontProxy
+from servectl.providers.local_ray import connect
 from servectl.providers.processes import (
     TAG_VARIABLE, ProcessIdentity, identify, is_running, new_tag, session_members, signal_verified, stop_session,
 )
@@ -144,6 +145,7 @@ def test_a_process_whose_binary_was_replaced_on_disk_is_still_ours(tmp_path):
         replacement = tmp_path / "sleeper.new"
         replacement.write_bytes(open("/bin/sleep", "rb").read())
         os.replace(replacement, binary)  # as pip or apt upgrade a binary in use
+        assert proc.poll() is None, f"the sleeper died ({proc.returncode}): someone signalled it"
         assert is_running(identity) and session_members(identity) == [proc.pid]
     finally:
         _reaped(proc)
@@ -156,3 +158,22 @@ def test_a_recorded_identity_must_match_on_every_field(field):
     changed = {**me.to_dict(), field: me.start_ticks + 1 if field == "start_ticks" else "/bin/false"}
     assert not is_running(ProcessIdentity.from_dict(changed))
     assert ProcessIdentity.from_dict({"pid": "x"}) is None
+
+
+def test_the_embedded_head_turns_off_rays_group_sweep_by_number_unless_the_user_set_it():
+    """Ray SIGKILLs a dead worker's process group by number, which PID reuse can hand to a stranger."""
+    assert head_environment({}, "/t")[PROCESS_GROUP_SWEEP] == "false"
+    assert head_environment({PROCESS_GROUP_SWEEP: "true"}, "/t")[PROCESS_GROUP_SWEEP] == "true"
+
+
+@pytest.mark.ray
+def test_workers_of_the_embedded_head_lead_no_process_group_of_their_own(ray_cluster):
+    connect(ray_cluster.address, ray_cluster.token_path)
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def groups() -> tuple[int, int]:
+        return os.getpid(), os.getpgid(0)
+
+    pid, group = ray.get(groups.remote(), timeout=60)
+    assert group != pid  # no group of its own, so no group for Ray to sweep by number after it exits
