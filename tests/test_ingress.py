@@ -6,6 +6,7 @@ import asyncio
 from fastapi import FastAPI, Request
 
 from servectl.runtime.ingress import RoutedApp, call_app, is_asgi_app, public_scope
+from servectl.runtime.metrics import ReplicaMetrics
 from servectl.runtime.request import HandleRequest
 
 app = FastAPI()
@@ -22,8 +23,11 @@ async def echo(request: Request) -> dict:
     return {"body": (await request.body()).decode(), "q": dict(request.query_params)}
 
 
-class FakeMetrics:
-    def __init__(self) -> None:
+class FakeMetrics(ReplicaMetrics):
+    """ReplicaMetrics' bookkeeping (``counting``) over recorded events instead of Ray's exporter."""
+
+    def __init__(self) -> None:  # noqa: super().__init__ would create Ray metrics
+        self.backend = "b"
         self.events: list[tuple] = []
 
     def served(self, *args): self.events.append(("served", *args))
@@ -86,3 +90,40 @@ def test_what_counts_as_an_asgi_app():
 
     assert is_asgi_app(app) and is_asgi_app(raw)
     assert not is_asgi_app(plain) and not is_asgi_app(FakeMetrics)
+
+
+def test_every_way_into_a_replica_counts_a_request_the_same_way():
+    """served on arrival, an error for a raise or a 5xx answer (not for a client that left), a time on exit."""
+    metrics = FakeMetrics()
+    with metrics.counting("e", "primary") as tally:
+        tally.status = 200
+    with metrics.counting("e", "shadow") as tally:
+        tally.status = 503
+    try:
+        with metrics.counting("e", "primary"):
+            raise RuntimeError("the backend's code raised")
+    except RuntimeError:
+        pass
+    try:
+        with metrics.counting("e", "primary"):
+            raise asyncio.CancelledError()
+    except asyncio.CancelledError:
+        pass
+    assert metrics.events == [
+        ("served", "e", "primary"), ("answered", "e", "primary"),
+        ("served", "e", "shadow"), ("failed", "e", "shadow"), ("answered", "e", "shadow"),
+        ("served", "e", "primary"), ("failed", "e", "primary"), ("answered", "e", "primary"),
+        ("served", "e", "primary"), ("answered", "e", "primary"),
+    ]
+    failing = FastAPI()
+
+    @failing.get("/")
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    routed = RoutedApp(failing, "b", FakeMetrics(), proof=lambda: None)
+    try:
+        _request(routed, "/", {})
+    except RuntimeError:
+        pass
+    assert [event[0] for event in routed.metrics.events] == ["served", "failed", "answered"]

@@ -221,27 +221,23 @@ def replica_class(args: dict[str, Any]) -> type:
                 self._queue_reporter = asyncio.get_running_loop().create_task(self._report_queue())
             endpoint = (_header_values(request, ENDPOINT_HEADER) or [""])[0]
             role = (_header_values(request, ROLE_HEADER) or ["primary"])[0]
-            self.metrics.served(endpoint, role)
-            arrived = _Arrival(time.monotonic())
-            shadows = _header_values(request, SHADOW_HEADER) if role != "shadow" else []
-            if shadows:
-                await self._mirror(request, endpoint, shadows)
-            self.waiting += 1  # exported by _report_queue, not per request
-            try:
-                if self.batcher is not None:
-                    return await self.batcher.submit((request, arrived))
-                result = await self._run(request, [arrived])
-                if inspect.isgenerator(result) or inspect.isasyncgen(result):
-                    return streamed(result, over_http=is_http(request))
-                return result
-            except Exception:
-                self.metrics.failed(endpoint, role)
-                raise
-            finally:
-                self.metrics.answered(endpoint, role, (time.monotonic() - arrived.at) * 1000)
-                if not arrived.started:  # given up before its turn (client gone): it leaves the queue unmeasured
-                    arrived.started = True
-                    self.waiting -= 1
+            with self.metrics.counting(endpoint, role) as tally:
+                arrived = _Arrival(tally.at)
+                shadows = _header_values(request, SHADOW_HEADER) if role != "shadow" else []
+                if shadows:
+                    await self._mirror(request, endpoint, shadows)
+                self.waiting += 1  # exported by _report_queue, not per request
+                try:
+                    if self.batcher is not None:
+                        return await self.batcher.submit((request, arrived))
+                    result = await self._run(request, [arrived])
+                    if inspect.isgenerator(result) or inspect.isasyncgen(result):
+                        return streamed(result, over_http=is_http(request))
+                    return result
+                finally:
+                    if not arrived.started:  # given up before its turn (client gone): it leaves the queue unmeasured
+                        arrived.started = True
+                        self.waiting -= 1
 
         async def _mirror(self, request: Any, endpoint: str, shadows: list[str]) -> None:
             # Fire and forget: the copy is handed to Serve's router and never

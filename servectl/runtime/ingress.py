@@ -21,7 +21,6 @@ from __future__ import annotations
 import collections
 import inspect
 import json as jsonlib
-import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Optional
 
@@ -95,9 +94,8 @@ def public_scope(scope: Scope, route: Optional[str]) -> Scope:
     prefix = "" if route == "/" else route
     public = dict(scope)
     public["root_path"] = prefix
-    public["path"] = prefix + (rest or "/") if rest.startswith("/") or not rest else prefix + "/" + rest
-    raw = public["path"].encode()
-    public["raw_path"] = raw
+    public["path"] = prefix + (rest if rest.startswith("/") else "/" + rest)
+    public["raw_path"] = public["path"].encode()
     return public
 
 
@@ -202,25 +200,14 @@ class RoutedApp:
         await self._serve(inner, receive, send, endpoint, role)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, endpoint: str, role: str) -> None:
-        self.metrics.served(endpoint, role)
-        started = time.monotonic()
-        status = {"code": 0}
+        with self.metrics.counting(endpoint, role) as tally:
 
-        async def counted(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = int(message["status"])
-            await send(message)
+            async def counted(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    tally.status = int(message["status"])
+                await send(message)
 
-        try:
             await self.app(scope, receive, counted)
-        except Exception:
-            self.metrics.failed(endpoint, role)
-            raise
-        else:
-            if status["code"] >= 500:
-                self.metrics.failed(endpoint, role)
-        finally:
-            self.metrics.answered(endpoint, role, (time.monotonic() - started) * 1000)
 
     async def _mirror(self, scope: Scope, receive: Receive, endpoint: str, shadows: list[str]) -> Receive:
         """Read the request body whole, send a copy to each shadow backend through its handle (never awaited), and
@@ -306,17 +293,9 @@ def ingress_replica_class(args: dict[str, Any]) -> type:
                 raise ValueError(f"a handle call's body is limited to {MAX_HANDLE_BODY_BYTES} bytes")
             endpoint = request.headers.get(ENDPOINT_HEADER, "")
             role = request.headers.get(ROLE_HEADER, "primary")
-            self.routed.metrics.served(endpoint, role)
-            started = time.monotonic()
-            try:
+            with self.routed.metrics.counting(endpoint, role) as tally:
                 response = await call_app(self.routed.app, request)
-            except Exception:
-                self.routed.metrics.failed(endpoint, role)
-                raise
-            finally:
-                self.routed.metrics.answered(endpoint, role, (time.monotonic() - started) * 1000)
-            if response.status >= 500:
-                self.routed.metrics.failed(endpoint, role)
+                tally.status = response.status
             return response
 
         def reconfigure(self, config: Any) -> None:

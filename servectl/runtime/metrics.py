@@ -5,8 +5,22 @@ copies sent, and the replica-side queue Ray Serve 2.x no longer reports.
 """
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
 QUEUING_BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000]
+
+
+@dataclass
+class Tally:
+    """One request being counted by ``ReplicaMetrics.counting``: ``at`` (monotonic seconds) is its arrival;
+    ``status`` is the HTTP status it answered, when it has one (5xx counts as an error)."""
+
+    at: float
+    status: int = 0
 
 
 class ReplicaMetrics:
@@ -57,6 +71,27 @@ class ReplicaMetrics:
     def served(self, endpoint: str, role: str) -> None:
         """Count a request ``endpoint`` sent this backend as ``role`` (primary or shadow)."""
         self.requests.inc(1, tags={"endpoint": endpoint or "-", "backend": self.backend, "role": role})
+
+    @contextmanager
+    def counting(self, endpoint: str, role: str) -> Iterator[Tally]:
+        """Count one request around its handling: served on entry; an error when the block raises an
+        ``Exception`` (not a cancellation: the client left) or sets ``tally.status`` to 5xx; its time on exit.
+
+        Every way into a replica (a plain backend, an ingress app over HTTP, a handle call to one) counts
+        through here, so Serve's ``serve_num_http_error_requests``-like meaning is the same for all of them.
+        """
+        self.served(endpoint, role)
+        tally = Tally(time.monotonic())
+        try:
+            yield tally
+        except Exception:
+            self.failed(endpoint, role)
+            raise
+        else:
+            if tally.status >= 500:
+                self.failed(endpoint, role)
+        finally:
+            self.answered(endpoint, role, (time.monotonic() - tally.at) * 1000)
 
     def shadowed(self, endpoint: str, target: str) -> None:
         """Count a shadow copy of an ``endpoint`` request sent to backend ``target``."""
