@@ -28,7 +28,7 @@ from servectl.providers.processes import (
     TAG_VARIABLE, ProcessIdentity, identify, is_running, new_tag, session_members, signal_verified, stop_session,
 )
 from servectl.runtime.headers import (
-    ENDPOINT_HEADER, PROOF_HEADER, ROLE_HEADER, ROUTE_HEADER, SHADOW_HEADER, SHARD_KEY_HEADER,
+    ENDPOINT_HEADER, MODEL_ID_HEADER, PROOF_HEADER, ROLE_HEADER, ROUTE_HEADER, SHADOW_HEADER, SHARD_KEY_HEADER,
 )
 from servectl.routing.traffic import KEY_SPACE, Segments
 
@@ -69,12 +69,14 @@ class RoutedEndpoint:
     segments: Segments
     shadow: dict[str, float] = field(default_factory=dict)
     timeouts: dict[str, float] = field(default_factory=dict)  # backend -> seconds an HTTP request may take (504 after)
+    models: dict[str, Segments] = field(default_factory=dict)  # a model id routed apart -> its own segments
 
 
 def routed_endpoints(policies: dict[str, dict[str, Any]]) -> list[RoutedEndpoint]:
     """The endpoints with a route, from their routing policies (as the policy store and the node agents hold them)."""
     return [
-        RoutedEndpoint(name, policy["route"], policy["segments"], policy.get("shadow") or {}, policy.get("timeouts") or {})
+        RoutedEndpoint(name, policy["route"], policy["segments"], policy.get("shadow") or {}, policy.get("timeouts") or {},
+                       policy.get("models") or {})
         for name, policy in sorted(policies.items())
         if policy.get("route") is not None
     ]
@@ -133,12 +135,12 @@ def render_config(
         else:
             lines.append(f"    acl {acl} path {endpoint.route}")
             lines.append(f"    acl {acl} path_beg {endpoint.route}/")
-        for backend, segments in sorted(endpoint.segments.items()):
-            for lo, hi in segments:
-                lines.append(
-                    f"    http-request set-var(txn.sc_b) str({backend}) if {acl} !{{ var(txn.sc_b) -m found }} "
-                    f"{{ var(txn.sc_p) -m int {lo}:{hi - 1} }}"
-                )
+        # A model id routed apart (multiplexing) goes by its own segments; every other id by the endpoint's.
+        for number, (model_id, owned) in enumerate(sorted(endpoint.models.items())):
+            model_acl = f"{acl}_m{number}"
+            lines.append(f"    acl {model_acl} req.hdr({MODEL_ID_HEADER}) -m str {model_id}")
+            lines += _choices(f"{acl} {model_acl}", owned)
+        lines += _choices(acl, endpoint.segments)
         lines.append(f"    http-request set-header {ENDPOINT_HEADER} {endpoint.name} if {acl} {{ var(txn.sc_b) -m found }} !{{ req.hdr({ENDPOINT_HEADER}) -m found }}")
         # An ingress app's root_path: the URLs it makes (FastAPI's docs, redirects) must be the public ones.
         lines.append(f"    http-request set-header {ROUTE_HEADER} {endpoint.route} if {acl} {{ var(txn.sc_b) -m found }} !{{ req.hdr({ROUTE_HEADER}) -m found }}")
@@ -173,6 +175,16 @@ def render_config(
     return "\n".join(lines + [""])
 
 
+def _choices(condition: str, segments: Segments) -> list[str]:
+    """The rules that set the request's backend (``txn.sc_b``) from its key-space point, under ``condition``."""
+    return [
+        f"    http-request set-var(txn.sc_b) str({backend}) if {condition} !{{ var(txn.sc_b) -m found }} "
+        f"{{ var(txn.sc_p) -m int {lo}:{hi - 1} }}"
+        for backend, owned in sorted(segments.items())
+        for lo, hi in owned
+    ]
+
+
 def check_inputs(
     bind_host: str, bind_port: int, serve_port: int, endpoints: list[RoutedEndpoint], pidfile: str, proof: str,
 ) -> None:
@@ -188,22 +200,37 @@ def check_inputs(
         raise ValueError("the route proof is not 64 hex digits")
     for endpoint in endpoints:
         names.require(names.ROUTE, endpoint.route, f"endpoint {endpoint.name}'s route")
-        check_policy(endpoint.name, endpoint.segments, endpoint.shadow, endpoint.timeouts)
+        check_policy(endpoint.name, endpoint.segments, endpoint.shadow, endpoint.timeouts, endpoint.models)
 
 
-def check_policy(name: Any, segments: Any, shadow: Any, timeouts: Any = None) -> None:
+def check_policy(name: Any, segments: Any, shadow: Any, timeouts: Any = None, models: Any = None) -> None:
     """Refuse, with ValueError, an endpoint's routing policy (as handles and proxies read it) that breaks a rule:
-    names by ``servectl.names``, segments within the key space, shadow proportions within 0..1, timeouts (seconds)
-    within 0..86400."""
+    names and model ids by ``servectl.names``, segments (the endpoint's and each routed model id's) within the key
+    space, shadow proportions within 0..1, timeouts (seconds) within 0..86400."""
     names.require(names.NAME, name, "endpoint name")
+    if not isinstance(models or {}, dict):
+        raise ValueError(f"endpoint {name}'s models must be a mapping")
+    for model_id, owned in (models or {}).items():
+        names.require(names.MODEL_ID, model_id, f"endpoint {name}'s model id")
+        _check_segments(name, owned)
     if not isinstance(timeouts or {}, dict):
         raise ValueError(f"endpoint {name}'s timeouts must be a mapping")
     for backend, seconds in (timeouts or {}).items():
         names.require(names.NAME, backend, f"endpoint {name}'s timeout backend")
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 < seconds <= MAX_TIMEOUT_S:
             raise ValueError(f"endpoint {name}: timeout {seconds!r} of {backend} is not within 0..{MAX_TIMEOUT_S:g} s")
-    if not isinstance(segments, dict) or not isinstance(shadow, dict):
-        raise ValueError(f"endpoint {name}'s segments and shadow must be mappings")
+    if not isinstance(shadow, dict):
+        raise ValueError(f"endpoint {name}'s shadow must be a mapping")
+    _check_segments(name, segments)
+    for backend, proportion in shadow.items():
+        names.require(names.NAME, backend, f"endpoint {name}'s shadow")
+        if not isinstance(proportion, (int, float)) or isinstance(proportion, bool) or not 0 <= proportion <= 1:
+            raise ValueError(f"endpoint {name}: shadow proportion {proportion!r} is not within 0..1")
+
+
+def _check_segments(name: str, segments: Any) -> None:
+    if not isinstance(segments, dict):
+        raise ValueError(f"endpoint {name}'s segments must be a mapping")
     for backend, owned in segments.items():
         names.require(names.NAME, backend, f"endpoint {name}'s backend")
         if not isinstance(owned, list):
@@ -214,10 +241,6 @@ def check_policy(name: Any, segments: Any, shadow: Any, timeouts: Any = None) ->
             lo, hi = segment
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)) or not 0 <= lo < hi <= KEY_SPACE:
                 raise ValueError(f"endpoint {name}: segment {segment!r} of {backend} is not within 0..{KEY_SPACE}")
-    for backend, proportion in shadow.items():
-        names.require(names.NAME, backend, f"endpoint {name}'s shadow")
-        if not isinstance(proportion, (int, float)) or isinstance(proportion, bool) or not 0 <= proportion <= 1:
-            raise ValueError(f"endpoint {name}: shadow proportion {proportion!r} is not within 0..1")
 
 
 class FrontProxy:

@@ -31,7 +31,7 @@ from servectl.state.document import ResourceState
 from servectl.providers import serve_health
 from servectl.providers.dashboard import RayDashboard
 from servectl.providers.serve_apps import PROXY_LOCATIONS
-from servectl.providers.serve_deploy import deploy_serve, wait_for_handles
+from servectl.providers.serve_deploy import HandleDrain, deploy_serve
 from servectl.providers.embedded_cluster import RUNTIME_DIR, EmbeddedCluster, free_ports, port_open
 from servectl.providers.front_proxy import FrontProxy, render_config, routed_endpoints
 from servectl.routing.policy import applied_endpoints, read_policies, write_policies
@@ -125,7 +125,7 @@ class LocalRayProvider(Provider):
         self._package_uri: Optional[str] = None
         self._packages_present: dict[str, bool] = {}
         self._serve_port: Optional[int] = None
-        self._policy_written_at = 0.0
+        self._handles = HandleDrain()
         self._rest: Optional[RayDashboard] = None
 
     # --- where the cluster is -------------------------------------------------
@@ -396,7 +396,7 @@ class LocalRayProvider(Provider):
     ) -> dict[str, dict[str, Any]]:
         """Backends first (Serve, healthy, internal routes served), then the front proxy's rules. Each backend keeps
         its code package unless ``change`` restarts it; HTTP stays on the internal port."""
-        wait_for_handles(change, self._policy_written_at)
+        self._handles.wait(change)
         live, policies = deploy_serve(
             change, resources, lambda resource: self._package_for(resource, change),
             proxy_location=PROXY_LOCATIONS[self.spec.http_location],
@@ -406,7 +406,7 @@ class LocalRayProvider(Provider):
         )
         routed = routed_endpoints(policies)
         write_policies(policies, applied_endpoints() - set(policies))
-        self._policy_written_at = time.monotonic()
+        self._handles.written(policies)
         if self.spec.http_location != "NoServer":
             try:
                 proxy_config = render_config(

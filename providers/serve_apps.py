@@ -120,6 +120,8 @@ def applications(
                     "servectl": {
                         "max_batch_size": attrs.get("max_batch_size"),
                         "batch_wait_timeout_s": attrs.get("batch_wait_timeout_s", 0.01),
+                        **({"max_models_per_replica": attrs["max_models_per_replica"]}
+                           if attrs.get("max_models_per_replica") is not None else {}),
                     },
                     "user": attrs["user_config"],
                 },
@@ -156,6 +158,8 @@ def live_settings(app_config: dict[str, Any]) -> dict[str, Any]:
     ours = envelope.get("servectl") or {}
     if "max_batch_size" in ours:
         settings["max_batch_size"] = ours["max_batch_size"]
+    if "max_models_per_replica" in ours:
+        settings["max_models_per_replica"] = ours["max_models_per_replica"]
     code = (app_config.get("args") or {}).get("code_sha256")
     if code:
         settings["code.sha256"] = code
@@ -163,7 +167,8 @@ def live_settings(app_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def endpoint_policies(resources: dict[str, ResourceState]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Each endpoint's live record (route, weights, key-space segments) and its routing policy by name.
+    """Each endpoint's live record (route, weights, key-space segments; a routed model id's own) and its routing
+    policy by name.
 
     Segments are kept while the weights are unchanged and otherwise moved as
     little as possible (``servectl.routing.traffic.allocate``), so shard keys stay put.
@@ -180,9 +185,20 @@ def endpoint_policies(resources: dict[str, ResourceState]) -> tuple[dict[str, di
         route = resource.attributes["route"]
         live[address] = {"route": route, "traffic": resource.attributes["traffic"], "segments": segments}
         policies[resource.name] = {"segments": segments, "route": route, "shadow": resource.attributes.get("shadow", {})}
+        models = resource.attributes.get("models") or {}
+        if models:  # each routed model id has its own segments, kept as the endpoint's are
+            before = resource.live.get("models") or {}
+            held = resource.live.get("model_segments") or {}
+            model_segments = {
+                model_id: held[model_id] if model_id in held and before.get(model_id) == routed
+                else allocate(routed, held.get(model_id))
+                for model_id, routed in models.items()
+            }
+            live[address].update(models=models, model_segments=model_segments)
+            policies[resource.name]["models"] = model_segments
         timeouts = {
             name: float(backends[name].attributes["request_timeout_s"])
-            for name in segments
+            for name in sorted({*segments, *(b for owned in policies[resource.name].get("models", {}).values() for b in owned)})
             if name in backends and backends[name].attributes.get("request_timeout_s") is not None
         }
         if timeouts:  # the front proxy's per-backend limit for HTTP requests (absent: its own default)

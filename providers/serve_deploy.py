@@ -23,11 +23,43 @@ from servectl.state.document import ResourceState
 HANDLE_POLICY_MARGIN_S = 0.2
 
 
-def wait_for_handles(change: ResourceChange, policy_written_at: float) -> None:
-    """Before a backend is deleted, sleep until every handle has re-read the policy that moved traffic off it
-    (``policy_written_at``: ``time.monotonic()`` of that write)."""
-    if change.kind == BACKEND and change.action is Action.DELETE:
-        time.sleep(max(0.0, policy_written_at + POLICY_TTL_S + HANDLE_POLICY_MARGIN_S - time.monotonic()))
+class HandleDrain:
+    """When each backend stopped being routed to, so that deleting it waits only until every handle has re-read
+    the policy that moved traffic off it — not a policy period per deleted backend.
+
+    A provider calls ``written(policies)`` after each policy write and ``wait(change)`` before each change.
+    """
+
+    def __init__(self) -> None:
+        self._routed: Optional[set[str]] = None
+        self._first_write_at = 0.0
+        self._released_at: dict[str, float] = {}
+
+    def written(self, policies: dict[str, dict[str, Any]]) -> None:
+        """Record a policy write (endpoint name → policy, as handles read them), now."""
+        now = time.monotonic()
+        routed = {
+            name for policy in policies.values()
+            for name in (*policy.get("segments", {}), *policy.get("shadow", {}),
+                         *(b for owned in (policy.get("models") or {}).values() for b in owned))
+        }
+        if self._routed is None:
+            self._first_write_at = now
+        else:
+            self._released_at.update({name: now for name in self._routed - routed})
+        for name in routed:
+            self._released_at.pop(name, None)
+        self._routed = routed
+
+    def wait(self, change: ResourceChange) -> None:
+        """Before a backend is deleted, sleep until every handle has re-read the policy that moved traffic off it.
+
+        A backend routed to by no policy this process wrote was let go at its first write or before (a process
+        that wrote none: before it started, long enough ago).
+        """
+        if change.kind == BACKEND and change.action is Action.DELETE:
+            released = self._released_at.get(change.name, self._first_write_at)
+            time.sleep(max(0.0, released + POLICY_TTL_S + HANDLE_POLICY_MARGIN_S - time.monotonic()))
 
 
 def deploy_serve(

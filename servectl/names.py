@@ -35,6 +35,8 @@ RAY_VERSION = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}")
 PLAIN_PATH = re.compile(r"/[A-Za-z0-9_./-]{1,4000}")
 # A custom Ray resource name (as ray start --resources takes it).
 RESOURCE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
+# A multiplexed model id an endpoint routes by (Ray Serve's serve_multiplexed_model_id): an HAProxy match value.
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
 # An S3 object key servectl writes (the code zips under the cluster's prefix).
 OBJECT_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,1000}")
 

@@ -68,6 +68,10 @@ def test_the_agent_refuses_a_document_that_would_inject_configuration(moto_serve
         ({"api\nx": {"route": "/api", "segments": {"a": [[0, 1000000]]}, "shadow": {}}}, ["a"]),
         ({"api": {"route": "/api", "segments": {"a": [[0, "1000000 if TRUE"]]}, "shadow": {}}}, ["a"]),
         ({"api": {"route": "/api", "segments": {"a": [[0, 1000000]]}, "shadow": {"b": "1 }"}}}, ["a"]),
+        ({"api": {"route": "/api", "segments": {"a": [[0, 1000000]]}, "shadow": {},
+                  "models": {"m\n    stats enable": {"a": [[0, 1000000]]}}}}, ["a"]),
+        ({"api": {"route": "/api", "segments": {"a": [[0, 1000000]]}, "shadow": {}, "models": {"m": {evil: [[0, 1]]}}}},
+         ["a"]),
         ({}, [evil]),
     ):
         version = store.publish(endpoints, backends, 8001)

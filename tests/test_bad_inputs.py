@@ -33,6 +33,10 @@ Endpoint("bad", route="/bad", traffic={a: 0.5, b: 0.5})
 SINGLE = GOOD.replace('Endpoint("bad", route="/bad", traffic={a: 0.5, b: 0.5})', 'Endpoint("one", route="/bad", backend=a)')
 ROLLOUT = "from servectl import Rollout, ErrorRate\nRollout(endpoint={endpoint}, new={new}, steps=[0.1, 1.0]{extra})\n"
 MODELS = "class M:\n    def __call__(self, request):\n        return 'ok'\n"
+MULTIPLEXED = (
+    "from ray import serve\nclass Multi:\n    @serve.multiplexed\n    async def load(self, model_id):\n        return model_id\n"
+    "    async def __call__(self, request):\n        return await self.load(serve.get_multiplexed_model_id())\n"
+)
 STATE = "servectl.state.json"
 
 
@@ -185,6 +189,23 @@ def cases(closed_port: int, failing_dashboard: str) -> list[Case]:
              main=_swap('Backend("bad_b", "models:M",', 'Backend("bad_b", "models:M", health_check_timeout_s=-1,')),
         Case("a queue limit of 10**12", ["plan"], "max_queued_requests: Input should be less than or equal to 1000000",
              main=_swap('Backend("bad_b", "models:M",', 'Backend("bad_b", "models:M", max_queued_requests=10**12,')),
+        Case("max_models_per_replica without a serve.multiplexed loader", ["plan"],
+             "max_models_per_replica=2 but class M (models.py:1) has no @serve.multiplexed loader method",
+             main=_swap('Backend("bad_b", "models:M",', 'Backend("bad_b", "models:M", max_models_per_replica=2,')),
+        Case("max_models_per_replica of 0", ["plan"], "max_models_per_replica: Input should be greater than or equal to 1",
+             main=_swap('Backend("bad_b", "models:M",', 'Backend("bad_b", "models:M", max_models_per_replica=0,')),
+        Case("models= naming a backend that loads no models", ["plan"],
+             "endpoint 'bad' sends model 'm-1' to backend 'bad_b', which loads no models",
+             main=_swap('traffic={a: 0.5, b: 0.5})', 'traffic={a: 0.5, b: 0.5}, models={"m-1": b})')),
+        Case("models= on an endpoint without multiplexing", ["plan"],
+             "endpoint 'bad' routes model ids, but its traffic goes to backend 'bad_a', which loads no models",
+             main=_swap('traffic={a: 0.5, b: 0.5})', 'traffic={a: 0.5, b: 0.5}, models={"m-1": "bad_c"})')
+             + 'Backend("bad_c", "models:Multi", max_models_per_replica=2, ray_actor_options={"num_cpus": 0.1})\n',
+             models=MODELS + MULTIPLEXED),
+        Case("a model id with a space (it reaches the proxy's configuration)", ["plan"], "model id 'm 1' is invalid",
+             main=_swap('traffic={a: 0.5, b: 0.5})', 'traffic={a: 0.5, b: 0.5}, models={"m 1": b})')),
+        Case("a model id's weights not summing to 1", ["plan"], "model 'm-1''s traffic weights sum to 0.5",
+             main=_swap('traffic={a: 0.5, b: 0.5})', 'traffic={a: 0.5, b: 0.5}, models={"m-1": {b: 0.5}})')),
         Case("backend name ending in a newline", ["plan"], "backend name 'bad_b\\n' is invalid",
              main=_swap('Backend("bad_b", "models:M"', 'Backend("bad_b\\n", "models:M"')),
         Case("route ending in a newline", ["plan"], "route '/bad\\n' must be a path starting with '/'",

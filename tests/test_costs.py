@@ -20,16 +20,16 @@ def test_every_attribute_the_planner_diffs_has_a_declared_cost():
         declared = set(attribute_costs(spec.kind))
         assert set(spec.attributes) <= declared, (spec.address, sorted(set(spec.attributes) - declared))
     assert {"code", "num_replicas", "user_config", "env_vars"} <= set(attribute_costs(BACKEND))
-    assert {"route", "traffic", "shadow", "rollout"} == set(attribute_costs(ENDPOINT))
+    assert {"route", "traffic", "shadow", "models", "rollout"} == set(attribute_costs(ENDPOINT))
 
 
 def test_in_place_sets_derive_from_the_fields():
     assert in_place_attributes(BACKEND) == frozenset(
         {"num_replicas", "autoscaling", "max_concurrent_queries", "user_config", "max_batch_size", "batch_wait_timeout_s",
          "request_timeout_s", "max_queued_requests", "graceful_shutdown_timeout_s", "health_check_period_s",
-         "health_check_timeout_s"}
+         "health_check_timeout_s", "max_models_per_replica"}
     )
-    assert in_place_attributes(ENDPOINT) == frozenset({"route", "traffic", "shadow", "rollout"})
+    assert in_place_attributes(ENDPOINT) == frozenset({"route", "traffic", "shadow", "models", "rollout"})
     # Two settings feed one attribute: they must agree (omp_num_threads lands in env_vars, code_version in code).
     assert update_types(Backend)["env_vars"] is UpdateType.RESTART and update_types(Backend)["code"] is UpdateType.RESTART
 

@@ -64,3 +64,28 @@ def test_key_point_is_crc32_mod_space():
     import zlib
 
     assert key_point("user-42") == zlib.crc32(b"user-42") % KEY_SPACE
+
+
+def test_deleting_backends_waits_one_policy_period_after_traffic_left_each_not_one_per_backend(monkeypatch):
+    """A handle may hold a policy up to POLICY_TTL_S: a backend is deleted only once that long has passed since the
+    write that stopped routing to it — counted from that write, so deleting three backends waits once."""
+    from servectl.model.plan import Action, ResourceChange
+    from servectl.providers import serve_deploy
+
+    slept: list[float] = []
+    monkeypatch.setattr(serve_deploy.time, "sleep", slept.append)
+    clock = {"now": 100.0}
+    monkeypatch.setattr(serve_deploy.time, "monotonic", lambda: clock["now"])
+    drain = serve_deploy.HandleDrain()
+    delete = lambda name: ResourceChange(f"backend.{name}", "backend", name, Action.DELETE, {}, None)  # noqa: E731
+    drain.wait(delete("gone"))  # nothing written by this process: traffic left before it started
+    assert slept == [0.0]
+    drain.written({"e": {"segments": {"a": [[0, 10]], "b": [[10, 20]]}, "shadow": {"s": 0.1}}})
+    clock["now"] = 100.5
+    drain.written({"e": {"segments": {"b": [[0, 20]]}, "shadow": {}}})  # a and s let go at 100.5
+    clock["now"] = 101.0
+    drain.wait(delete("a"))
+    drain.wait(delete("s"))
+    drain.wait(delete("old"))  # not routed since the first write (100.0)
+    wait = serve_deploy.POLICY_TTL_S + serve_deploy.HANDLE_POLICY_MARGIN_S
+    assert slept[1:] == [pytest.approx(0.5 + wait - 1.0), pytest.approx(0.5 + wait - 1.0), pytest.approx(wait - 1.0)]

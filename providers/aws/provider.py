@@ -29,7 +29,7 @@ from servectl.providers import serve_apps, serve_health
 from servectl.providers.aws.routing import RoutingStore
 from servectl.providers.base import ClusterView, LiveView, Progress, Provider
 from servectl.providers.dashboard import RayDashboard
-from servectl.providers.serve_deploy import deploy_serve, wait_for_handles
+from servectl.providers.serve_deploy import HandleDrain, deploy_serve
 from servectl.runtime.sealed import key_from_token
 from servectl.sensitive import MARK, remember, reveal
 from servectl.state.document import ResourceState
@@ -55,7 +55,7 @@ class AwsRayProvider(Provider):
         self._zipped: Optional[bytes] = None
         self._rest: Optional[RayDashboard] = None
         self._unreachable = ""
-        self._policy_written_at = 0.0
+        self._handles = HandleDrain()
 
     def recall(self, recorded: dict[str, Any]) -> None:
         """The provider identifiers the last apply recorded (the cluster's Ray token above all)."""
@@ -190,7 +190,7 @@ class AwsRayProvider(Provider):
     ) -> dict[str, dict[str, Any]]:
         """Serve's applications through the head's dashboard, then the routing document every node agent applies."""
         rest = self._head()
-        wait_for_handles(change, self._policy_written_at)
+        self._handles.wait(change)
         code = resources.get(CODE)
         if code is None or not code.live.get("uri"):
             raise ProviderError(f"{change.address}: {CODE} has no uploaded zip in the state; run apply again to create it")
@@ -218,7 +218,7 @@ class AwsRayProvider(Provider):
         nodes = sorted({str(node["node_ip"]) for node in rest.nodes()})
         progress(f"{change.address}: routing version {version} published; waiting for {len(nodes)} node(s)")
         routing.wait_for(version, nodes, timeout_s)
-        self._policy_written_at = time.monotonic()
+        self._handles.written(policies)
         return live
 
     def observe(self) -> LiveView:

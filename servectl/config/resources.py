@@ -34,6 +34,8 @@ MAX_REQUEST_TIMEOUT_S = 86_400.0  # a day
 MAX_QUEUED_REQUESTS = 1_000_000
 MAX_LIFECYCLE_S = 3_600.0  # health checks and graceful shutdown: an hour
 MAX_THREADS = 1_024
+MAX_MODELS_PER_REPLICA = 10_000
+MAX_MODEL_ROUTES = 1_000  # model ids an endpoint routes apart from its traffic
 MAX_NODE_CPUS = 100_000.0  # the embedded head's
 MAX_NODE_GPUS = 1_024
 HTTP_LOCATIONS = ("HeadOnly", "EveryNode", "NoServer")
@@ -173,6 +175,11 @@ class Backend(_Resource):
         None, gt=0, le=MAX_LIFECYCLE_S, json_schema_extra=costs(UpdateType.LIGHTWEIGHT),
         description="a health check unanswered this long fails the replica (None: Serve's 30 s)",
     )
+    max_models_per_replica: Optional[int] = Field(
+        None, ge=1, le=MAX_MODELS_PER_REPLICA, json_schema_extra=costs(UpdateType.RECONFIGURE),
+        description="models each replica keeps loaded through the class's @serve.multiplexed loader, least "
+        "recently used unloaded first (Ray Serve's max_num_models_per_replica); None: not multiplexed",
+    )
     code_version: Optional[str] = Field(
         None, json_schema_extra=costs(UpdateType.RESTART, "code"),
         description="version of code only the workers can import",
@@ -253,6 +260,11 @@ class Endpoint(_Resource):
         default_factory=dict, json_schema_extra=costs(UpdateType.LIGHTWEIGHT),
         description="backend -> proportion of requests copied to it",
     )
+    models: dict[str, dict[Any, float]] = Field(
+        default_factory=dict, json_schema_extra=costs(UpdateType.LIGHTWEIGHT),
+        description="multiplexed model id -> its own traffic (backend -> weight, or one backend): requests for "
+        "that model id go there, every other id follows traffic",
+    )
     declared_at: str = ""
 
     def __init__(
@@ -262,6 +274,7 @@ class Endpoint(_Resource):
         backend: Union[Backend, str, None] = None,
         traffic: Optional[dict[Union[Backend, str], float]] = None,
         shadow: Optional[dict[Union[Backend, str], float]] = None,
+        models: Optional[dict[str, Union[Backend, str, dict[Union[Backend, str], float]]]] = None,
     ) -> None:
         site = declaration_site()
         try:  # the field's own rule, first: every later message names the endpoint
@@ -274,15 +287,8 @@ class Endpoint(_Resource):
             traffic = {backend: 1.0}
         if not isinstance(traffic, dict) or not traffic:
             raise ConfigError(f"{site}: endpoint {name!r}: traffic must be a non-empty dict of backend -> weight")
-        for key, weight in traffic.items():
-            if not isinstance(key, (Backend, str)):
-                raise ConfigError(f"{site}: endpoint {name!r}: traffic key {key!r} is not a Backend or backend name")
-            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or math.isnan(weight) or weight < 0:
-                label = key.name if isinstance(key, Backend) else key
-                raise ConfigError(f"{site}: endpoint {name!r}: weight for {label!r} must be a non-negative number, got {weight!r}")
-        total = sum(float(w) for w in traffic.values())
-        if abs(total - 1.0) > WEIGHT_TOLERANCE:
-            raise ConfigError(f"{site}: endpoint {name!r}: traffic weights sum to {total:g}; they must sum to 1")
+        _check_weights(site, name, "traffic", traffic)
+        model_traffic = _model_traffic(site, name, models)
         shadow = {} if shadow is None else shadow
         if not isinstance(shadow, dict):
             raise ConfigError(f"{site}: endpoint {name!r}: shadow must be a dict of backend -> proportion (0..1)")
@@ -296,7 +302,9 @@ class Endpoint(_Resource):
             ):
                 raise ConfigError(f"{site}: endpoint {name!r}: shadow proportion for {label!r} must be between 0 and 1, got {proportion!r}")
         try:
-            super().__init__(name=name, route=route, traffic=dict(traffic), shadow=dict(shadow), declared_at=site)
+            super().__init__(
+                name=name, route=route, traffic=dict(traffic), shadow=dict(shadow), models=model_traffic, declared_at=site
+            )
         except ValidationError as err:
             raise ConfigError(f"{site}: endpoint {name!r}: {first_error(err)}") from None
         registry = active_registry()
@@ -323,6 +331,42 @@ class Endpoint(_Resource):
         if len(value) > 1 and value.endswith("/"):
             raise rule_error(f"route {value!r} must not end with '/'")
         return value
+
+
+def _check_weights(site: str, name: str, what: str, traffic: dict[Any, Any]) -> None:
+    """Refuse (ConfigError) a traffic dict whose keys are not backends or whose weights are not >= 0 summing to 1."""
+    for key, weight in traffic.items():
+        if not isinstance(key, (Backend, str)):
+            raise ConfigError(f"{site}: endpoint {name!r}: {what} key {key!r} is not a Backend or backend name")
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or math.isnan(weight) or weight < 0:
+            label = key.name if isinstance(key, Backend) else key
+            raise ConfigError(f"{site}: endpoint {name!r}: weight for {label!r} must be a non-negative number, got {weight!r}")
+    total = sum(float(w) for w in traffic.values())
+    if abs(total - 1.0) > WEIGHT_TOLERANCE:
+        raise ConfigError(f"{site}: endpoint {name!r}: {what} weights sum to {total:g}; they must sum to 1")
+
+
+def _model_traffic(site: str, name: str, models: Any) -> dict[str, dict[Any, float]]:
+    """``models=`` as model id -> {backend: weight}: one backend stands for all of that id's traffic."""
+    if models is None:
+        return {}
+    if not isinstance(models, dict):
+        raise ConfigError(f"{site}: endpoint {name!r}: models must be a dict of model id -> backend or {{backend: weight}}")
+    if len(models) > MAX_MODEL_ROUTES:
+        raise ConfigError(f"{site}: endpoint {name!r}: {len(models)} model ids in models=; at most {MAX_MODEL_ROUTES}")
+    routed: dict[str, dict[Any, float]] = {}
+    for model_id, target in models.items():
+        if not names.matches(names.MODEL_ID, model_id):
+            raise ConfigError(
+                f"{site}: endpoint {name!r}: model id {model_id!r} is invalid: up to 128 letters, digits or "
+                "'.', '_', ':', '/', '@', '+', '-', starting with a letter or digit"
+            )
+        traffic = dict(target) if isinstance(target, dict) else {target: 1.0}
+        if not traffic:
+            raise ConfigError(f"{site}: endpoint {name!r}: model id {model_id!r} routes to no backend")
+        _check_weights(site, name, f"model {model_id!r}'s traffic", traffic)
+        routed[model_id] = traffic
+    return routed
 
 
 class Block(_Resource):

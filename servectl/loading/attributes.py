@@ -112,6 +112,7 @@ def backend_attributes(backend: Backend, config_dir: str) -> dict[str, Any]:
         "graceful_shutdown_timeout_s": backend.graceful_shutdown_timeout_s,
         "health_check_period_s": backend.health_check_period_s,
         "health_check_timeout_s": backend.health_check_timeout_s,
+        "max_models_per_replica": backend.max_models_per_replica,
     }
 
 
@@ -142,22 +143,51 @@ def _backend_named(endpoint: Endpoint, key: Any, backend_names: set[str], relati
     return name
 
 
-def endpoint_attributes(endpoint: Endpoint, backend_names: set[str]) -> dict[str, Any]:
+def _weights(endpoint: Endpoint, traffic: dict[Any, float], backend_names: set[str], relation: str) -> dict[str, float]:
+    named: dict[str, float] = {}
+    for key, weight in traffic.items():
+        name = _backend_named(endpoint, key, backend_names, relation)
+        named[name] = named.get(name, 0.0) + float(weight)
+    return dict(sorted(named.items()))
+
+
+def endpoint_attributes(
+    endpoint: Endpoint, backend_names: set[str], multiplexed: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
     """An endpoint's plain attributes: ``route``, ``traffic`` (backend name → weight; keys naming the same backend
     are summed) and ``shadow`` (backend name → proportion; 0 leaves it out), both sorted by name, as Ray Serve
-    1.x's ``set_traffic`` and ``shadow_traffic`` take them. Raises ConfigError when a key names a backend not in
-    ``backend_names``.
+    1.x's ``set_traffic`` and ``shadow_traffic`` take them; and, only when it routes model ids apart, ``models``
+    (model id → its own traffic, sorted). Raises ConfigError when a key names a backend not in ``backend_names``,
+    or when model ids are routed while a backend involved is not in ``multiplexed`` (it could not load them).
     """
-    traffic: dict[str, float] = {}
-    for key, weight in endpoint.traffic.items():
-        name = _backend_named(endpoint, key, backend_names, "sends traffic to")
-        traffic[name] = traffic.get(name, 0.0) + float(weight)
+    traffic = _weights(endpoint, endpoint.traffic, backend_names, "sends traffic to")
     shadow: dict[str, float] = {}
     for key, proportion in endpoint.shadow.items():
         name = _backend_named(endpoint, key, backend_names, "shadows to")
         if proportion > 0:  # a proportion of 0 means: stop shadowing
             shadow[name] = float(proportion)
-    return {"route": endpoint.route, "traffic": dict(sorted(traffic.items())), "shadow": dict(sorted(shadow.items()))}
+    attributes: dict[str, Any] = {"route": endpoint.route, "traffic": traffic, "shadow": dict(sorted(shadow.items()))}
+    models = {
+        model_id: _weights(endpoint, routed, backend_names, f"sends model {model_id!r} to")
+        for model_id, routed in sorted(endpoint.models.items())
+    }
+    for model_id, routed in models.items():
+        for name in routed:
+            if name not in multiplexed:
+                raise ConfigError(
+                    f"{endpoint.declared_at}: endpoint {endpoint.name!r} sends model {model_id!r} to backend {name!r}, "
+                    "which loads no models: give it max_models_per_replica=N over a @serve.multiplexed loader"
+                )
+    if models:
+        for name in traffic:
+            if name not in multiplexed:
+                raise ConfigError(
+                    f"{endpoint.declared_at}: endpoint {endpoint.name!r} routes model ids, but its traffic goes to "
+                    f"backend {name!r}, which loads no models: give it max_models_per_replica=N over a "
+                    "@serve.multiplexed loader, or drop models="
+                )
+        attributes["models"] = models
+    return attributes
 
 
 def candidate_digest(attributes: dict[str, Any]) -> str:

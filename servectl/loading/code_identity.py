@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from servectl.config.resources import Backend
 from servectl.errors import ConfigError
+from servectl.runtime.multiplexing import loader_of
 
 # The module name main.py runs under while loading; workers import the same file as `main`.
 CONFIG_MODULE_RUN_NAME = "__servectl_config__"
@@ -59,6 +60,12 @@ def code_identity(backend: Backend, config_dir: str) -> dict[str, Any]:
         raise ConfigError(
             f"{backend.declared_at}: backend {backend.name!r}: code must be a module-level class or function "
             "(workers import it by name)"
+        )
+    if backend.max_models_per_replica is not None and (not isinstance(code, type) or loader_of(code) is None):
+        raise ConfigError(
+            f"{backend.declared_at}: backend {backend.name!r}: max_models_per_replica={backend.max_models_per_replica} "
+            f"but {qualname} has no @serve.multiplexed loader method: add one (async def load(self, model_id)) or "
+            "drop max_models_per_replica"
         )
     try:
         source = inspect.getsource(code)
@@ -155,6 +162,15 @@ def _check_defines(backend: Backend, source_file: str, config_dir: str, attribut
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == top and "." not in attribute:
             _check_servable(backend, node, relative)
+            _check_multiplexed(backend, node, relative)
+        elif (
+            isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == top
+            and backend.max_models_per_replica is not None
+        ):
+            raise ConfigError(
+                f"{backend.declared_at}: backend {backend.name!r}: max_models_per_replica needs a class with a "
+                f"@serve.multiplexed loader method; {node.name} ({relative}:{node.lineno}) is a function"
+            )
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -212,3 +228,26 @@ def _check_servable(backend: Backend, node: ast.ClassDef, relative: str) -> None
         "__call__(self, request) method and is not under @serve.ingress(app): give it one of the two"
     )
 
+
+
+def _is_multiplexed_decorator(decorator: Any) -> bool:
+    target = decorator.func if isinstance(decorator, ast.Call) else decorator
+    name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
+    return name == "multiplexed"
+
+
+def _check_multiplexed(backend: Backend, node: Any, relative: str) -> None:
+    """Refuse ``max_models_per_replica`` on a class with no ``@serve.multiplexed`` method (nor a base that may
+    bring one): there would be no loader for the limit to bound."""
+    if backend.max_models_per_replica is None or node.bases:
+        return
+    for item in node.body:
+        if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(
+            _is_multiplexed_decorator(d) for d in item.decorator_list
+        ):
+            return
+    raise ConfigError(
+        f"{backend.declared_at}: backend {backend.name!r}: max_models_per_replica={backend.max_models_per_replica} "
+        f"but class {node.name} ({relative}:{node.lineno}) has no @serve.multiplexed loader method: add one "
+        "(async def load(self, model_id)) or drop max_models_per_replica"
+    )

@@ -118,11 +118,12 @@ def load_config(config_dir: str, variables: Optional[Mapping[str, str]] = None) 
             declared_at=backend.declared_at,
         )
     backend_names = {b.name for b in registry.backends}
+    multiplexed = frozenset(b.name for b in registry.backends if b.max_models_per_replica is not None)
 
     routes: dict[str, str] = {}
     for endpoint in registry.endpoints:
         address = claim(ENDPOINT, endpoint.name, endpoint.declared_at)
-        attributes = endpoint_attributes(endpoint, backend_names)
+        attributes = endpoint_attributes(endpoint, backend_names, multiplexed)
         route = attributes["route"]
         if route is not None:
             if route in routes:

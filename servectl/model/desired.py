@@ -37,9 +37,11 @@ def address_of(kind: str, name: str) -> str:
 
 
 def backends_used(endpoint_attributes: dict[str, Any]) -> list[str]:
-    """The backends an endpoint's attributes name — its traffic and its shadows — sorted: the one reading of an
-    endpoint's references (its dependencies, composition cycles, what a targeted backend removal must move)."""
-    return sorted({*(endpoint_attributes.get("traffic") or {}), *(endpoint_attributes.get("shadow") or {})})
+    """The backends an endpoint's attributes name — its traffic, its shadows and its model ids' traffic — sorted:
+    the one reading of an endpoint's references (its dependencies, composition cycles, what a targeted backend
+    removal must move)."""
+    by_model = {name for routed in (endpoint_attributes.get("models") or {}).values() for name in routed}
+    return sorted({*(endpoint_attributes.get("traffic") or {}), *(endpoint_attributes.get("shadow") or {}), *by_model})
 
 
 class ProviderRecord(TypedDict, total=False):

@@ -141,7 +141,8 @@ def checked_document(document: Any) -> tuple[int, int, dict[str, dict[str, Any]]
         if not isinstance(policy, dict):
             raise ValueError(f"endpoint {name!r}'s policy is not an object")
         # Every endpoint, routed or handle-only: handles read these policies from the head's key-value store.
-        check_policy(name, policy.get("segments"), policy.get("shadow") or {}, policy.get("timeouts") or {})
+        check_policy(name, policy.get("segments"), policy.get("shadow") or {}, policy.get("timeouts") or {},
+                     policy.get("models") or {})
         if policy.get("route") is not None:
             names.require(names.ROUTE, policy["route"], f"endpoint {name}'s route")
     for backend in backends:

@@ -51,7 +51,7 @@ def attribute_diffs(kind: str, before: dict[str, Any], after: dict[str, Any]) ->
             continue
         if top not in before and new in ({}, [], None):
             continue  # an attribute a newer servectl added, at its empty default: nothing changed
-        if top == "user_config":  # shown whole: one value the user wrote as one
+        if top in ("user_config", "models"):  # shown whole: one value the user wrote as one (model ids hold dots)
             diffs.append(AttributeDiff(top, old, new, forces_replacement=top not in in_place))
             continue
         if top == "max_batch_size" and (old is None) != (new is None):
@@ -75,6 +75,18 @@ def _short(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+def _model_moves(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """One line per model id whose routing changes: ``model adapter-7: traffic → canary 0.1, base 0.9``."""
+    def shown(routed: Optional[dict[str, float]]) -> str:
+        return ", ".join(f"{name} {weight:g}" for name, weight in routed.items()) if routed else "traffic"
+
+    return [
+        f"model {model_id}: {shown(before.get(model_id))} → {shown(after.get(model_id))}"
+        for model_id in sorted(set(before) | set(after))
+        if before.get(model_id) != after.get(model_id)
+    ]
+
+
 def reasons_for(diffs: list[AttributeDiff], kind: str = BACKEND) -> list[str]:
     """The plan's reason lines for ``diffs`` of a resource of ``kind``.
 
@@ -94,6 +106,9 @@ def reasons_for(diffs: list[AttributeDiff], kind: str = BACKEND) -> list[str]:
         reasons.append(f"traffic: {moves}")
     for diff in diffs:
         if diff.path.startswith("traffic."):
+            continue
+        if diff.path == "models":
+            reasons += _model_moves(diff.before or {}, diff.after or {})
             continue
         cost = costs.get(diff.path.split(".", 1)[0])
         if diff.path == "code.sha256":

@@ -33,6 +33,7 @@ from ray import serve
 from servectl.runtime.batching import Batcher
 from servectl.runtime.environment import import_target, open_environment, restore_environment
 from servectl.runtime.metrics import ReplicaMetrics
+from servectl.runtime.multiplexing import ModelLimit
 from servectl.runtime.headers import ENDPOINT_HEADER, ROLE_HEADER, SHADOW_HEADER
 from servectl.runtime.ingress import ingress_replica_class, is_asgi_app, is_ingress_class
 from servectl.runtime.proof import is_http, take_proof, worker_route_proof
@@ -167,10 +168,12 @@ def replica_class(args: dict[str, Any]) -> type:
             self.batcher = Batcher(self._run_batch, describe=f"backend {backend}") if batched else None
             self.waiting = 0
             self._queue_reporter: Optional[asyncio.Task] = None
+            self.models = ModelLimit(self.instance)
 
         def reconfigure(self, config: Any) -> None:
             """Serve's user_config carries servectl's live settings and the user's own config."""
             settings = (config or {}).get("servectl") or {}
+            self.models.want(settings.get("max_models_per_replica"))
             if self.batcher is not None and settings.get("max_batch_size"):
                 self.batcher.resize(int(settings["max_batch_size"]), float(settings.get("batch_wait_timeout_s") or 0.0))
             user_config = unseal((config or {}).get("user"))
@@ -219,6 +222,7 @@ def replica_class(args: dict[str, Any]) -> type:
                     return PlainTextResponse("Not Found", status_code=404)
             if self._queue_reporter is None:
                 self._queue_reporter = asyncio.get_running_loop().create_task(self._report_queue())
+            self.models.apply()
             endpoint = (_header_values(request, ENDPOINT_HEADER) or [""])[0]
             role = (_header_values(request, ROLE_HEADER) or ["primary"])[0]
             with self.metrics.counting(endpoint, role) as tally:

@@ -26,33 +26,44 @@ class EndpointHandle:
 
     def __init__(
         self, endpoint: str, sync: bool, shard_key: Optional[str] = None, policy: Optional[PolicyCache] = None,
-        stream: bool = False,
+        stream: bool = False, multiplexed_model_id: str = "",
     ) -> None:
         self.endpoint = endpoint
         self.sync = sync
         self.shard_key = shard_key
         self.stream = stream
+        self.multiplexed_model_id = multiplexed_model_id
         self._policy = policy or PolicyCache(endpoint)
         self._deployments: dict[str, Any] = {}
 
-    def options(self, shard_key: Optional[str] = None, stream: Optional[bool] = None) -> "EndpointHandle":
-        """A handle whose calls carry ``shard_key`` (session affinity, as ``X-SERVE-SHARD-KEY`` does over HTTP) and,
+    def options(
+        self, shard_key: Optional[str] = None, stream: Optional[bool] = None, multiplexed_model_id: Optional[str] = None,
+    ) -> "EndpointHandle":
+        """A handle whose calls carry ``shard_key`` (session affinity, as ``X-SERVE-SHARD-KEY`` does over HTTP);
         with ``stream=True``, answer a backend's generator chunk by chunk (Ray Serve's ``handle.options(stream=True)``:
-        ``remote()`` then gives an iterator that is also an async iterator). Unset options keep this handle's."""
+        ``remote()`` then gives an iterator that is also an async iterator); with ``multiplexed_model_id``, are for
+        that model (as Ray Serve's option and the ``serve_multiplexed_model_id`` header: the endpoint's ``models=``
+        may send the id to its own backend, and Serve prefers replicas that hold it). Unset options keep this
+        handle's. Raises ValueError on a model id that is not a string of at most 128 characters."""
+        if multiplexed_model_id is not None and (not isinstance(multiplexed_model_id, str) or len(multiplexed_model_id) > 128):
+            raise ValueError("multiplexed_model_id must be a string of at most 128 characters")
         clone = EndpointHandle(
             self.endpoint, self.sync, self.shard_key if shard_key is None else shard_key, self._policy,
             self.stream if stream is None else stream,
+            self.multiplexed_model_id if multiplexed_model_id is None else multiplexed_model_id,
         )
         clone._deployments = self._deployments
         return clone
 
     def pick_backend(self) -> str:
-        """The backend for the next call: the one whose segments hold the shard key's point (or a random point).
+        """The backend for the next call: the one whose segments hold the shard key's point (or a random point) —
+        the model id's own segments when the endpoint routes that id apart, else the endpoint's.
 
         Raises ServectlError when the cluster holds no policy for the endpoint, RuntimeError when no backend has
         traffic.
         """
-        segments = self._policy.get()["segments"]
+        policy = self._policy.get()
+        segments = (policy.get("models") or {}).get(self.multiplexed_model_id) or policy["segments"]
         point = key_point(self.shard_key) if self.shard_key is not None else random.randrange(KEY_SPACE)
         backend = backend_at(segments, point)
         if backend is None:
@@ -76,6 +87,8 @@ class EndpointHandle:
         deployment = self._deployment(backend)
         if self.stream:
             deployment = deployment.options(stream=True)
+        if self.multiplexed_model_id:
+            deployment = deployment.options(multiplexed_model_id=self.multiplexed_model_id)
         return deployment.remote(HandleRequest.from_call(args, kwargs, headers))
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:

@@ -8,3 +8,4 @@ ENDPOINT_HEADER = "x-servectl-endpoint"  # the endpoint the request came in on
 SHARD_KEY_HEADER = "x-serve-shard-key"  # the seed's session-affinity header (set by clients)
 PROOF_HEADER = "x-servectl-proof"  # set by the front proxy on what an endpoint routed (see servectl.runtime.proof)
 ROUTE_HEADER = "x-servectl-route"  # the endpoint's public route, for an ingress app's root_path (front proxy)
+MODEL_ID_HEADER = "serve_multiplexed_model_id"  # Ray Serve's: the model a multiplexed request is for (clients)

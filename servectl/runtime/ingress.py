@@ -29,6 +29,7 @@ from ray import serve
 from servectl.runtime.environment import import_target, open_environment
 from servectl.runtime.headers import ENDPOINT_HEADER, PROOF_HEADER, ROLE_HEADER, ROUTE_HEADER, SHADOW_HEADER
 from servectl.runtime.metrics import ReplicaMetrics
+from servectl.runtime.multiplexing import ModelLimit
 from servectl.runtime.proof import worker_route_proof
 from servectl.runtime.request import HandleRequest
 from servectl.runtime.sealed import unseal
@@ -280,9 +281,11 @@ def ingress_replica_class(args: dict[str, Any]) -> type:
             else:
                 app = target
             self.routed = RoutedApp(app, backend, ReplicaMetrics(backend))
+            self.models = ModelLimit(self.user)
             ASGIAppReplicaWrapper.__init__(self, self.routed)
 
         async def __call__(self, *call: Any) -> Any:
+            self.models.apply()
             if len(call) == 3:  # Serve's HTTP path: (scope, receive, send)
                 await self._asgi_app(*call)
                 return None
@@ -300,6 +303,7 @@ def ingress_replica_class(args: dict[str, Any]) -> type:
 
         def reconfigure(self, config: Any) -> None:
             """Serve's user_config: the user's part goes to the ingress class's own ``reconfigure``, if any."""
+            self.models.want(((config or {}).get("servectl") or {}).get("max_models_per_replica"))
             user_config = unseal((config or {}).get("user"))
             method = getattr(self.user, "reconfigure", None) if self.user is not None else None
             if method is not None and user_config is not None:
@@ -307,7 +311,7 @@ def ingress_replica_class(args: dict[str, Any]) -> type:
 
         def __getattr__(self, name: str) -> Any:
             # handle.options(method_name=…) reaches the ingress class's own methods.
-            if name.startswith("_") or name in ("user", "routed"):
+            if name.startswith("_") or name in ("user", "routed", "models"):
                 raise AttributeError(name)
             user = self.__dict__.get("user")
             if user is None:

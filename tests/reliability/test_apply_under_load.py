@@ -7,7 +7,9 @@ added with traffic and removed, scale up and down, user_config changes, a
 batched backend's batch size, code replaced and put back, and rollbacks.
 Every response must be a 200. A request counts for stickiness only when it
 was sent and answered while no apply ran (the same quiet spell): within one
-such spell every shard key must be served by one backend.
+such spell every shard key must be served by one backend. A fifth client
+alternates a FastAPI ingress endpoint's JSON route and a streamed answer
+beside it (issue #17): every one a 200, every stream whole.
 """
 from __future__ import annotations
 
@@ -37,6 +39,31 @@ traffic = {stable: round(1 - share - extra_share, 6), canary: share}
 if var("with_extra", default=False):
     traffic[Backend("rel_extra", "models:Tagged", "extra", ray_actor_options={"num_cpus": 0.1})] = extra_share
 Endpoint("rel", route="/rel", traffic=traffic)
+Endpoint("rel_api", route="/rel-api", backend=Backend("rel_api", "api:Api", ray_actor_options={"num_cpus": 0.1}))
+"""
+API = """
+import asyncio
+
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+from ray import serve
+
+app = FastAPI()
+
+
+@serve.ingress(app)
+class Api:
+    @app.get("/items/{item_id}")
+    def item(self, item_id: int) -> dict:
+        return {"item_id": item_id}
+
+    @app.get("/stream")
+    def stream(self) -> StreamingResponse:
+        async def lines():
+            for i in range(5):
+                yield f"{i}\\n"
+                await asyncio.sleep(0.01)
+        return StreamingResponse(lines(), media_type="text/plain")
 """
 MODELS = """
 class Tagged:
@@ -101,7 +128,7 @@ def changes() -> list[tuple[str, dict[str, str], str]]:
 
 
 def test_thirty_applies_under_load_fail_no_request(ray_cluster, tmp_path, applied_dirs):
-    config = write_config(tmp_path / "reliability", MAIN, models=MODELS, canary=CANARY.format(version=" v1"))
+    config = write_config(tmp_path / "reliability", MAIN, models=MODELS, canary=CANARY.format(version=" v1"), api=API)
     applied_dirs.append(config)
     assert run_cli(config, "apply", "--auto-approve").code == 0
 
@@ -127,8 +154,29 @@ def test_thirty_applies_under_load_fail_no_request(ray_cluster, tmp_path, applie
                 with lock:
                     results.append((sent, answered, outcome, key, body))
 
+    app_results: list[tuple[object, bool]] = []  # status, whole (the item's JSON, or all five streamed lines)
+
+    def app_client() -> None:
+        with requests.Session() as session:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    if n % 2:
+                        answer = session.get(ray_cluster.url(f"/rel-api/items/{n}"), timeout=30)
+                        whole = answer.status_code == 200 and answer.json() == {"item_id": n}
+                    else:
+                        answer = session.get(ray_cluster.url("/rel-api/stream"), timeout=30)
+                        whole = answer.status_code == 200 and answer.content == b"0\n1\n2\n3\n4\n"
+                    outcome: object = answer.status_code
+                except (requests.RequestException, ValueError) as err:  # ValueError: not the JSON expected
+                    outcome, whole = type(err).__name__, False
+                with lock:
+                    app_results.append((outcome, whole))
+
     steps = changes()
     clients = [threading.Thread(target=client, args=(seed,)) for seed in range(4)]
+    clients.append(threading.Thread(target=app_client))
     started = time.monotonic()
     for thread in clients:
         thread.start()
@@ -168,9 +216,12 @@ def test_thirty_applies_under_load_fail_no_request(ray_cluster, tmp_path, applie
     keyed = sum(1 for r in results if r[3])
     print(f"requests={len(results)} failed={len(failed)} applies={applies} "
           f"({len(results) / elapsed:.0f} req/s over {elapsed:.0f}s; {keyed} with shard keys, "
-          f"{len(sticky)} key×spell groups checked; served by {dict(backends)})")
+          f"{len(sticky)} key×spell groups checked; served by {dict(backends)}); "
+          f"fastapi+streaming={len(app_results)} broken={sum(1 for _, whole in app_results if not whole)}")
     assert applies >= 30
     assert not failed, collections.Counter(str(r[2]) for r in failed)
     assert len(results) / elapsed >= 50
     assert not moved, dict(list(moved.items())[:5])
     assert {"stable", "canary", "extra"} <= set(backends)
+    assert len(app_results) >= 100 and all(whole for _, whole in app_results), \
+        collections.Counter(str(outcome) for outcome, whole in app_results if not whole)
