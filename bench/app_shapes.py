@@ -25,12 +25,11 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from router_overhead import bench_cluster, load, servectl  # noqa: E402
+from router_overhead import bench_cluster, deploy_plain, load, remove_plain, servectl  # noqa: E402
 
 from servectl.providers.embedded_cluster import free_ports  # noqa: E402
 
@@ -119,7 +118,6 @@ def run_rounds(work: Path, http_port: int, args: argparse.Namespace) -> dict[str
     from ray import serve
     from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
     from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
 
     from servectl.providers.local_ray import connect
 
@@ -138,19 +136,9 @@ def run_rounds(work: Path, http_port: int, args: argparse.Namespace) -> dict[str
     http = {"host": "127.0.0.1", "port": serve_port}
     results: dict[str, list[dict]] = {"a_plain_serve": [], "b_servectl": []}
     for _ in range(args.rounds):
-        client.deploy_apps(ServeDeploySchema(applications=[{
-            "name": "plain", "route_prefix": "/plain", "import_path": "plain_app:app", "runtime_env": env,
-        }], http_options=http))
-        deadline = time.time() + 120
-        while getattr(serve.status().applications.get("plain"), "status", None) != "RUNNING":
-            if time.time() > deadline:
-                raise SystemExit("plain Serve app did not start")
-            time.sleep(0.5)
-        time.sleep(1)
+        deploy_plain(client, env, http)
         results["a_plain_serve"].append(measure(f"http://127.0.0.1:{serve_port}/plain", args))
-        client.deploy_apps(ServeDeploySchema(applications=[], http_options=http))
-        while serve.status().applications:
-            time.sleep(0.5)
+        remove_plain(client, http)
         servectl(case_dir, "apply", "--auto-approve")
         results["b_servectl"].append(measure(f"http://127.0.0.1:{http_port}/bench", args))
         servectl(case_dir, "destroy", "--auto-approve")

@@ -222,9 +222,34 @@ def main() -> None:
     print(f"slow shadow p99 over split p99: {summary['slow_shadow_p99_ratio']:.2f}")
 
 
-def run_rounds(work: Path, http_port: int, args: argparse.Namespace) -> dict[str, list[dict]]:
+def deploy_plain(client, env: dict, http: dict) -> None:
+    """Deploy ``plain_app:app`` (from the uploaded ``env`` working dir) as plain Serve's app "plain" at /plain and
+    wait (at most 120 s) until it runs."""
+    from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
+    client.deploy_apps(ServeDeploySchema(applications=[{
+        "name": "plain", "route_prefix": "/plain", "import_path": "plain_app:app", "runtime_env": env,
+    }], http_options=http))
+    deadline = time.time() + 120
+    while getattr(serve.status().applications.get("plain"), "status", None) != "RUNNING":
+        if time.time() > deadline:
+            raise SystemExit("plain Serve app did not start")
+        time.sleep(0.5)
+    time.sleep(1)
+
+
+def remove_plain(client, http: dict) -> None:
+    """Delete every plain Serve app and wait until none is left."""
+    from ray import serve
+    from ray.serve.schema import ServeDeploySchema
+
+    client.deploy_apps(ServeDeploySchema(applications=[], http_options=http))
+    while serve.status().applications:
+        time.sleep(0.5)
+
+
+def run_rounds(work: Path, http_port: int, args: argparse.Namespace) -> dict[str, list[dict]]:
     from servectl.providers.local_ray import connect
 
     plain_dir = work / "plain"
@@ -253,21 +278,11 @@ def run_rounds(work: Path, http_port: int, args: argparse.Namespace) -> dict[str
         )
     }
     for _ in range(args.rounds):
-        client.deploy_apps(ServeDeploySchema(applications=[{
-            "name": "plain", "route_prefix": "/plain", "import_path": "plain_app:app", "runtime_env": env,
-        }], http_options={"host": "127.0.0.1", "port": serve_port}))
-        deadline = time.time() + 120
-        while getattr(serve.status().applications.get("plain"), "status", None) != "RUNNING":
-            if time.time() > deadline:
-                raise SystemExit("plain Serve app did not start")
-            time.sleep(0.5)
-        time.sleep(1)
+        deploy_plain(client, env, {"host": "127.0.0.1", "port": serve_port})
         results["a_plain_serve"].append(load(f"http://127.0.0.1:{serve_port}/plain", args.seconds, args.connections))
         if not args.only:
             results["a_handle_plain"].append(handle_load("plain", "plain", args.seconds, args.connections))
-        client.deploy_apps(ServeDeploySchema(applications=[], http_options={"host": "127.0.0.1", "port": serve_port}))
-        while serve.status().applications:
-            time.sleep(0.5)
+        remove_plain(client, {"host": "127.0.0.1", "port": serve_port})
 
         for case, variable in (
             ("b_single", "single"), ("c_split", "split"), ("d_split_shadow", "split_shadow"),
