@@ -62,6 +62,11 @@ def test_a_fastapi_app_is_a_backend_under_its_endpoints_prefix(ray_cluster, tmp_
     servectl.connect(str(config))
     answer = servectl.get_handle("api").remote().result()
     assert (answer.status, answer.json()) == (200, {"version": "v1"})
+    # Any route of the app, by path and method; keyword arguments are the query string, the argument the body.
+    item = servectl.get_handle("api").options(path="/items/7").remote(q="x").result()
+    assert (item.status, item.json()) == (200, {"item_id": 7, "q": "x", "version": "v1"})
+    made = servectl.get_handle("api").options(path="/items", method="POST").remote({"name": "b", "price": 3}).result()
+    assert made.status == 201 and made.json()["name"] == "b", made.text
 
 
 def test_splits_shard_keys_and_shadows_apply_to_every_path_under_the_prefix(ray_cluster, tmp_path, applied_dirs):

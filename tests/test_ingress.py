@@ -127,3 +127,17 @@ def test_every_way_into_a_replica_counts_a_request_the_same_way():
     except RuntimeError:
         pass
     assert [event[0] for event in routed.metrics.events] == ["served", "failed", "answered"]
+
+
+def test_a_handle_reaches_a_route_by_path_and_method_and_refuses_malformed_ones():
+    from servectl.runtime.handles import EndpointHandle
+
+    handle = EndpointHandle("api", True, policy=object()).options(path="/items/7", method="post")
+    assert (handle.path, handle.method) == ("/items/7", "POST")
+    assert handle.options(shard_key="k").path == "/items/7"  # unset options keep the handle's
+    for bad in ({"path": "items"}, {"path": "/a b"}, {"path": "/a?x=1"}, {"path": "/" + "a" * 2048}, {"method": "GE T"}):
+        try:
+            handle.options(**bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {bad}")

@@ -8,6 +8,7 @@ deployment: no extra hop.
 from __future__ import annotations
 
 import random
+import re
 from typing import Any, Optional
 
 from servectl.routing.policy import PolicyCache
@@ -26,31 +27,44 @@ class EndpointHandle:
 
     def __init__(
         self, endpoint: str, sync: bool, shard_key: Optional[str] = None, policy: Optional[PolicyCache] = None,
-        stream: bool = False, multiplexed_model_id: str = "",
+        stream: bool = False, multiplexed_model_id: str = "", path: str = "/", method: str = "CALL",
     ) -> None:
         self.endpoint = endpoint
         self.sync = sync
         self.shard_key = shard_key
         self.stream = stream
         self.multiplexed_model_id = multiplexed_model_id
+        self.path = path
+        self.method = method
         self._policy = policy or PolicyCache(endpoint)
         self._deployments: dict[str, Any] = {}
 
     def options(
         self, shard_key: Optional[str] = None, stream: Optional[bool] = None, multiplexed_model_id: Optional[str] = None,
+        path: Optional[str] = None, method: Optional[str] = None,
     ) -> "EndpointHandle":
         """A handle whose calls carry ``shard_key`` (session affinity, as ``X-SERVE-SHARD-KEY`` does over HTTP);
         with ``stream=True``, answer a backend's generator chunk by chunk (Ray Serve's ``handle.options(stream=True)``:
         ``remote()`` then gives an iterator that is also an async iterator); with ``multiplexed_model_id``, are for
         that model (as Ray Serve's option and the ``serve_multiplexed_model_id`` header: the endpoint's ``models=``
-        may send the id to its own backend, and Serve prefers replicas that hold it). Unset options keep this
-        handle's. Raises ValueError on a model id that is not a string of at most 128 characters."""
+        may send the id to its own backend, and Serve prefers replicas that hold it); with ``path`` and ``method``,
+        reach that route of an ingress backend's app (``path="/items/7"``, ``method="POST"``; the request's path
+        and method for a plain backend). Unset options keep this handle's. Raises ValueError on a model id that
+        is not a string of at most 128 characters, a path that is not ``/…`` without spaces, ``?`` or ``#`` (at most
+        2,048), or
+        a method that is not an HTTP token."""
         if multiplexed_model_id is not None and (not isinstance(multiplexed_model_id, str) or len(multiplexed_model_id) > 128):
             raise ValueError("multiplexed_model_id must be a string of at most 128 characters")
+        if path is not None and not (isinstance(path, str) and re.fullmatch(r"/[^\s#?]{0,2047}", path)):
+            raise ValueError("path must start with '/' and hold no spaces, '?' or '#' (keyword arguments are the "
+                             "query string; at most 2,048 characters)")
+        if method is not None and not (isinstance(method, str) and re.fullmatch(r"[A-Za-z]{1,16}", method)):
+            raise ValueError("method must be an HTTP method such as GET or POST")
         clone = EndpointHandle(
             self.endpoint, self.sync, self.shard_key if shard_key is None else shard_key, self._policy,
             self.stream if stream is None else stream,
             self.multiplexed_model_id if multiplexed_model_id is None else multiplexed_model_id,
+            self.path if path is None else path, self.method if method is None else method.upper(),
         )
         clone._deployments = self._deployments
         return clone
@@ -89,7 +103,9 @@ class EndpointHandle:
             deployment = deployment.options(stream=True)
         if self.multiplexed_model_id:
             deployment = deployment.options(multiplexed_model_id=self.multiplexed_model_id)
-        return deployment.remote(HandleRequest.from_call(args, kwargs, headers))
+        request = HandleRequest.from_call(args, kwargs, headers)
+        request.path, request.method = self.path, self.method
+        return deployment.remote(request)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Call the endpoint. Sync handle: returns a response whose ``.result()`` blocks.
