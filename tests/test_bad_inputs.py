@@ -202,6 +202,11 @@ def cases(closed_port: int, failing_dashboard: str) -> list[Case]:
              main=_swap('traffic={a: 0.5, b: 0.5})', 'traffic={a: 0.5, b: 0.5}, models={"m-1": "bad_c"})')
              + 'Backend("bad_c", "models:Multi", max_models_per_replica=2, ray_actor_options={"num_cpus": 0.1})\n',
              models=MODELS + MULTIPLEXED),
+        Case("a Rollout of a model id on backends that load no models", ["plan"],
+             "Rollout: model 'm-1' of endpoint 'one' involves backend 'bad_a', which loads no models",
+             main=SINGLE + ROLLOUT.format(endpoint="'one'", new="b", extra=", model='m-1'")),
+        Case("a Rollout of a malformed model id", ["plan"], "Rollout: model id 'm\\n1' is invalid",
+             main=SINGLE + ROLLOUT.format(endpoint="'one'", new="b", extra=", model='m\\n1'")),
         Case("a model id with a space (it reaches the proxy's configuration)", ["plan"], "model id 'm 1' is invalid",
              main=_swap('traffic={a: 0.5, b: 0.5})', 'traffic={a: 0.5, b: 0.5}, models={"m 1": b})')),
         Case("a model id's weights not summing to 1", ["plan"], "model 'm-1''s traffic weights sum to 0.5",

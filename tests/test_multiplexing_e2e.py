@@ -3,6 +3,7 @@ backend, requests for one model id sticking to the replica that holds it, and on
 backend — over HTTP through the front proxy and over handles — while every other id stays where it was."""
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 
@@ -84,3 +85,26 @@ def test_model_ids_load_where_they_are_asked_for_and_one_moves_alone(ray_cluster
         handle.options(multiplexed_model_id="adapter-7").remote(None).result(timeout_s=30)["backend"] for _ in range(40)
     )
     assert set(by_handle) == {"base", "tuned"}, by_handle
+
+    # A Rollout of one model id: adapter-9 moves base → tuned in two steps, gated by the error rate, while a client
+    # asks for it; every other id stays where it was.
+    stop = threading.Event()
+    statuses: Counter = Counter()
+
+    def ask_for_adapter_9() -> None:
+        while not stop.is_set():
+            statuses[requests.get(url, headers={MODEL: "adapter-9"}, timeout=30).status_code] += 1
+            time.sleep(0.05)
+
+    client = threading.Thread(target=ask_for_adapter_9)
+    client.start()
+    try:
+        rolled = run_cli(config, "rollout", "--auto-approve", *moving, "--var", "roll_out=adapter-9", "--var", "pause_s=2",
+                         timeout=300)
+    finally:
+        stop.set()
+        client.join()
+    assert rolled.code == 0 and "completed" in rolled.output, rolled.output
+    assert set(statuses) == {200}, statuses
+    assert {_ask(url, "adapter-9")["backend"] for _ in range(10)} == {"tuned"}
+    assert {_ask(url, "adapter-1")["backend"] for _ in range(10)} == {"base"}

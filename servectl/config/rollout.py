@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from servectl import names
 from servectl.config.registry import declaration_site, first_error
 from servectl.config.resources import Backend, Block, Endpoint
 from servectl.errors import ConfigError
@@ -96,8 +97,17 @@ class Rollout(Block):
     )
     analysis: list[Any] = Field(default_factory=list, description="gates: ErrorRate, LatencyP99, MinRequests")
     on_failure: Literal["rollback", "pause"] = "rollback"
+    model: Optional[str] = Field(
+        None, description="a multiplexed model id: move only that id's traffic (the endpoint's models=), every other "
+        "id stays where it is",
+    )
 
     def _check(self, site: str) -> None:
+        if self.model is not None and not names.matches(names.MODEL_ID, self.model):
+            raise ConfigError(
+                f"{site}: Rollout: model id {self.model!r} is invalid: up to 128 letters, digits or '.', '_', ':', "
+                "'/', '@', '+', '-', starting with a letter or digit"
+            )
         if not isinstance(self.endpoint, (Endpoint, str)):
             raise ConfigError(f"{site}: Rollout: endpoint must be an Endpoint or an endpoint name, got {self.endpoint!r}")
         if not isinstance(self.new, (Backend, str)):

@@ -205,7 +205,7 @@ def declare_rollouts(rollouts: list[Any], resources: dict[str, ResourceSpec]) ->
     endpoints = sorted(spec.name for spec in resources.values() if spec.kind == ENDPOINT)
     backends = sorted(spec.name for spec in resources.values() if spec.kind == BACKEND)
     for rollout in rollouts:
-        site, name, new = rollout.declared_at, rollout.endpoint_name, rollout.new_name
+        site, name, new, model = rollout.declared_at, rollout.endpoint_name, rollout.new_name, rollout.model
         spec = resources.get(address_of(ENDPOINT, name))
         if spec is None:
             raise ConfigError(f"{site}: Rollout: unknown endpoint {name!r} (declared endpoints: {', '.join(endpoints) or 'none'})")
@@ -215,13 +215,22 @@ def declare_rollouts(rollouts: list[Any], resources: dict[str, ResourceSpec]) ->
         candidate = resources.get(address_of(BACKEND, new))
         if candidate is None:
             raise ConfigError(f"{site}: Rollout: unknown backend {new!r} (declared backends: {', '.join(backends) or 'none'})")
-        traffic = spec.attributes["traffic"]
+        routed = (spec.attributes.get("models") or {}).get(model) if model is not None else None
+        traffic = routed or spec.attributes["traffic"]
+        what = f"model {model!r} of endpoint {name!r}" if model is not None else f"endpoint {name!r}"
         if len(traffic) != 1:
             raise ConfigError(
-                f"{site}: Rollout: endpoint {name!r} splits its traffic ({', '.join(sorted(traffic))}); a rollout moves "
-                "it from one backend: declare the endpoint with backend=<the stable one>"
+                f"{site}: Rollout: {what} splits its traffic ({', '.join(sorted(traffic))}); a rollout moves "
+                "it from one backend: send it to the stable one alone"
             )
         (stable,) = traffic
+        if model is not None:
+            for backend in sorted({new, stable, *spec.attributes["traffic"]}):
+                if resources[address_of(BACKEND, backend)].attributes.get("max_models_per_replica") is None:
+                    raise ConfigError(
+                        f"{site}: Rollout: model {model!r} of endpoint {name!r} involves backend {backend!r}, which "
+                        "loads no models: give it max_models_per_replica=N over a @serve.multiplexed loader"
+                    )
         if stable == new:
             raise ConfigError(
                 f"{site}: Rollout: backend {new!r} already takes all of endpoint {name!r}'s traffic: remove the Rollout "
@@ -230,11 +239,15 @@ def declare_rollouts(rollouts: list[Any], resources: dict[str, ResourceSpec]) ->
         if new in spec.attributes["shadow"]:
             raise ConfigError(f"{site}: Rollout: backend {new!r} is a shadow of endpoint {name!r}; a backend cannot be both")
         spec.attributes["rollout"] = {
-            "stable": stable, "new": new, "candidate": candidate_digest(candidate.attributes),
+            "stable": stable, "new": new, "model": model, "candidate": candidate_digest(candidate.attributes),
             "steps": [float(step) for step in rollout.steps], "pause_s": float(rollout.pause_s),
             "max_wait_s": float(rollout.wait_limit_s),
             "analysis": rollout.gates(), "on_failure": rollout.on_failure,
             "status": "pending", "weight": 0.0, "reason": "",
         }
-        spec.attributes["traffic"] = dict(sorted({stable: 1.0, new: 0.0}.items()))
+        start = dict(sorted({stable: 1.0, new: 0.0}.items()))
+        if model is None:
+            spec.attributes["traffic"] = start
+        else:
+            spec.attributes["models"] = dict(sorted({**(spec.attributes.get("models") or {}), model: start}.items()))
         spec.depends_on.append(candidate.address)

@@ -21,7 +21,7 @@ PENDING, PROGRESSING, PAUSED, COMPLETED, ABORTED = (
     RolloutStatus.ABORTED,
 )
 # What makes a recorded position belong to the declared rollout: the same pair and the same candidate.
-IDENTITY = ("stable", "new", "candidate")
+IDENTITY = ("stable", "new", "model", "candidate")
 
 def weights(stable: str, new: str, weight: float) -> dict[str, float]:
     """An endpoint's traffic at ``weight`` (the new backend's fraction): ``{stable: 1 - weight, new: weight}``."""
@@ -53,7 +53,11 @@ def resolve(
             rollout.update({key: was[key] for key in ("status", "weight", "reason") if key in was})
         rollout.update((moves or {}).get(spec.address, {}))
         rollout["weight"] = position(rollout)
-        spec.attributes["traffic"] = weights(rollout["stable"], rollout["new"], rollout["weight"])
+        moved = weights(rollout["stable"], rollout["new"], rollout["weight"])
+        if rollout.get("model") is None:
+            spec.attributes["traffic"] = moved
+        else:  # a model id's rollout moves that id's own traffic only
+            spec.attributes["models"][rollout["model"]] = moved
     return desired
 
 
@@ -65,7 +69,8 @@ def declared(desired: DesiredState) -> list[tuple[str, dict[str, Any]]]:
 def describe(rollout: dict[str, Any]) -> str:
     """A rollout in one line, e.g. ``v1 → v2 in steps 1% → 10% → 100%, 60s each``."""
     steps = " → ".join(f"{step:.0%}" if step * 100 == int(step * 100) else f"{step:.1%}" for step in rollout["steps"])
-    return f"{rollout['stable']} → {rollout['new']} in steps {steps}, {rollout['pause_s']:g}s each"
+    model = f" for model {rollout['model']}" if rollout.get("model") else ""
+    return f"{rollout['stable']} → {rollout['new']}{model} in steps {steps}, {rollout['pause_s']:g}s each"
 
 
 def unfinished(desired: DesiredState) -> list[str]:

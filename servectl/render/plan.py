@@ -185,16 +185,24 @@ def gpu_sharing(plan: Plan) -> list[str]:
     return lines
 
 
+def _weights(name: str, weights: dict[str, float]) -> str:
+    if len(weights) > 1:
+        return f"{name} " + "/".join(f"{w:g}" for w in weights.values()) + " (" + "/".join(weights) + ")"
+    return f"{name} → {next(iter(weights))}"
+
+
 def traffic_moves(plan: Plan) -> list[str]:
-    """One text per endpoint whose weights the plan changes: ``NAME 0.9/0.1 (a/b)``, or ``NAME → a`` (one backend)."""
+    """One text per endpoint whose weights the plan changes: ``NAME 0.9/0.1 (a/b)``, or ``NAME → a`` (one backend);
+    and one per model id routed apart whose weights change: ``NAME model m-7 0.5/0.5 (a/b)``."""
     moves = []
     for change in plan.actionable:
         if change.kind != "endpoint" or change.after is None:
             continue
-        if change.before is not None and change.before.get("traffic") == change.after.get("traffic"):
-            continue
-        weights = change.after["traffic"]
-        moves.append(f"{change.name} " + "/".join(f"{w:g}" for w in weights.values()) + " (" + "/".join(weights) + ")" if len(weights) > 1 else f"{change.name} → {next(iter(weights))}")
+        before = change.before or {}
+        if change.before is None or before.get("traffic") != change.after.get("traffic"):
+            moves.append(_weights(change.name, change.after["traffic"]))
+        was, now = before.get("models") or {}, change.after.get("models") or {}
+        moves += [_weights(f"{change.name} model {model}", routed) for model, routed in now.items() if was.get(model) != routed]
     return moves
 
 
