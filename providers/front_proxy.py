@@ -35,6 +35,7 @@ from servectl.routing.traffic import KEY_SPACE, Segments
 INTERNAL_PREFIX = "/_servectl/"
 HEALTH_PATH = "/-/healthz"  # Serve's proxy health route: the load balancer's check passes through
 DRAIN_TIMEOUT_S = 30
+START_TIMEOUT_S = 30.0  # HAProxy starts in well under a second; a loaded two-core machine has taken seconds
 
 
 MAX_TIMEOUT_S = 86_400.0  # a request timeout in a policy: at most a day (the config's own bound)
@@ -318,12 +319,22 @@ class FrontProxy:
             with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
                 json.dump(identity.to_dict(), handle)
             os.replace(tmp, self.identity_path)
-        deadline = time.time() + 15
+        deadline = time.time() + START_TIMEOUT_S
+        identified = listening = False
         while time.time() < deadline:
-            if self.master_pid() and port_open(probe_host, bind_port):
+            identified = self.master_pid() is not None
+            listening = port_open(probe_host, bind_port)
+            if identified and listening:
                 return
+            if process.poll() is not None:
+                break
             time.sleep(0.1)
-        raise ProviderError(f"the front proxy did not start listening on {bind_host}:{bind_port}; see {self.log_path}")
+        why = ("it exited" if process.poll() is not None else "its master could not be told ours" if not identified
+               else "nothing listens there")
+        raise ProviderError(
+            f"the front proxy did not start listening on {bind_host}:{bind_port} within {START_TIMEOUT_S:g} s ({why}); "
+            f"see {self.log_path}"
+        )
 
     def _reload(self, master: int) -> None:
         old = self.workers()

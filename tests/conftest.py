@@ -21,7 +21,7 @@ from typing import Optional
 import pytest
 import requests
 
-from servectl.providers.embedded_cluster import EmbeddedCluster, free_ports
+from servectl.providers.embedded_cluster import RUNTIME_DIR, EmbeddedCluster, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -222,13 +222,40 @@ def wait_for_http(url: str, timeout: float = 30, expect: int = 200) -> requests.
 
 @pytest.fixture
 def applied_dirs(ray_cluster: RayCluster):
-    """Config dirs a test applied; destroyed afterwards so the shared cluster starts clean."""
+    """Config dirs a test applied; cleared afterwards so the shared cluster starts clean.
+
+    A config on the session cluster is cleared at once: its front proxy stopped (by its recorded identity) and
+    every Serve application deleted in one declarative deploy, as the next test's first apply would. `servectl
+    destroy` takes a state write and a Serve wait per resource — seconds per test, minutes per suite — and is
+    tested as such elsewhere. A config with its own embedded head or a remote state is destroyed by the CLI.
+    """
     dirs: list[Path] = []
     yield dirs
     for directory in dirs:
-        if (directory / "servectl.state.json").exists() or (directory / "servectl.backend.json").exists():
+        own_head = (directory / RUNTIME_DIR / "cluster.json").exists()
+        if (directory / "servectl.backend.json").exists() or own_head:
             result = run_cli(directory, "destroy", "--auto-approve")
             assert result.code == 0, result.output
+        elif (directory / "servectl.state.json").exists():
+            clear_session_cluster(ray_cluster, directory)
+
+
+def clear_session_cluster(cluster: RayCluster, directory: Path) -> None:
+    """Stop ``directory``'s front proxy and delete every Serve application of the session cluster; wait (at most
+    60 s) until Serve reports none."""
+    from servectl.providers.dashboard import RayDashboard
+    from servectl.providers.front_proxy import FrontProxy
+
+    FrontProxy(str(directory / RUNTIME_DIR)).stop()
+    dashboard = RayDashboard(cluster.dashboard_url, cluster.token)
+    details = dashboard.serve_details()
+    if details.get("applications"):
+        dashboard.deploy({"proxy_location": details.get("proxy_location") or "HeadOnly",
+                          "http_options": details.get("http_options") or {}, "applications": []})
+    deadline = time.monotonic() + 60
+    while dashboard.serve_details().get("applications"):
+        assert time.monotonic() < deadline, "Serve's applications were not deleted within 60 s"
+        time.sleep(0.2)
 
 
 # The longest files first (seconds on the 2-core machine, from `--durations`): with two workers taking files in

@@ -11,7 +11,9 @@ healthy, and halfway through a state write (fault injection: the store
 SIGKILLs its own process with half the temp file written). Each round
 applies the other of two configs that differ in every way a change can
 (create, in-place update, replace, delete, endpoint weights and target), so
-a round has six changes to be killed in. After each kill:
+a round has six changes to be killed in; the state-write points use six
+in-place changes (``WRITES_MAIN``), which write the state as often for less.
+After each kill:
 
 - the state file parses (or is as it was, when the kill came before the
   first write of the round): ``corrupt_states`` counts those that do not;
@@ -64,6 +66,28 @@ class Slow:
     def __call__(self, request):
         return self.name
 """
+# The state-write points need writes, not slow changes: six in-place changes (three reconfigures, three weight
+# moves) give a round the same 14 writes at a fraction of the cost of starting and stopping replicas.
+WRITES_MAIN = """
+from servectl import Backend, Endpoint, LocalRay, var
+LocalRay()
+phase = var("phase", default=0)
+small = {"num_cpus": 0.1}
+a, b, c = (Backend(f"cw_{n}", "models:Quick", n, user_config={"phase": phase}, ray_actor_options=small) for n in "abc")
+for name, (one, two) in {"cw1": (a, b), "cw2": (b, c), "cw3": (c, a)}.items():
+    Endpoint(name, route=f"/{name}", traffic={one: 0.3 + 0.4 * phase, two: 0.7 - 0.4 * phase})
+"""
+WRITES_MODELS = """
+class Quick:
+    def __init__(self, name):
+        self.name = name
+
+    def reconfigure(self, config):
+        self.phase = config["phase"]
+
+    def __call__(self, request):
+        return self.name
+"""
 DONE = re.compile(r"› (\S+): (created|updated|replaced|destroyed) in ")
 STARTED = re.compile(r"› (\S+): [\w ]+ … \((\d+)/(\d+)\)")
 # A round's apply writes the state 13 times (each change: "applying", then done; then the final write),
@@ -106,10 +130,13 @@ def _kill_apply(config, phase: int, point: tuple[str, int]) -> list[str]:
     return lines
 
 
-def kill_at_points(points: list[tuple[str, int]], tmp_path) -> tuple[int, int, int, Path]:
-    """Apply the config once, then for each point: kill an apply there, check the state and the next plan,
-    force-unlock, converge. Returns (kills, corrupt states, converged rounds, the config dir)."""
-    config = write_config(tmp_path / "crash", MAIN, models=MODELS)
+def kill_at_points(
+    points: list[tuple[str, int]], tmp_path, main: str = MAIN, models: str = MODELS,
+) -> tuple[int, int, int, Path]:
+    """Apply the config (``main`` and its ``models``, two phases six changes apart) once, then for each point: kill
+    an apply there, check the state and the next plan, force-unlock, converge. Returns (kills, corrupt states,
+    converged rounds, the config dir)."""
+    config = write_config(tmp_path / "crash", main, models=models)
     assert run_cli(config, "apply", "--auto-approve").code == 0
     store = LocalStateStore.in_dir(str(config))
     rounds = 0
