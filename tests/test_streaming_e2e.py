@@ -9,7 +9,7 @@ import pytest
 import requests
 
 import servectl
-from tests.conftest import copy_example, run_cli
+from tests.conftest import copy_example, run_cli, write_config
 
 pytestmark = pytest.mark.ray
 
@@ -62,3 +62,102 @@ def test_chunks_arrive_as_they_are_yielded_over_http_and_handles(ray_cluster, tm
         return [chunk async for chunk in streaming.remote(n=3, delay=0.1)]
 
     assert asyncio.run(collect()) == ["0\n", "1\n", "2\n"]
+
+
+DISCONNECT_MAIN = """
+from servectl import Backend, Endpoint, LocalRay
+LocalRay()
+small = {"num_cpus": 0.1}
+Endpoint("dc_async", route="/dc-async", backend=Backend("dc_async", "models:AsyncLines", ray_actor_options=small))
+Endpoint("dc_sync", route="/dc-sync", backend=Backend("dc_sync", "models:SyncLines", ray_actor_options=small))
+Endpoint("dc_sse", route="/dc-sse", backend=Backend("dc_sse", "models:Events", ray_actor_options=small))
+"""
+DISCONNECT_MODELS = '''
+import asyncio
+import time
+
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+from ray import serve
+
+STATE = {"yielded": -1, "closed": False}  # one replica each: what its generator did
+
+
+class AsyncLines:
+    async def __call__(self, request):
+        if request.query_params.get("state"):
+            return dict(STATE)
+        STATE.update(yielded=-1, closed=False)
+
+        async def lines():
+            try:
+                for i in range(100):
+                    STATE["yielded"] = i
+                    yield f"{i}\\\\n"
+                    await asyncio.sleep(0.2)
+            finally:
+                STATE["closed"] = True
+        return lines()
+
+
+class SyncLines:
+    def __call__(self, request):
+        if request.query_params.get("state"):
+            return dict(STATE)
+        STATE.update(yielded=-1, closed=False)
+
+        def lines():
+            try:
+                for i in range(100):
+                    STATE["yielded"] = i
+                    yield f"{i}\\\\n"
+                    time.sleep(0.2)
+            finally:
+                STATE["closed"] = True
+        return lines()
+
+
+app = FastAPI()
+
+
+@serve.ingress(app)
+class Events:
+    @app.get("/")
+    def state(self) -> dict:
+        return dict(STATE)
+
+    @app.get("/ticks")
+    def ticks(self) -> StreamingResponse:
+        STATE.update(yielded=-1, closed=False)
+
+        async def events():
+            try:
+                for i in range(100):
+                    STATE["yielded"] = i
+                    yield f"data: {i}\\\\n\\\\n"
+                    await asyncio.sleep(0.2)
+            finally:
+                STATE["closed"] = True
+        return StreamingResponse(events(), media_type="text/event-stream")
+'''
+
+
+def test_a_client_that_leaves_mid_stream_stops_the_generator_on_the_replica(ray_cluster, tmp_path, applied_dirs):
+    config = write_config(tmp_path / "disconnect", DISCONNECT_MAIN, models=DISCONNECT_MODELS)
+    applied_dirs.append(config)
+    applied = run_cli(config, "apply", "--auto-approve")
+    assert applied.code == 0, applied.output
+    for stream, state in (("/dc-async", "/dc-async?state=1"), ("/dc-sync", "/dc-sync?state=1"),
+                          ("/dc-sse/ticks", "/dc-sse/")):
+        with requests.get(ray_cluster.url(stream), stream=True, timeout=30) as answer:
+            assert answer.status_code == 200
+            chunks = answer.iter_content(chunk_size=None)
+            next(chunks), next(chunks)  # two chunks read, then the connection is closed mid-stream
+        deadline = time.monotonic() + 10
+        seen = requests.get(ray_cluster.url(state), timeout=30).json()
+        while not seen["closed"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            seen = requests.get(ray_cluster.url(state), timeout=30).json()
+        assert seen["closed"] and seen["yielded"] < 20, (stream, seen)  # stopped within ~4 s of 20 s of chunks
+        time.sleep(1)
+        assert requests.get(ray_cluster.url(state), timeout=30).json()["yielded"] == seen["yielded"], stream

@@ -89,7 +89,9 @@ async def chunks_of(result: Any) -> AsyncIterator[Any]:
     try:
         while True:
             step = loop.run_in_executor(None, next, result, done)
-            item = await step
+            # Shielded: a cancel must not mark the step done while the thread still runs the generator (it could
+            # not be closed then); the step finishes on its own and closes it below.
+            item = await asyncio.shield(step)
             step = None
             if item is done:
                 return
@@ -121,10 +123,22 @@ def streamed(result: Any, over_http: bool) -> Any:
     from starlette.responses import StreamingResponse
 
     async def body() -> AsyncIterator[bytes]:
-        async for item in chunks:
-            yield encoded(item)
+        try:
+            async for item in chunks:
+                yield encoded(item)
+        finally:
+            await chunks.aclose()
 
-    return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
+    class ClosingStreamingResponse(StreamingResponse):
+        # Starlette stops sending when the client leaves but leaves the body iterator suspended, to be closed
+        # whenever it is collected: close it now, so the backend's generator stops (and its finally runs) at once.
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                await self.body_iterator.aclose()
+
+    return ClosingStreamingResponse(body(), media_type="text/plain; charset=utf-8")
 
 
 def replica_class(args: dict[str, Any]) -> type:
