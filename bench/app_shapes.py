@@ -80,14 +80,19 @@ async def main(url, seconds, concurrency):
             while time.perf_counter() < deadline:
                 start = time.perf_counter()
                 got = 0
-                async with session.get(url) as response:
-                    if response.status != 200:
-                        errors += 1
-                        continue
-                    async for data in response.content.iter_any():
-                        if got == 0:
-                            first.append(time.perf_counter() - start)
-                        got += len(data)
+                try:
+                    async with session.get(url) as response:
+                        if response.status != 200:
+                            errors += 1
+                            continue
+                        async for data in response.content.iter_any():
+                            if got == 0:
+                                first.append(time.perf_counter() - start)
+                            got += len(data)
+                except aiohttp.ClientError as error:
+                    errors += 1
+                    print(repr(error), file=sys.stderr)
+                    continue
                 chunks += got // 1024
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
@@ -100,9 +105,11 @@ asyncio.run(main(sys.argv[1], float(sys.argv[2]), int(sys.argv[3])))
 
 
 def streams(url: str, seconds: float, concurrency: int) -> dict:
-    subprocess.run([sys.executable, "-c", STREAMS, url, "1", str(concurrency)], capture_output=True, check=True)
-    out = subprocess.run([sys.executable, "-c", STREAMS, url, str(seconds), str(concurrency)],
-                         capture_output=True, text=True, check=True)
+    for warm in (True, False):  # a warm-up second, then the measured run
+        out = subprocess.run([sys.executable, "-c", STREAMS, url, "1" if warm else str(seconds), str(concurrency)],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"stream client failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout)
 
 
@@ -117,7 +124,6 @@ def measure(base_url: str, args: argparse.Namespace) -> dict:
 def run_rounds(work: Path, http_port: int, args: argparse.Namespace) -> dict[str, list[dict]]:
     from ray import serve
     from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
-    from ray.serve.context import _get_global_client
 
     from servectl.providers.local_ray import connect
 
@@ -131,14 +137,12 @@ def run_rounds(work: Path, http_port: int, args: argparse.Namespace) -> dict[str
     connect(os.environ["SERVECTL_RAY_ADDRESS"], os.environ["SERVECTL_RAY_AUTH_TOKEN_PATH"])
     (serve_port,) = free_ports(1)
     serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
-    client = _get_global_client()
     env = upload_working_dir_if_needed({"working_dir": str(plain_dir)}, include_gitignore=False, scratch_dir=str(work))
     http = {"host": "127.0.0.1", "port": serve_port}
     results: dict[str, list[dict]] = {"a_plain_serve": [], "b_servectl": []}
     for _ in range(args.rounds):
-        deploy_plain(client, env, http)
-        results["a_plain_serve"].append(measure(f"http://127.0.0.1:{serve_port}/plain", args))
-        remove_plain(client, http)
+        results["a_plain_serve"].append(measure(deploy_plain(env, http), args))
+        remove_plain()
         servectl(case_dir, "apply", "--auto-approve")
         results["b_servectl"].append(measure(f"http://127.0.0.1:{http_port}/bench", args))
         servectl(case_dir, "destroy", "--auto-approve")

@@ -174,6 +174,10 @@ def bench_cluster(work: Path):
     try:
         yield http_port
     finally:
+        import ray
+
+        if ray.is_initialized():  # a driver left connected is ended by Ray a minute after its cluster stops
+            ray.shutdown()
         cluster.stop()
 
 
@@ -222,29 +226,44 @@ def main() -> None:
     print(f"slow shadow p99 over split p99: {summary['slow_shadow_p99_ratio']:.2f}")
 
 
-def deploy_plain(client, env: dict, http: dict) -> None:
-    """Deploy ``plain_app:app`` (from the uploaded ``env`` working dir) as plain Serve's app "plain" at /plain and
-    wait (at most 120 s) until it runs."""
+def deploy_plain(env: dict, http: dict) -> str:
+    """Deploy ``plain_app:app`` (from the uploaded ``env`` working dir) as plain Serve's app "plain" at /plain, wait
+    (at most 120 s) until Serve's proxy routes it, and return its URL. Serve keeps the HTTP options it was started
+    with (servectl's, once an apply has run): the URL is on the port Serve's proxy actually listens on."""
+    import urllib.request
+
     from ray import serve
+    from ray.serve.context import _disconnect, _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
+    _disconnect()  # the client of a Serve that `servectl destroy` shut down is stale
+    serve.start(http_options=http)
+    client = _get_global_client()
+    port = client.http_config.port
     client.deploy_apps(ServeDeploySchema(applications=[{
         "name": "plain", "route_prefix": "/plain", "import_path": "plain_app:app", "runtime_env": env,
-    }], http_options=http))
+    }], http_options={**http, "port": port}))
     deadline = time.time() + 120
-    while getattr(serve.status().applications.get("plain"), "status", None) != "RUNNING":
-        if time.time() > deadline:
-            raise SystemExit("plain Serve app did not start")
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/routes", timeout=2) as answer:
+                if b"/plain" in answer.read():
+                    time.sleep(1)
+                    return f"http://127.0.0.1:{port}/plain"
+        except OSError:
+            pass
         time.sleep(0.5)
-    time.sleep(1)
+    raise SystemExit("plain Serve app did not start")
 
 
-def remove_plain(client, http: dict) -> None:
+def remove_plain() -> None:
     """Delete every plain Serve app and wait until none is left."""
     from ray import serve
+    from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    client.deploy_apps(ServeDeploySchema(applications=[], http_options=http))
+    client = _get_global_client()
+    client.deploy_apps(ServeDeploySchema(applications=[], http_options={"host": "127.0.0.1", "port": client.http_config.port}))
     while serve.status().applications:
         time.sleep(0.5)
 
@@ -264,11 +283,9 @@ def run_rounds(work: Path, http_port: int, args: argparse.Namespace) -> dict[str
     connect(os.environ["SERVECTL_RAY_ADDRESS"], os.environ["SERVECTL_RAY_AUTH_TOKEN_PATH"])
     from ray import serve
     from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
-    from ray.serve.context import _get_global_client
 
     (serve_port,) = free_ports(1)
     serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
-    client = _get_global_client()
     env = upload_working_dir_if_needed({"working_dir": str(plain_dir)}, include_gitignore=False, scratch_dir=str(work))
 
     results: dict[str, list[dict]] = {
@@ -278,11 +295,11 @@ def run_rounds(work: Path, http_port: int, args: argparse.Namespace) -> dict[str
         )
     }
     for _ in range(args.rounds):
-        deploy_plain(client, env, {"host": "127.0.0.1", "port": serve_port})
-        results["a_plain_serve"].append(load(f"http://127.0.0.1:{serve_port}/plain", args.seconds, args.connections))
+        plain_url = deploy_plain(env, {"host": "127.0.0.1", "port": serve_port})
+        results["a_plain_serve"].append(load(plain_url, args.seconds, args.connections))
         if not args.only:
             results["a_handle_plain"].append(handle_load("plain", "plain", args.seconds, args.connections))
-        remove_plain(client, {"host": "127.0.0.1", "port": serve_port})
+        remove_plain()
 
         for case, variable in (
             ("b_single", "single"), ("c_split", "split"), ("d_split_shadow", "split_shadow"),
