@@ -104,7 +104,7 @@ def test_model_ids_load_where_they_are_asked_for_and_one_moves_alone(ray_cluster
     finally:
         stop.set()
         client.join()
-    assert rolled.code == 0 and "completed" in rolled.output, rolled.output
+    assert rolled.code == 0 and "Rollout complete!" in rolled.output, rolled.output
     assert set(statuses) == {200}, statuses
     assert {_ask(url, "adapter-9")["backend"] for _ in range(10)} == {"tuned"}
     assert {_ask(url, "adapter-1")["backend"] for _ in range(10)} == {"base"}

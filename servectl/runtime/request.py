@@ -33,16 +33,19 @@ class HandleRequest:
         """The request for ``handle.remote(*args, **kwargs)`` with ``headers``.
 
         ``kwargs`` become the query parameters; the one positional argument becomes the body: bytes as they
-        are, a str UTF-8 encoded, anything else as JSON. Raises TypeError for more than one positional argument.
+        are, a str UTF-8 encoded, anything else as JSON (with ``content-type: application/json``). Raises TypeError for more than one positional argument.
         """
         if len(args) > 1:
             raise TypeError("handle.remote() takes at most one positional argument (the body); pass the rest by keyword")
         body = args[0] if args else b""
+        headers = dict(headers or {})
         if isinstance(body, str):
             body = body.encode()
         elif not isinstance(body, bytes):
             body = jsonlib.dumps(body).encode()
-        return cls(query_params=dict(kwargs), headers=dict(headers or {}), raw_body=body)
+            # Said as HTTP would: an ingress app (FastAPI) reads a JSON body by its content type.
+            headers.setdefault("content-type", "application/json")
+        return cls(query_params=dict(kwargs), headers=headers, raw_body=body)
 
     async def body(self) -> bytes:
         """The body as bytes (empty when the call passed none), as Starlette's ``await request.body()``."""
