@@ -18,6 +18,9 @@ from servectl.errors import ProviderError
 SERVE_APPLICATIONS = "/api/serve/applications/"
 
 
+DEPLOY_TIMEOUT_S = 120.0
+
+
 class RayDashboard:
     """A client of one Ray dashboard at ``url``, sending ``token`` (when given) as a Bearer token.
 
@@ -31,14 +34,14 @@ class RayDashboard:
         self.timeout_s = timeout_s
 
     def _request(self, method: str, path: str, body: Optional[bytes] = None, content_type: str = "application/json",
-                 ok: tuple[int, ...] = (200,)) -> tuple[int, bytes]:
+                 ok: tuple[int, ...] = (200,), timeout_s: Optional[float] = None) -> tuple[int, bytes]:
         request = urllib.request.Request(self.url + path, data=body, method=method)
         if body is not None:
             request.add_header("Content-Type", content_type)
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            with urllib.request.urlopen(request, timeout=timeout_s or self.timeout_s) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as err:
             detail = err.read().decode("utf-8", "replace").strip().splitlines()
@@ -54,9 +57,9 @@ class RayDashboard:
             reason = getattr(err, "reason", err)
             raise ProviderError(f"cannot reach Ray's dashboard at {self.url}: {reason}") from None
 
-    def _json(self, method: str, path: str, payload: Any = None) -> Any:
+    def _json(self, method: str, path: str, payload: Any = None, timeout_s: Optional[float] = None) -> Any:
         body = None if payload is None else json.dumps(payload).encode()
-        _, raw = self._request(method, path, body)
+        _, raw = self._request(method, path, body, timeout_s=timeout_s)
         try:
             return json.loads(raw) if raw else None
         except ValueError:
@@ -69,8 +72,10 @@ class RayDashboard:
         return self._json("GET", SERVE_APPLICATIONS) or {}
 
     def deploy(self, config: dict[str, Any]) -> None:
-        """Declare every Serve application at once (ServeDeploySchema), as `serve deploy` does."""
-        self._json("PUT", SERVE_APPLICATIONS, config)
+        """Declare every Serve application at once (ServeDeploySchema), as `serve deploy` does; waits at most
+        DEPLOY_TIMEOUT_S seconds (the dashboard starts Serve first when it is not running: its controller and a
+        proxy per node, slow on a busy cluster)."""
+        self._json("PUT", SERVE_APPLICATIONS, config, timeout_s=max(self.timeout_s, DEPLOY_TIMEOUT_S))
 
     def shutdown_serve(self) -> None:
         """Shut Serve down with all its applications, as ``serve shutdown`` does; ProviderError on a failure."""

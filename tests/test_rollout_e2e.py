@@ -29,9 +29,11 @@ pytestmark = pytest.mark.ray
 
 KEYS = [f"user-{i}" for i in range(40)]
 # The comparison with the stable backend's p99 is left wide here: two test workers share two cores, and a few
-# requests delayed by the other worker move a 100-request p99 by hundreds of ms. The absolute limit (250 ms) still
-# judges every step (a slow candidate fails it below), and tests/test_analysis.py holds the comparison itself.
-FAST = ("--var", "pause_s=4", "--var", "min_requests=10", "--var", "p99_vs_stable=20")
+# requests delayed by the other workers move a 100-request p99 by hundreds of ms (a good candidate's reached 369 ms
+# once). The absolute limit, raised to 1 s here, still judges every step (a 1.5 s candidate fails it below), and
+# tests/test_analysis.py holds the comparison itself.
+LIMITS = ("--var", "p99_vs_stable=20", "--var", "p99_max_ms=1000")
+FAST = ("--var", "pause_s=4", "--var", "min_requests=10", *LIMITS)
 
 
 def cli_env() -> dict[str, str]:
@@ -168,9 +170,9 @@ def test_good_candidate_reaches_everyone_and_bad_ones_are_rolled_back_by_their_g
                        "--detailed-exitcode").code == 0  # aborted: nothing to do until the candidate changes
 
         # 3. A slow candidate fails the latency gate.
-        slow = run_cli(config, "rollout", "--auto-approve", *FAST, "--var", "candidate=v4", "--var", "delay_ms=400")
+        slow = run_cli(config, "rollout", "--auto-approve", *FAST, "--var", "candidate=v4", "--var", "delay_ms=1500")
         assert slow.code == 1, slow.output
-        assert "aborted at step 1 (10.0%): p99" in slow.output and "(limit 250 ms)" in slow.output
+        assert "aborted at step 1 (10.0%): p99" in slow.output and "(limit 1000 ms)" in slow.output
         assert rollout_of(config)["status"] == "aborted"
     print(f"requests={len(load.results)} during the three rollouts; failed (all at the failing candidate's 10% "
           f"step)={len(failed)} of {len(step_one)}")
@@ -206,7 +208,7 @@ def read_until(process: subprocess.Popen, marker: str) -> list[str]:
 def test_a_killed_rollout_resumes_and_a_paused_one_resumes_or_aborts(ray_cluster, tmp_path, applied_dirs):
     config = copy_example("progressive_rollout", tmp_path)
     applied_dirs.append(config)
-    slow_steps = ("--var", "pause_s=8", "--var", "min_requests=10", "--var", "p99_vs_stable=20")
+    slow_steps = ("--var", "pause_s=8", "--var", "min_requests=10", *LIMITS)
     process = subprocess.Popen([SERVECTL, "-C", str(config), "rollout", "--auto-approve", *slow_steps], text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=cli_env())
     serving(ray_cluster.url("/api"), process)
@@ -236,7 +238,7 @@ def test_a_killed_rollout_resumes_and_a_paused_one_resumes_or_aborts(ray_cluster
         assert not failures, collections.Counter(r[1] for r in failures)
 
     # Without load nothing can be judged: the rollout pauses at its first step (exit 1 with the reason).
-    idle = ("--var", "pause_s=2", "--var", "candidate=v5", "--var", "min_requests=10")
+    idle = ("--var", "pause_s=2", "--var", "candidate=v5", "--var", "min_requests=10", *LIMITS)
     paused = run_cli(config, "rollout", "--auto-approve", *idle)
     assert paused.code == 1, paused.output
     assert "paused: step 1 (10.0%) could not be judged: 0 of 10 requests needed to judge" in paused.output.replace("\n", " ")

@@ -23,7 +23,7 @@ Rollout(
     pause_s=var("pause_s", default=10.0),
     analysis=[
         ErrorRate(max=0.01),
-        LatencyP99(max_ms=250, vs_stable=var("p99_vs_stable", default=1.5)),
+        LatencyP99(max_ms=var("p99_max_ms", default=250), vs_stable=var("p99_vs_stable", default=1.5)),
         MinRequests(var("min_requests", default=20)),
     ],
     on_failure=var("on_failure", default="rollback"),
