@@ -129,16 +129,7 @@ def streamed(result: Any, over_http: bool) -> Any:
         finally:
             await chunks.aclose()
 
-    class ClosingStreamingResponse(StreamingResponse):
-        # Starlette stops sending when the client leaves but leaves the body iterator suspended, to be closed
-        # whenever it is collected: close it now, so the backend's generator stops (and its finally runs) at once.
-        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-            try:
-                await super().__call__(scope, receive, send)
-            finally:
-                await self.body_iterator.aclose()
-
-    return ClosingStreamingResponse(body(), media_type="text/plain; charset=utf-8")
+    return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
 
 
 def replica_class(args: dict[str, Any]) -> type:
