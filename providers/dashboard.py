@@ -8,6 +8,7 @@ the cluster's network or through a tunnel (``AwsRay(dashboard_url=...)``).
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,6 +20,16 @@ SERVE_APPLICATIONS = "/api/serve/applications/"
 
 
 DEPLOY_TIMEOUT_S = 120.0
+DEPLOY_RETRY_FIRST_S = 1.0  # the first pause before a deploy that met a 5xx is sent again; doubled up to the next
+DEPLOY_RETRY_MAX_S = 8.0
+
+
+class DashboardError(ProviderError):
+    """Ray's dashboard answered ``status`` (an HTTP error code), or None when it did not answer at all."""
+
+    def __init__(self, message: str, status: Optional[int]) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RayDashboard:
@@ -48,14 +59,16 @@ class RayDashboard:
             if err.code in ok:
                 return err.code, b""
             if err.code in (401, 403):
-                raise ProviderError(
-                    f"Ray's dashboard at {self.url} refused servectl's token ({err.code}); check the cluster's auth token"
+                raise DashboardError(
+                    f"Ray's dashboard at {self.url} refused servectl's token ({err.code}); check the cluster's auth token",
+                    err.code,
                 ) from None
             last = detail[-1][:300] if detail else err.reason
-            raise ProviderError(f"Ray's dashboard at {self.url} answered {err.code} to {method} {path}: {last}") from None
+            raise DashboardError(f"Ray's dashboard at {self.url} answered {err.code} to {method} {path}: {last}",
+                                 err.code) from None
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
-            raise ProviderError(f"cannot reach Ray's dashboard at {self.url}: {reason}") from None
+            raise DashboardError(f"cannot reach Ray's dashboard at {self.url}: {reason}", None) from None
 
     def _json(self, method: str, path: str, payload: Any = None, timeout_s: Optional[float] = None) -> Any:
         body = None if payload is None else json.dumps(payload).encode()
@@ -72,10 +85,28 @@ class RayDashboard:
         return self._json("GET", SERVE_APPLICATIONS) or {}
 
     def deploy(self, config: dict[str, Any]) -> None:
-        """Declare every Serve application at once (ServeDeploySchema), as `serve deploy` does; waits at most
-        DEPLOY_TIMEOUT_S seconds (the dashboard starts Serve first when it is not running: its controller and a
-        proxy per node, slow on a busy cluster)."""
-        self._json("PUT", SERVE_APPLICATIONS, config, timeout_s=max(self.timeout_s, DEPLOY_TIMEOUT_S))
+        """Declare every Serve application at once (ServeDeploySchema), as `serve deploy` does; at most
+        DEPLOY_TIMEOUT_S seconds in all (the dashboard starts Serve first when it is not running: its controller and
+        a proxy per node, slow on a busy cluster).
+
+        A 400 is Serve refusing the config and is raised at once. A 5xx is the dashboard failing on the way
+        (on a loaded cluster Serve's start can lose a proxy actor: "the actor never ran"; the controller then
+        starts it again), and the deploy is declarative — the same whole config, sent again, means the same
+        thing — so it is sent again after 1, 2, 4, 8… seconds until the deadline, when the last error is raised
+        (DashboardError, ``status`` set).
+        """
+        deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+        pause = DEPLOY_RETRY_FIRST_S
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                self._json("PUT", SERVE_APPLICATIONS, config, timeout_s=max(self.timeout_s, left))
+                return
+            except DashboardError as err:
+                if err.status is None or err.status < 500 or time.monotonic() + pause >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, DEPLOY_RETRY_MAX_S)
 
     def shutdown_serve(self) -> None:
         """Shut Serve down with all its applications, as ``serve shutdown`` does; ProviderError on a failure."""

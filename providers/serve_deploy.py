@@ -92,7 +92,9 @@ def deploy_serve(
     try:
         deploy(config)
     except ProviderError as err:
-        raise ProviderError(f"{change.address}: Serve rejected the configuration: {err}") from None
+        refused = getattr(err, "status", None) == 400  # a 5xx or no answer is the dashboard's failure, not Serve's verdict
+        what = "Serve rejected the configuration" if refused else "deploying to Serve failed"
+        raise ProviderError(f"{change.address}: {what}: {err}") from None
     serve_health.wait_until_live(details, change, before, config, timeout_s, routes_problem)
     live, policies = serve_apps.endpoint_policies(resources)
     live.update(backends_live)
