@@ -192,11 +192,18 @@ class MultiNodeCluster:
 
     def start_haproxy(self, lb_port: int) -> None:
         servers = "\n".join(f"    server {n.name} {n.ip}:{PROXY_PORT} check" for n in self.nodes.values())
+        # An ALB whose targets all fail their health check routes to all of them ("fails open"); HAProxy's
+        # unchecked backup servers, used together only when every checked one is down, do the same here.
+        fail_open = "\n".join(f"    server {n.name}-open {n.ip}:{PROXY_PORT} backup" for n in self.nodes.values())
         config = self.workdir / "haproxy.cfg"
         config.write_text(f"""global
     maxconn 2000
+    # One line per request in haproxy.log: its termination state says which side failed one.
+    log stdout format raw local0
 defaults
     mode http
+    log global
+    option httplog
     timeout connect 500ms
     timeout client 30s
     timeout server 30s
@@ -210,15 +217,25 @@ frontend lb
     default_backend serve_proxies
 backend serve_proxies
     balance roundrobin
+    option allbackups
     option httpchk GET /-/healthz
     http-check expect status 200
     default-server inter 500ms fall 2 rise 2
 {servers}
+{fail_open}
 """)
         binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
         log = open(self.workdir / "haproxy.log", "ab")
         self.haproxy = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
         self.lb_port = lb_port
+
+    def lb_server_changes(self) -> list[str]:
+        """The load balancer's health verdicts so far ("Server serve_proxies/w2 is DOWN, reason: …"), in order."""
+        try:
+            lines = (self.workdir / "haproxy.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        return [line[:160] for line in lines if line.startswith("Server ")]
 
     @property
     def lb_url(self) -> str:

@@ -7,8 +7,10 @@ servectl put in the launch template, the node agent from servectl), and
 servectl deploys Serve through the head's dashboard REST API with the code
 zip from (moto's) S3 and publishes the 50/50 split every node agent puts on
 its front proxy. haproxy, the load balancer, checks every node's front proxy
-at ``/-/healthz`` every 0.5 s and retries a request that met a dead
-connection on another node. A bounded load generator sends requests through
+at ``/-/healthz`` every 0.5 s, retries a request that met a dead
+connection on another node and, as an ALB does, routes to every node when
+all fail their check (fail open: a loaded machine can slow every check past
+its timeout at once). A bounded load generator sends requests through
 it while one worker node is killed (every process in its namespace, SIGKILL)
 and a replacement boots.
 """
@@ -99,6 +101,15 @@ def wait_for(condition, timeout: float, what: str) -> float:
     raise AssertionError(f"{what} did not happen within {timeout}s")
 
 
+def failure_summary(failures: list[tuple[float, object, str]]) -> str:
+    """When failed answers came (seconds after the kill) and what they said: which part refused them."""
+    if not failures:
+        return "none"
+    kinds = Counter((status, body) for _, status, body in failures)
+    return (f"from {min(at for at, _, _ in failures):.1f}s to {max(at for at, _, _ in failures):.1f}s after the kill; "
+            + "; ".join(f"{count}× {status} {body!r}" for (status, body), count in kinds.most_common(5)))
+
+
 def boot(cluster: MultiNodeCluster, name: str, agent_args: list[str]) -> None:
     """What a node's user data does: Ray (the head, or a worker that joins it), then the node agent."""
     cluster.start_ray(name, head=name == "head")
@@ -160,6 +171,8 @@ def test_a_node_killed_under_load_costs_no_request(cluster, tmp_path):
 
     outcomes: Counter = Counter()
     served_by: Counter = Counter()
+    failures: list[tuple[float, object, str]] = []  # (seconds since the kill, status or error, the body's start)
+    killed_at = float("inf")
     done = threading.Event()
     lock = threading.Lock()
 
@@ -170,10 +183,14 @@ def test_a_node_killed_under_load_costs_no_request(cluster, tmp_path):
                     answer = session.get(cluster.lb_url + "/", timeout=30)
                     with lock:
                         outcomes[answer.status_code] += 1
-                        served_by[answer.text] += 1
+                        if answer.status_code == 200:
+                            served_by[answer.text] += 1
+                        else:
+                            failures.append((time.monotonic() - killed_at, answer.status_code, answer.text[:160]))
                 except requests.RequestException as err:
                     with lock:
                         outcomes[type(err).__name__] += 1
+                        failures.append((time.monotonic() - killed_at, type(err).__name__, str(err)[:160]))
 
     clients = [threading.Thread(target=client) for _ in range(6)]
     for thread in clients:
@@ -185,7 +202,9 @@ def test_a_node_killed_under_load_costs_no_request(cluster, tmp_path):
         assert not cluster.healthz("w2", timeout=0.5)
         time.sleep(2)  # the node is gone for a while before its replacement boots
         boot(cluster, "w2", agent_args)  # the replacement: same namespace and address, a new Ray node
-        replaced = wait_for(lambda: cluster.healthz("w2"), 120, "the replacement node's proxies") + 2
+        # A worker's Serve proxy is healthy once a replica runs beside it: 63 s on a loaded CI machine, over 120 s
+        # with four busy loops beside the test on two cores.
+        replaced = wait_for(lambda: cluster.healthz("w2"), 180, "the replacement node's proxies") + 2
         wait_for(lambda: sum(outcomes.values()) >= REQUESTS_AT_LEAST, 120, f"{REQUESTS_AT_LEAST} requests")
         serving_after = time.monotonic() - killed_at
     finally:
@@ -196,7 +215,7 @@ def test_a_node_killed_under_load_costs_no_request(cluster, tmp_path):
     errors = total - outcomes[200]
     print(f"requests={total} errors={errors} replacement_serving_after={replaced:.1f}s "
           f"(load ran {serving_after:.1f}s after the kill) replicas_seen={len(served_by)} outcomes={dict(outcomes)}")
-    assert errors == 0, dict(outcomes)
+    assert errors == 0, (dict(outcomes), failure_summary(failures), cluster.lb_server_changes())
     assert total >= REQUESTS_AT_LEAST
     backends = Counter(text.split()[0] for text in served_by.elements())
     assert abs(backends["a"] / total - 0.5) < 0.1, backends  # the split servectl applied, on every node
