@@ -12,10 +12,14 @@ no connection is refused and no request dropped.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -34,7 +38,11 @@ from servectl.routing.traffic import KEY_SPACE, Segments
 
 INTERNAL_PREFIX = "/_servectl/"
 HEALTH_PATH = "/-/healthz"  # Serve's proxy health route: the load balancer's check passes through
-DRAIN_TIMEOUT_S = 30
+DEFAULT_DRAIN_S = 300.0  # an endpoint's deregistration_delay_s when it declares none (an ALB's default)
+MAX_DRAIN_S = 3_600.0  # the config's own bound on it
+WEBSOCKET_PREFIX = "ws_"  # the HAProxy backend section of a backend's WebSockets: ws_<backend>
+MASTER_SOCKET = "master.sock"  # HAProxy's master CLI, in the runtime dir (0700): how old workers are asked what they hold
+CLI_TIMEOUT_S = 2.0
 START_TIMEOUT_S = 30.0  # HAProxy starts in well under a second; a loaded two-core machine has taken seconds
 
 
@@ -71,13 +79,24 @@ class RoutedEndpoint:
     shadow: dict[str, float] = field(default_factory=dict)
     timeouts: dict[str, float] = field(default_factory=dict)  # backend -> seconds an HTTP request may take (504 after)
     models: dict[str, Segments] = field(default_factory=dict)  # a model id routed apart -> its own segments
+    drain_s: float = DEFAULT_DRAIN_S  # deregistration_delay_s: how long an open connection keeps its backend
+
+    def backends(self) -> set[str]:
+        """Every backend this endpoint routes a request to (its own segments' and each routed model id's)."""
+        return {*self.segments, *(backend for owned in self.models.values() for backend in owned)}
+
+
+def drain_bound_s(endpoints: list[RoutedEndpoint]) -> float:
+    """How long a previous HAProxy worker may keep its connections after a reload (its ``hard-stop-after``):
+    the longest ``deregistration_delay_s`` of the endpoints (HAProxy's bound is one per process), in seconds."""
+    return max((endpoint.drain_s for endpoint in endpoints), default=DEFAULT_DRAIN_S)
 
 
 def routed_endpoints(policies: dict[str, dict[str, Any]]) -> list[RoutedEndpoint]:
     """The endpoints with a route, from their routing policies (as the policy store and the node agents hold them)."""
     return [
         RoutedEndpoint(name, policy["route"], policy["segments"], policy.get("shadow") or {}, policy.get("timeouts") or {},
-                       policy.get("models") or {})
+                       policy.get("models") or {}, policy.get("deregistration_delay_s", DEFAULT_DRAIN_S))
         for name, policy in sorted(policies.items())
         if policy.get("route") is not None
     ]
@@ -100,7 +119,8 @@ def render_config(
         "global",
         "    master-worker",
         f"    pidfile {pidfile}",
-        f"    hard-stop-after {DRAIN_TIMEOUT_S}s",
+        # A previous worker keeps its open connections (WebSockets) this long after a reload, then closes them.
+        f"    hard-stop-after {int(math.ceil(drain_bound_s(endpoints)))}s",
         "    maxconn 4096",
         "defaults",
         "    mode http",
@@ -162,6 +182,16 @@ def render_config(
         *([f"    http-request set-header {PROOF_HEADER} {proof} if {{ var(txn.sc_b) -m found }}"] if proof else []),
         # A full queue (a backend's max_queued_requests) is a 503 a client may retry: say when.
         "    http-response set-header Retry-After 1 if { status 503 } !{ res.hdr(retry-after) -m found }",
+    ]
+    # A WebSocket goes through a backend section of its own backend's, all to the same Serve port: HAProxy then
+    # counts each backend's open connections, which is what a reload and a backend's removal wait for.
+    routed = sorted({backend for endpoint in endpoints for backend in endpoint.backends()})
+    lines += [
+        f"    use_backend {WEBSOCKET_PREFIX}{backend} if {{ req.hdr(upgrade) -m str -i websocket }} "
+        f"{{ var(txn.sc_b) -m str {backend} }}"
+        for backend in routed
+    ]
+    lines += [
         "    default_backend serve",
         "backend serve",
         f"    server serve 127.0.0.1:{serve_port}",
@@ -173,6 +203,8 @@ def render_config(
         f"    http-request set-timeout server {int(round(seconds * 1000))}ms if {{ var(txn.sc_b) -m str {backend} }}"
         for backend, seconds in sorted(timeouts.items())
     ]
+    for backend in routed:
+        lines += [f"backend {WEBSOCKET_PREFIX}{backend}", f"    server serve 127.0.0.1:{serve_port}"]
     return "\n".join(lines + [""])
 
 
@@ -201,14 +233,20 @@ def check_inputs(
         raise ValueError("the route proof is not 64 hex digits")
     for endpoint in endpoints:
         names.require(names.ROUTE, endpoint.route, f"endpoint {endpoint.name}'s route")
-        check_policy(endpoint.name, endpoint.segments, endpoint.shadow, endpoint.timeouts, endpoint.models)
+        check_policy(endpoint.name, endpoint.segments, endpoint.shadow, endpoint.timeouts, endpoint.models,
+                     endpoint.drain_s)
 
 
-def check_policy(name: Any, segments: Any, shadow: Any, timeouts: Any = None, models: Any = None) -> None:
+def check_policy(
+    name: Any, segments: Any, shadow: Any, timeouts: Any = None, models: Any = None, drain_s: Any = DEFAULT_DRAIN_S,
+) -> None:
     """Refuse, with ValueError, an endpoint's routing policy (as handles and proxies read it) that breaks a rule:
     names and model ids by ``servectl.names``, segments (the endpoint's and each routed model id's) within the key
-    space, shadow proportions within 0..1, timeouts (seconds) within 0..86400."""
+    space, shadow proportions within 0..1, timeouts (seconds) within 0..86400, the deregistration delay within
+    1..3600 s."""
     names.require(names.NAME, name, "endpoint name")
+    if not isinstance(drain_s, (int, float)) or isinstance(drain_s, bool) or not 1 <= drain_s <= MAX_DRAIN_S:
+        raise ValueError(f"endpoint {name}: deregistration delay {drain_s!r} is not within 1..{MAX_DRAIN_S:g} s")
     if not isinstance(models or {}, dict):
         raise ValueError(f"endpoint {name}'s models must be a mapping")
     for model_id, owned in (models or {}).items():
@@ -242,6 +280,19 @@ def _check_segments(name: str, segments: Any) -> None:
             lo, hi = segment
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)) or not 0 <= lo < hi <= KEY_SPACE:
                 raise ValueError(f"endpoint {name}: segment {segment!r} of {backend} is not within 0..{KEY_SPACE}")
+
+
+@dataclass(frozen=True)
+class Sessions:
+    """What one HAProxy worker holds: HTTP requests in flight, and open WebSocket connections by backend."""
+
+    http: int
+    by_backend: dict[str, int]
+
+    @property
+    def websockets(self) -> int:
+        """Open WebSocket connections, over every backend."""
+        return sum(self.by_backend.values())
 
 
 class FrontProxy:
@@ -278,8 +329,14 @@ class FrontProxy:
             return set()
         return set(session_members(identity)) - {identity.pid}
 
-    def apply(self, config: str, bind_host: str, bind_port: int) -> None:
-        """Install ``config``: start HAProxy, or reload it and wait until the old worker has drained."""
+    def apply(self, config: str, bind_host: str, bind_port: int, drain_s: float = DEFAULT_DRAIN_S) -> int:
+        """Install ``config``: start HAProxy, or reload it and wait until the previous workers have finished their
+        HTTP requests (at most ``drain_s`` + 10 seconds: its ``hard-stop-after``, ``drain_bound_s``).
+
+        Returns how many open WebSocket connections the previous workers keep (each on the backend it was routed
+        to, until it closes or ``drain_s`` passes); 0 on a start or when nothing changed. Raises ProviderError when
+        HAProxy refuses the config, does not start, or does not finish reloading in time.
+        """
         os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
         candidate = self.config_path + ".new"
         with os.fdopen(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as handle:
@@ -297,7 +354,8 @@ class FrontProxy:
         if master is None:
             self._start(bind_host, bind_port)
         elif current != config:
-            self._reload(master)
+            return self._reload(master, drain_s)
+        return 0
 
     def _start(self, bind_host: str, bind_port: int) -> None:
         probe_host = "127.0.0.1" if bind_host in ("0.0.0.0", "::", "") else bind_host
@@ -308,10 +366,11 @@ class FrontProxy:
         env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG", "TZ") if key in os.environ}
         fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "ab") as log:
+            # The master CLI's socket is named relative to the runtime dir (a socket's path has at most 107 bytes).
             process = subprocess.Popen(
-                [haproxy_binary(), "-W", "-db", "-f", self.config_path],
+                [haproxy_binary(), "-W", "-db", "-S", f"unix@{MASTER_SOCKET}", "-f", self.config_path],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                env={**env, TAG_VARIABLE: tag}, umask=0o077,
+                env={**env, TAG_VARIABLE: tag}, umask=0o077, cwd=self.runtime_dir,
             )
         identity = identify(process.pid, tag)
         if identity is not None:
@@ -336,17 +395,65 @@ class FrontProxy:
             f"see {self.log_path}"
         )
 
-    def _reload(self, master: int) -> None:
+    def _reload(self, master: int, drain_s: float) -> int:
         old = self.workers()
         if not signal_verified(master, signal.SIGUSR2, self._identity()):
             raise ProviderError("the front proxy stopped while reloading; run apply again to start it")
-        deadline = time.time() + DRAIN_TIMEOUT_S + 10
+        deadline = time.time() + drain_s + 10
         while time.time() < deadline:
             now = self.workers()
-            if now and not (now & old):  # a new worker serves, every old one has finished its requests
-                return
+            if now - old:  # a new worker serves
+                lingering = [self.sessions(pid) for pid in sorted(now & old)]
+                # A previous worker is done with HTTP once it has no request in flight: what it still holds is
+                # WebSockets, kept on their backends. One the master CLI cannot tell about is waited out.
+                if all(held is not None and held.http == 0 for held in lingering):
+                    return sum(held.websockets for held in lingering if held is not None)
             time.sleep(0.05)
-        raise ProviderError(f"the front proxy did not finish reloading within {DRAIN_TIMEOUT_S + 10}s; see {self.log_path}")
+        raise ProviderError(f"the front proxy did not finish reloading within {drain_s + 10:g}s; see {self.log_path}")
+
+    def sessions(self, pid: int) -> Optional["Sessions"]:
+        """What worker ``pid`` holds now, from its statistics through the master CLI; None when it cannot tell (the
+        worker exited, or a proxy started before the CLI existed)."""
+        stats = self._master_cli(f"@!{pid} show stat")
+        if not stats or not stats.startswith("# pxname"):
+            return None
+        http = 0
+        websockets: dict[str, int] = {}
+        for row in csv.DictReader(io.StringIO(stats[2:])):
+            if row.get("svname") != "BACKEND" or not (row.get("scur") or "").isdigit():
+                continue
+            name, current = row["pxname"], int(row["scur"])
+            if name == "serve":
+                http = current
+            elif name.startswith(WEBSOCKET_PREFIX):
+                websockets[name[len(WEBSOCKET_PREFIX):]] = current
+        return Sessions(http=http, by_backend=websockets)
+
+    def open_websockets(self, backend: str) -> int:
+        """Open WebSocket connections routed to ``backend`` over every worker, current and previous."""
+        held = (self.sessions(pid) for pid in sorted(self.workers()))
+        return sum(sessions.by_backend.get(backend, 0) for sessions in held if sessions is not None)
+
+    def _master_cli(self, command: str) -> Optional[str]:
+        """One command to HAProxy's master CLI, its whole answer; None when no master listens there."""
+        try:
+            directory = os.open(self.runtime_dir, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return None
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.settimeout(CLI_TIMEOUT_S)
+                client.connect(f"/proc/self/fd/{directory}/{MASTER_SOCKET}")  # short, whatever the dir's length
+                client.sendall(command.encode() + b"\n")
+                client.shutdown(socket.SHUT_WR)  # one command: the master answers, then closes
+                chunks = []
+                while chunk := client.recv(65536):
+                    chunks.append(chunk)
+            return b"".join(chunks).decode("utf-8", "replace")
+        except OSError:
+            return None
+        finally:
+            os.close(directory)
 
     def stop(self) -> None:
         """Stop the master and its workers (the session it leads), if the recorded process still runs."""

@@ -25,6 +25,7 @@ from servectl.errors import ProviderError
 from servectl.model.capacity import NodeCapacity
 from servectl.runtime.proof import route_proof
 from servectl.runtime.sealed import SealError, key_from_token
+from servectl.model.kinds import BACKEND, ENDPOINT
 from servectl.model.plan import Action, ResourceChange
 from servectl.state.document import ResourceState
 
@@ -33,7 +34,7 @@ from servectl.providers.dashboard import RayDashboard
 from servectl.providers.serve_apps import PROXY_LOCATIONS
 from servectl.providers.serve_deploy import HandleDrain, deploy_serve
 from servectl.providers.embedded_cluster import RUNTIME_DIR, EmbeddedCluster, free_ports, port_open
-from servectl.providers.front_proxy import FrontProxy, render_config, routed_endpoints
+from servectl.providers.front_proxy import DEFAULT_DRAIN_S, FrontProxy, drain_bound_s, render_config, routed_endpoints
 from servectl.routing.policy import applied_endpoints, read_policies, write_policies
 
 _connected: dict[str, Optional[str]] = {"address": None}
@@ -397,6 +398,8 @@ class LocalRayProvider(Provider):
         """Backends first (Serve, healthy, internal routes served), then the front proxy's rules. Each backend keeps
         its code package unless ``change`` restarts it; HTTP stays on the internal port."""
         self._handles.wait(change)
+        if change.kind == BACKEND and change.action == Action.DELETE:
+            self._wait_for_websockets(change.name, resources, progress)
         live, policies = deploy_serve(
             change, resources, lambda resource: self._package_for(resource, change),
             proxy_location=PROXY_LOCATIONS[self.spec.http_location],
@@ -415,8 +418,29 @@ class LocalRayProvider(Provider):
                 )
             except ValueError as err:  # a value the state holds that no config could have given: never written out
                 raise ProviderError(f"{change.address}: the front proxy's configuration was refused: {err}") from None
-            self.front_proxy.apply(proxy_config, self.spec.http_host, self.spec.http_port)
+            bound = drain_bound_s(routed)
+            kept = self.front_proxy.apply(proxy_config, self.spec.http_host, self.spec.http_port, bound)
+            if kept:
+                progress(f"{kept} open WebSocket connection(s) keep their backend until they close (at most {bound:g} s)")
         return live
+
+    def _wait_for_websockets(self, backend: str, resources: dict[str, ResourceState], progress: Progress) -> None:
+        """Before ``backend`` is deleted, wait until no open WebSocket is routed to it, at most the endpoints'
+        deregistration delay (``drain_bound_s``: past it the front proxy closes them anyway)."""
+        if self.spec.http_location == "NoServer":
+            return
+        open_now = self.front_proxy.open_websockets(backend)
+        if not open_now:
+            return
+        delays = [r.attributes.get("deregistration_delay_s", DEFAULT_DRAIN_S) for r in resources.values() if r.kind == ENDPOINT]
+        bound = max(delays, default=DEFAULT_DRAIN_S)
+        progress(f"waiting for {open_now} open WebSocket connection(s) on {backend} to close (at most {bound:g} s)")
+        deadline = time.monotonic() + bound
+        while time.monotonic() < deadline and self.front_proxy.open_websockets(backend):
+            time.sleep(0.25)
+        left = self.front_proxy.open_websockets(backend)
+        if left:
+            progress(f"{left} WebSocket connection(s) on {backend} still open after {bound:g} s: closed with it")
 
     def _serve_routes_problem(self, apps: set[str]) -> Optional[str]:
         return serve_health.routes_problem(self._serve_port or 0, apps)

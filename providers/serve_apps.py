@@ -203,4 +203,6 @@ def endpoint_policies(resources: dict[str, ResourceState]) -> tuple[dict[str, di
         }
         if timeouts:  # the front proxy's per-backend limit for HTTP requests (absent: its own default)
             policies[resource.name]["timeouts"] = timeouts
+        if "deregistration_delay_s" in resource.attributes:  # absent: the front proxy's default (300 s)
+            policies[resource.name]["deregistration_delay_s"] = float(resource.attributes["deregistration_delay_s"])
     return live, policies

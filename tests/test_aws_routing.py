@@ -72,6 +72,10 @@ def test_the_agent_refuses_a_document_that_would_inject_configuration(moto_serve
                   "models": {"m\n    stats enable": {"a": [[0, 1000000]]}}}}, ["a"]),
         ({"api": {"route": "/api", "segments": {"a": [[0, 1000000]]}, "shadow": {}, "models": {"m": {evil: [[0, 1]]}}}},
          ["a"]),
+        ({"api": {"route": "/api", "segments": {"a": [[0, 1000000]]}, "shadow": {},
+                  "deregistration_delay_s": "300s\n    stats enable"}}, ["a"]),
+        ({"api": {"route": "/api", "segments": {"a": [[0, 1000000]]}, "shadow": {}, "deregistration_delay_s": 1e9}},
+         ["a"]),
         ({}, [evil]),
     ):
         version = store.publish(endpoints, backends, 8001)

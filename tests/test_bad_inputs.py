@@ -189,6 +189,13 @@ def cases(closed_port: int, failing_dashboard: str) -> list[Case]:
              main=_swap('Backend("bad_b", "models:M",', 'Backend("bad_b", "models:M", health_check_timeout_s=-1,')),
         Case("a queue limit of 10**12", ["plan"], "max_queued_requests: Input should be less than or equal to 1000000",
              main=_swap('Backend("bad_b", "models:M",', 'Backend("bad_b", "models:M", max_queued_requests=10**12,')),
+        Case("a deregistration delay of 0", ["plan"], "deregistration_delay_s: Input should be greater than or equal to 1",
+             main=_swap('traffic={a: 0.5, b: 0.5})', 'traffic={a: 0.5, b: 0.5}, deregistration_delay_s=0)')),
+        Case("a deregistration delay of two hours", ["plan"],
+             "deregistration_delay_s: Input should be less than or equal to 3600",
+             main=_swap('traffic={a: 0.5, b: 0.5})', 'traffic={a: 0.5, b: 0.5}, deregistration_delay_s=7200)')),
+        Case("a deregistration delay of nan", ["plan"], "deregistration_delay_s: Input should be a finite number",
+             main=_swap('traffic={a: 0.5, b: 0.5})', 'traffic={a: 0.5, b: 0.5}, deregistration_delay_s=float("nan"))')),
         Case("max_models_per_replica without a serve.multiplexed loader", ["plan"],
              "max_models_per_replica=2 but class M (models.py:1) has no @serve.multiplexed loader method",
              main=_swap('Backend("bad_b", "models:M",', 'Backend("bad_b", "models:M", max_models_per_replica=2,')),
@@ -309,7 +316,7 @@ def _aws_applied(directory: Path) -> None:
 def _plan_elsewhere(directory: Path) -> None:
     """A plan saved in another config dir, brought here."""
     other = directory.parent / f"{directory.name}-other"
-    shutil.copytree(directory, other)
+    shutil.copytree(directory, other, ignore=shutil.ignore_patterns("master.sock"))  # a socket: not a file
     (other / "main.py").write_text(_swap("default=1", "default=2"))
     saved = run_cli(other, "plan", "--out", str(directory / "p.plan"))
     assert saved.code == 0, saved.output
@@ -333,7 +340,7 @@ def _check(case: Case, base: Path, root: Path) -> tuple[str, Optional[str]]:
     if case.fresh:
         write_config(directory, case.main or GOOD, models=case.models or MODELS)
     else:
-        shutil.copytree(base, directory)
+        shutil.copytree(base, directory, ignore=shutil.ignore_patterns("master.sock"))
         if case.main is not None:
             (directory / "main.py").write_text(case.main)
         if case.models is not None:

@@ -20,7 +20,7 @@ def test_every_attribute_the_planner_diffs_has_a_declared_cost():
         declared = set(attribute_costs(spec.kind))
         assert set(spec.attributes) <= declared, (spec.address, sorted(set(spec.attributes) - declared))
     assert {"code", "num_replicas", "user_config", "env_vars"} <= set(attribute_costs(BACKEND))
-    assert {"route", "traffic", "shadow", "models", "rollout"} == set(attribute_costs(ENDPOINT))
+    assert {"route", "traffic", "shadow", "models", "deregistration_delay_s", "rollout"} == set(attribute_costs(ENDPOINT))
 
 
 def test_in_place_sets_derive_from_the_fields():
@@ -29,7 +29,7 @@ def test_in_place_sets_derive_from_the_fields():
          "request_timeout_s", "max_queued_requests", "graceful_shutdown_timeout_s", "health_check_period_s",
          "health_check_timeout_s", "max_models_per_replica"}
     )
-    assert in_place_attributes(ENDPOINT) == frozenset({"route", "traffic", "shadow", "models", "rollout"})
+    assert in_place_attributes(ENDPOINT) == frozenset({"route", "traffic", "shadow", "models", "deregistration_delay_s", "rollout"})
     # Two settings feed one attribute: they must agree (omp_num_threads lands in env_vars, code_version in code).
     assert update_types(Backend)["env_vars"] is UpdateType.RESTART and update_types(Backend)["code"] is UpdateType.RESTART
 

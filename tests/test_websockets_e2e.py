@@ -1,12 +1,19 @@
-"""WebSockets (issue #17, item 3, first part) through the front proxy to a FastAPI websocket route: the endpoint's
-policy picks the backend when the connection opens (a shard key honoured), and only through the front proxy."""
+"""WebSockets (issue #17, item 3) through the front proxy to a FastAPI websocket route: the endpoint's policy picks
+the backend when the connection opens (a shard key honoured), only through the front proxy; an open connection
+keeps its backend through weight changes, and removing that backend waits for it, at most the endpoint's
+``deregistration_delay_s``."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from servectl.providers.embedded_cluster import RUNTIME_DIR
+from servectl.providers.front_proxy import FrontProxy
 from tests.conftest import copy_example, run_cli
 
 pytestmark = pytest.mark.ray
@@ -48,3 +55,78 @@ def test_a_websocket_connects_through_the_front_proxy_by_the_endpoints_policy(ra
         with connect(f"ws://127.0.0.1:{serve_port}/_servectl/api_v1/ws", open_timeout=30) as socket:
             socket.send("sneak")
             socket.recv(timeout=10)
+
+
+REMOVABLE = """
+from servectl import Backend, Endpoint, LocalRay, var
+LocalRay()
+small = {"num_cpus": 0.25}
+v2 = Backend("ws_v2", "models:ItemsApi", "v2", ray_actor_options=small)
+share = var("v2_share", default=0.0)
+traffic = {v2: 1.0}
+if var("with_v1", default=True):
+    traffic = {Backend("ws_v1", "models:ItemsApi", "v1", ray_actor_options=small): 1 - share, v2: share}
+Endpoint("api", route="/api", traffic=traffic, deregistration_delay_s=var("drain_s", default=300.0))
+"""
+
+
+def exchange(socket, text: str) -> str:
+    socket.send(text)
+    return socket.recv(timeout=30)
+
+
+def test_an_open_websocket_keeps_its_backend_through_weight_changes_and_its_removal_waits(
+    ray_cluster, tmp_path, applied_dirs,
+):
+    config = copy_example("fastapi_ingress", tmp_path)
+    (config / "main.py").write_text(REMOVABLE)
+    applied_dirs.append(config)
+    assert run_cli(config, "apply", "--auto-approve").code == 0
+    url = f"ws://127.0.0.1:{ray_cluster.http_port}/api/ws"
+    proxy = FrontProxy(str(config / RUNTIME_DIR))
+
+    # A weight change: apply waits for HTTP requests only, says what it leaves open, and the connection stays on v1
+    # while new ones go to v2; the previous HAProxy worker ends once the connection closes.
+    with connect(url, open_timeout=30) as held:
+        assert exchange(held, "a") == "v1: a"
+        started = time.monotonic()
+        moved = run_cli(config, "apply", "--auto-approve", "--var", "v2_share=1")
+        assert moved.code == 0, moved.output
+        assert time.monotonic() - started < 60  # not the 300 s bound
+        assert "1 open WebSocket connection(s) keep their backend until they close (at most 300 s)" in moved.output
+        assert len(proxy.workers()) == 2  # the previous worker holds the connection
+        assert exchange(held, "b") == "v1: b"
+        with connect(url, open_timeout=30) as fresh:
+            assert exchange(fresh, "c") == "v2: c"
+        assert exchange(held, "d") == "v1: d"
+    deadline = time.monotonic() + 20
+    while len(proxy.workers()) > 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(proxy.workers()) == 1
+
+    # Removing the backend a connection is on waits for it to close (the client closes it after 3 s)...
+    assert run_cli(config, "apply", "--auto-approve", "--var", "v2_share=0").code == 0
+    with connect(url, open_timeout=30) as held:
+        assert exchange(held, "e") == "v1: e"
+        closer = threading.Timer(3.0, held.close)
+        closer.start()
+        started = time.monotonic()
+        removed = run_cli(config, "apply", "--auto-approve", "--var", "with_v1=false", "--var", "drain_s=20")
+        waited = time.monotonic() - started
+        closer.join()
+    assert removed.code == 0, removed.output
+    assert "waiting for 1 open WebSocket connection(s) on ws_v1 to close (at most 20 s)" in removed.output
+    assert waited >= 3 and "still open" not in removed.output, (waited, removed.output)
+
+    # ...and at most the declared delay: past it the connection is closed with its backend.
+    assert run_cli(config, "apply", "--auto-approve", "--var", "drain_s=4").code == 0
+    assert run_cli(config, "apply", "--auto-approve", "--var", "drain_s=4", "--var", "with_v1=true").code == 0
+    with connect(url, open_timeout=30) as held:
+        assert exchange(held, "f") == "v1: f"
+        started = time.monotonic()
+        cut = run_cli(config, "apply", "--auto-approve", "--var", "with_v1=false", "--var", "drain_s=4")
+        assert cut.code == 0, cut.output
+        assert 4 <= time.monotonic() - started < 60
+        assert "waiting for 1 open WebSocket connection(s) on ws_v1 to close (at most 4 s)" in cut.output
+        with pytest.raises(ConnectionClosed):
+            exchange(held, "g")

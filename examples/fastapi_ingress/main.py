@@ -8,7 +8,9 @@
 
 `--var v2_share=0.5` splits /api between two versions of the app (every path
 under it; `x-serve-shard-key` keeps a user on one); `--var shadow=0.1` copies a
-tenth of the requests to the v2 app as well.
+tenth of the requests to the v2 app as well. `ws://localhost:8000/api/ws` echoes
+with the version: a weight change leaves an open WebSocket on its version until
+it closes (at most `--var drain_s=…` seconds, 300 by default).
 """
 from servectl import Backend, Endpoint, LocalRay, var
 
@@ -17,6 +19,7 @@ small = {"num_cpus": 0.25}
 v1 = Backend("api_v1", "models:ItemsApi", "v1", ray_actor_options=small)
 v2 = Backend("api_v2", "models:ItemsApi", "v2", ray_actor_options=small)
 share = var("v2_share", default=0.0)
-Endpoint("api", route="/api", traffic={v1: 1 - share, v2: share}, shadow={v2: var("shadow", default=0.0)})
+Endpoint("api", route="/api", traffic={v1: 1 - share, v2: share}, shadow={v2: var("shadow", default=0.0)},
+         deregistration_delay_s=var("drain_s", default=300.0))
 # A plain ASGI app (no class) is a backend too.
 Endpoint("health", route="/health-app", backend=Backend("health_app", "models:health_app", ray_actor_options=small))

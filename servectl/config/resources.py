@@ -36,6 +36,10 @@ MAX_LIFECYCLE_S = 3_600.0  # health checks and graceful shutdown: an hour
 MAX_THREADS = 1_024
 MAX_MODELS_PER_REPLICA = 10_000
 MAX_MODEL_ROUTES = 1_000  # model ids an endpoint routes apart from its traffic
+# An ALB target group's deregistration_delay: its default (300 s) and range (0..3600 s; 0 is below what lets
+# HTTP requests in flight finish, so 1 here).
+DEFAULT_DEREGISTRATION_DELAY_S = 300.0
+MAX_DEREGISTRATION_DELAY_S = 3_600.0
 MAX_NODE_CPUS = 100_000.0  # the embedded head's
 MAX_NODE_GPUS = 1_024
 HTTP_LOCATIONS = ("HeadOnly", "EveryNode", "NoServer")
@@ -265,6 +269,13 @@ class Endpoint(_Resource):
         description="multiplexed model id -> its own traffic (backend -> weight, or one backend): requests for "
         "that model id go there, every other id follows traffic",
     )
+    deregistration_delay_s: float = Field(
+        DEFAULT_DEREGISTRATION_DELAY_S, ge=1, le=MAX_DEREGISTRATION_DELAY_S, allow_inf_nan=False,
+        json_schema_extra=costs(UpdateType.LIGHTWEIGHT),
+        description="seconds an open connection (a WebSocket) keeps the backend it was routed to after a routing "
+        "change moved its traffic, and that removing the backend waits for it, before it is closed (as an ALB "
+        "target group's deregistration_delay)",
+    )
     declared_at: str = ""
 
     def __init__(
@@ -275,6 +286,7 @@ class Endpoint(_Resource):
         traffic: Optional[dict[Union[Backend, str], float]] = None,
         shadow: Optional[dict[Union[Backend, str], float]] = None,
         models: Optional[dict[str, Union[Backend, str, dict[Union[Backend, str], float]]]] = None,
+        deregistration_delay_s: float = DEFAULT_DEREGISTRATION_DELAY_S,
     ) -> None:
         site = declaration_site()
         try:  # the field's own rule, first: every later message names the endpoint
@@ -303,7 +315,8 @@ class Endpoint(_Resource):
                 raise ConfigError(f"{site}: endpoint {name!r}: shadow proportion for {label!r} must be between 0 and 1, got {proportion!r}")
         try:
             super().__init__(
-                name=name, route=route, traffic=dict(traffic), shadow=dict(shadow), models=model_traffic, declared_at=site
+                name=name, route=route, traffic=dict(traffic), shadow=dict(shadow), models=model_traffic,
+                deregistration_delay_s=deregistration_delay_s, declared_at=site,
             )
         except ValidationError as err:
             raise ConfigError(f"{site}: endpoint {name!r}: {first_error(err)}") from None

@@ -11,7 +11,7 @@ import os
 from typing import Any, Optional
 
 from servectl.config.blocks import LocalRay
-from servectl.config.resources import Backend, Endpoint
+from servectl.config.resources import DEFAULT_DEREGISTRATION_DELAY_S, Backend, Endpoint
 from servectl.errors import ConfigError
 from servectl.loading.code_identity import code_identity
 from servectl.model.desired import ProviderSpec, ResourceSpec, address_of
@@ -157,7 +157,8 @@ def endpoint_attributes(
     """An endpoint's plain attributes: ``route``, ``traffic`` (backend name → weight; keys naming the same backend
     are summed) and ``shadow`` (backend name → proportion; 0 leaves it out), both sorted by name, as Ray Serve
     1.x's ``set_traffic`` and ``shadow_traffic`` take them; and, only when it routes model ids apart, ``models``
-    (model id → its own traffic, sorted). Raises ConfigError when a key names a backend not in ``backend_names``,
+    (model id → its own traffic, sorted); ``deregistration_delay_s`` only when not the default (300 s). Raises
+    ConfigError when a key names a backend not in ``backend_names``,
     or when model ids are routed while a backend involved is not in ``multiplexed`` (it could not load them).
     """
     traffic = _weights(endpoint, endpoint.traffic, backend_names, "sends traffic to")
@@ -187,6 +188,8 @@ def endpoint_attributes(
                     "@serve.multiplexed loader, or drop models="
                 )
         attributes["models"] = models
+    if endpoint.deregistration_delay_s != DEFAULT_DEREGISTRATION_DELAY_S:  # only when declared: a state recorded
+        attributes["deregistration_delay_s"] = float(endpoint.deregistration_delay_s)  # before it plans no change
     return attributes
 
 

@@ -23,7 +23,9 @@ from servectl import names
 from servectl.node_agent.scaler import IDLE_S, HeadScaling, NodeScaler
 from servectl.providers import serve_health
 from servectl.providers.aws.routing import RoutingStore
-from servectl.providers.front_proxy import FrontProxy, check_policy, render_config, routed_endpoints
+from servectl.providers.front_proxy import (
+    DEFAULT_DRAIN_S, FrontProxy, check_policy, drain_bound_s, render_config, routed_endpoints,
+)
 from servectl.runtime.proof import route_proof
 
 log = logging.getLogger("servectl.node_agent")
@@ -61,8 +63,9 @@ class NodeAgent:
         if document is not None and document.get("version") != (self.applied or {}).get("version"):
             try:
                 version, serve_port, endpoints, backends = checked_document(document)
+                routed = routed_endpoints(endpoints)
                 config = render_config(
-                    self.listen_host, self.listen_port, serve_port, routed_endpoints(endpoints),
+                    self.listen_host, self.listen_port, serve_port, routed,
                     self.proxy.pidfile, self._route_proof(),
                 )
             except (ValueError, KeyError, TypeError) as err:
@@ -70,7 +73,10 @@ class NodeAgent:
                 self.store.report(self.node_ip, _version_of(document), False, f"refused the routing document: {err}")
                 self._etag = etag  # the same bytes would be refused again
                 return
-            self.proxy.apply(config, self.listen_host, self.listen_port)
+            kept = self.proxy.apply(config, self.listen_host, self.listen_port, drain_bound_s(routed))
+            if kept:
+                log.info("%d open WebSocket connection(s) keep their backend until they close (at most %g s)",
+                         kept, drain_bound_s(routed))
             if self.ray_address:
                 self._share_with_handles(endpoints)
             self.applied = {**document, "version": version, "serve_port": serve_port, "backends": backends}
@@ -142,7 +148,7 @@ def checked_document(document: Any) -> tuple[int, int, dict[str, dict[str, Any]]
             raise ValueError(f"endpoint {name!r}'s policy is not an object")
         # Every endpoint, routed or handle-only: handles read these policies from the head's key-value store.
         check_policy(name, policy.get("segments"), policy.get("shadow") or {}, policy.get("timeouts") or {},
-                     policy.get("models") or {})
+                     policy.get("models") or {}, policy.get("deregistration_delay_s", DEFAULT_DRAIN_S))
         if policy.get("route") is not None:
             names.require(names.ROUTE, policy["route"], f"endpoint {name}'s route")
     for backend in backends:
