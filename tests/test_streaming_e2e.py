@@ -9,7 +9,7 @@ import pytest
 import requests
 
 import servectl
-from tests.conftest import copy_example, run_cli, write_config
+from tests.conftest import copy_example, run_cli, scrape, write_config
 
 pytestmark = pytest.mark.ray
 
@@ -161,3 +161,80 @@ def test_a_client_that_leaves_mid_stream_stops_the_generator_on_the_replica(ray_
         assert seen["closed"] and seen["yielded"] < 20, (stream, seen)  # stopped within ~4 s of 20 s of chunks
         time.sleep(1)
         assert requests.get(ray_cluster.url(state), timeout=30).json()["yielded"] == seen["yielded"], stream
+
+
+SHADOW_MAIN = """
+from servectl import Backend, Endpoint, LocalRay
+LocalRay()
+small = {"num_cpus": 0.1}
+Endpoint("sh_gen", route="/sh-gen", backend=Backend("sh_gen_fast", "models:Lines", 0.2, ray_actor_options=small),
+         shadow={Backend("sh_gen_slow", "models:Lines", 3.0, ray_actor_options=small): 1.0})
+Endpoint("sh_app", route="/sh-app", backend=Backend("sh_app_fast", "models:Ticks", 0.2, ray_actor_options=small),
+         shadow={Backend("sh_app_slow", "models:Ticks", 3.0, ray_actor_options=small): 1.0})
+"""
+SHADOW_MODELS = '''
+import asyncio
+import time
+
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+from ray import serve
+
+
+class Lines:
+    def __init__(self, delay):
+        self.delay = delay
+
+    def __call__(self, request):
+        def lines():
+            for i in range(5):
+                yield f"{i}\\n"
+                time.sleep(self.delay)
+        return lines()
+
+
+app = FastAPI()
+
+
+@serve.ingress(app)
+class Ticks:
+    def __init__(self, delay):
+        self.delay = delay
+
+    @app.get("/")
+    def ticks(self) -> StreamingResponse:
+        async def events():
+            for i in range(5):
+                yield f"data: {i}\\n\\n"
+                await asyncio.sleep(self.delay)
+        return StreamingResponse(events(), media_type="text/event-stream")
+'''
+
+
+def test_a_shadowed_stream_is_never_held_by_its_slow_shadow(ray_cluster, tmp_path, applied_dirs):
+    """Every request of both endpoints is copied to a shadow yielding one chunk per 3 s (15 s a stream): the
+    caller's chunks still come every 0.2 s, over HTTP (a generator backend and an ingress app) and handles."""
+    config = write_config(tmp_path / "shadowed", SHADOW_MAIN, models=SHADOW_MODELS)
+    applied_dirs.append(config)
+    applied = run_cli(config, "apply", "--auto-approve")
+    assert applied.code == 0, applied.output
+
+    for path, whole in (("/sh-gen", b"0\n1\n2\n3\n4\n"), ("/sh-app/", b"".join(b"data: %d\n\n" % i for i in range(5)))):
+        for _ in range(2):
+            first, total, chunks = _first_chunk_and_total(ray_cluster.url(path))
+            assert b"".join(chunks) == whole
+            assert first < 2.0 and total < 5.0, (path, first, total)  # the shadow's stream takes 15 s
+
+    servectl.connect(str(config))
+    started = time.monotonic()
+    seen = list(servectl.get_handle("sh_gen").options(stream=True).remote())
+    assert seen == ["0\n", "1\n", "2\n", "3\n", "4\n"] and time.monotonic() - started < 5.0
+
+    # The copies were sent (the primaries count them): the shadows were there to hold the callers, and did not.
+    deadline = time.monotonic() + 30
+    sent: dict[str, float] = {}
+    while time.monotonic() < deadline and not {"sh_gen_slow", "sh_app_slow"} <= set(sent):
+        sent = {dict(k[1:])["backend"]: v for k, v in scrape(ray_cluster, "ray_servectl_shadow_sent").items()
+                if dict(k[1:]).get("backend", "").startswith("sh_")}
+        time.sleep(1)
+    assert sent.get("sh_gen_slow", 0) >= 2 and sent.get("sh_app_slow", 0) >= 2, sent
