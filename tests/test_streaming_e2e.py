@@ -63,6 +63,21 @@ def test_chunks_arrive_as_they_are_yielded_over_http_and_handles(ray_cluster, tm
 
     assert asyncio.run(collect()) == ["0\n", "1\n", "2\n"]
 
+    # An ingress app's StreamingResponse through a handle: its body as the app sends it, chunk by chunk (bytes).
+    ticks = servectl.get_handle("events").options(stream=True, path="/ticks")
+    started = time.monotonic()
+    seen = [(chunk, time.monotonic() - started) for chunk in ticks.remote(n=3, delay=0.6)]
+    assert [chunk for chunk, _ in seen] == [b"event: tick\ndata: %d\n\n" % i for i in range(3)], seen
+    assert seen[0][1] < seen[-1][1] - 1.0, seen
+
+    async def collect_ticks() -> list[bytes]:
+        streaming = servectl.get_handle("events", sync=False).options(stream=True, path="/ticks")
+        return [chunk async for chunk in streaming.remote(n=2, delay=0.1)]
+
+    assert asyncio.run(collect_ticks()) == [b"event: tick\ndata: 0\n\n", b"event: tick\ndata: 1\n\n"]
+    with pytest.raises(Exception, match="the app answered 404"):  # an error status is raised, not streamed
+        list(servectl.get_handle("events").options(stream=True, path="/nowhere").remote())
+
 
 DISCONNECT_MAIN = """
 from servectl import Backend, Endpoint, LocalRay

@@ -5,7 +5,9 @@
     curl -N 'localhost:8000/events/ticks?n=3'       # server-sent events from a FastAPI StreamingResponse
 
 From a driver, `servectl.get_handle("count").options(stream=True).remote(n=5)`
-gives the chunks as an iterator (`async for` on an async handle).
+gives the chunks as an iterator (`async for` on an async handle), and
+`get_handle("events").options(stream=True, path="/ticks").remote(n=3)` the app's
+events as it sends them (bytes).
 """
 from servectl import Backend, Endpoint, LocalRay
 

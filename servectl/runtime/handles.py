@@ -104,7 +104,7 @@ class EndpointHandle:
         if self.multiplexed_model_id:
             deployment = deployment.options(multiplexed_model_id=self.multiplexed_model_id)
         request = HandleRequest.from_call(args, kwargs, headers)
-        request.path, request.method = self.path, self.method
+        request.path, request.method, request.stream = self.path, self.method, self.stream
         return deployment.remote(request)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:

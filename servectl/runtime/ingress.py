@@ -18,11 +18,12 @@ through the same app in the replica and answers a ``HandleResponse``.
 """
 from __future__ import annotations
 
+import asyncio
 import collections
 import inspect
 import json as jsonlib
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 from ray import serve
 
@@ -122,29 +123,40 @@ class HandleResponse:
         return jsonlib.loads(self.body)
 
 
-async def call_app(app: ASGIApp, request: HandleRequest) -> HandleResponse:
-    """Run ``request`` through the ASGI ``app`` in this process and collect its answer (a handle call, or a shadow
-    copy, to an ingress backend). The path is the request's; keyword arguments become the query string."""
+def _handle_scope(request: HandleRequest) -> Scope:
+    """The ASGI scope of a handle call (or a shadow copy) to an ingress app: its path and method, keyword arguments
+    as the query string."""
     from urllib.parse import urlencode
 
     path = request.path if request.path.startswith("/") else "/" + request.path
     method = "POST" if request.method == "CALL" and request.raw_body else ("GET" if request.method == "CALL" else request.method)
-    scope: Scope = {
+    return {
         "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
         "method": method.upper(), "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
         "query_string": urlencode(request.query_params, doseq=True).encode(),
         "headers": [(key.lower().encode(), str(value).encode()) for key, value in request.headers.items()],
         "client": None, "server": None,
     }
+
+
+def _body_once(request: HandleRequest) -> Receive:
+    """The app's ``receive``: the body once, then nothing until the call ends — a handle's caller is "connected"
+    until then (answering ``http.disconnect`` at once would make a StreamingResponse stop after its first chunk)."""
     sent = False
 
     async def receive() -> Message:
         nonlocal sent
         if sent:
-            return {"type": "http.disconnect"}
+            await asyncio.Event().wait()  # ends only by cancellation, when the call does
         sent = True
         return {"type": "http.request", "body": request.raw_body, "more_body": False}
 
+    return receive
+
+
+async def call_app(app: ASGIApp, request: HandleRequest) -> HandleResponse:
+    """Run ``request`` through the ASGI ``app`` in this process and collect its answer (a handle call, or a shadow
+    copy, to an ingress backend). The path is the request's; keyword arguments become the query string."""
     status = 500
     headers: dict[str, str] = {}
     chunks: list[bytes] = []
@@ -158,8 +170,57 @@ async def call_app(app: ASGIApp, request: HandleRequest) -> HandleResponse:
         elif message["type"] == "http.response.body":
             chunks.append(bytes(message.get("body") or b""))
 
-    await app(scope, receive, send)
+    await app(_handle_scope(request), _body_once(request), send)
     return HandleResponse(status=status, headers=headers, body=b"".join(chunks))
+
+
+class AppStatusError(RuntimeError):
+    """A streamed handle call whose app answered an error status (≥ 400): ``status`` and the body's start."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"the app answered {status}: {body[:200].decode('utf-8', 'replace')}")
+        self.status = status
+
+
+async def stream_app(app: ASGIApp, request: HandleRequest) -> AsyncIterator[bytes]:
+    """Run ``request`` through the ASGI ``app`` and yield its body as the app sends it (a handle call made with
+    ``options(stream=True)``): each non-empty ``http.response.body`` chunk as bytes, as over HTTP.
+
+    Raises AppStatusError when the app answers 400 or above (before any chunk), and whatever the app raises. A
+    caller that stops iterating (or is cancelled) cancels the app where it stands, as a client leaving does.
+    """
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+    status = 500
+    error_body = bytearray()
+
+    async def send(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = int(message["status"])
+        elif message["type"] == "http.response.body":
+            body = bytes(message.get("body") or b"")
+            if status >= 400:
+                error_body.extend(body)
+            elif body:
+                await queue.put(body)
+
+    async def run() -> None:
+        try:
+            await app(_handle_scope(request), _body_once(request), send)
+        finally:
+            await queue.put(done)
+
+    task = asyncio.get_running_loop().create_task(run())
+    try:
+        while (chunk := await queue.get()) is not done:
+            yield chunk
+        await task  # the app's own exception, if it raised
+        if status >= 400:
+            raise AppStatusError(status, bytes(error_body))
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 class RoutedApp:
@@ -296,10 +357,23 @@ def ingress_replica_class(args: dict[str, Any]) -> type:
                 raise ValueError(f"a handle call's body is limited to {MAX_HANDLE_BODY_BYTES} bytes")
             endpoint = request.headers.get(ENDPOINT_HEADER, "")
             role = request.headers.get(ROLE_HEADER, "primary")
+            if request.stream:
+                return self._streamed(request, endpoint, role)
             with self.routed.metrics.counting(endpoint, role) as tally:
                 response = await call_app(self.routed.app, request)
                 tally.status = response.status
             return response
+
+        async def _streamed(self, request: HandleRequest, endpoint: str, role: str) -> AsyncIterator[bytes]:
+            refused: Optional[AppStatusError] = None
+            with self.routed.metrics.counting(endpoint, role) as tally:
+                try:
+                    async for chunk in stream_app(self.routed.app, request):
+                        yield chunk
+                except AppStatusError as err:  # counted by its status (a 4xx is the caller's), raised to the caller
+                    tally.status, refused = err.status, err
+            if refused is not None:
+                raise refused
 
         def reconfigure(self, config: Any) -> None:
             """Serve's user_config: the user's part goes to the ingress class's own ``reconfigure``, if any."""

@@ -19,7 +19,8 @@ class HandleRequest:
 
     ``query_params`` are the call's keyword arguments, ``raw_body`` its positional argument as bytes,
     ``headers`` servectl's (endpoint, shard key, shadow); ``method`` and ``path`` default to ``CALL`` and ``/``
-    (a shadow copy of an HTTP request keeps the original's).
+    (a shadow copy of an HTTP request keeps the original's); ``stream`` is True for a call made with
+    ``options(stream=True)`` (an ingress backend then answers its body chunk by chunk).
     """
 
     query_params: dict[str, Any] = field(default_factory=dict)
@@ -27,6 +28,7 @@ class HandleRequest:
     raw_body: bytes = b""
     method: str = "CALL"
     path: str = "/"
+    stream: bool = False
 
     @classmethod
     def from_call(cls, args: tuple[Any, ...], kwargs: dict[str, Any], headers: dict[str, str] | None = None) -> "HandleRequest":
