@@ -262,11 +262,11 @@ def clear_session_cluster(cluster: RayCluster, directory: Path) -> None:
 # this order, the long ones run side by side from the start instead of one of them last, alone. A file missing
 # here runs after these, in collection order; the order changes how long the suite takes, never what it checks.
 LONGEST_FIRST = (
-    "reliability/test_apply_under_load.py",  # ~130 s alone, ~320 s beside two others
+    "reliability/test_apply_under_load.py",  # ~105 s alone, ~250 s beside two others (paced clients)
     "test_rollout_e2e.py",  # ~125 s / ~280 s
     "reliability/test_crash_safety_writes.py",  # ~110 s / ~220 s
     "reliability/test_crash_safety_waits.py",  # ~75 s / ~200 s
-    "test_multinode_lb.py",  # ~80 s / ~180 s
+    "test_multinode_lb.py",  # ~60 s / ~120-230 s
     "reliability/test_crash_safety.py",  # ~60 s / ~170 s
     "test_secrets_e2e.py",  # ~90 s / ~125 s
     "test_aws_e2e.py",  # ~65 s / ~105 s
