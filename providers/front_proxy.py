@@ -282,6 +282,21 @@ def _check_segments(name: str, segments: Any) -> None:
                 raise ValueError(f"endpoint {name}: segment {segment!r} of {backend} is not within 0..{KEY_SPACE}")
 
 
+def _hard_stop_s(config: str) -> float:
+    """The ``hard-stop-after`` of a rendered config, in seconds (the default bound when it has none)."""
+    found = re.search(r"^\s*hard-stop-after (\d+)s$", config or "", re.MULTILINE)
+    return float(found.group(1)) if found else DEFAULT_DRAIN_S
+
+
+@dataclass(frozen=True)
+class Kept:
+    """What a reload left to the previous workers: open WebSocket ``connections`` and ``at_most_s`` seconds until
+    the last of the workers holding them stops."""
+
+    connections: int
+    at_most_s: float
+
+
 @dataclass(frozen=True)
 class Sessions:
     """What one HAProxy worker holds: HTTP requests in flight, and open WebSocket connections by backend."""
@@ -298,12 +313,15 @@ class Sessions:
 class FrontProxy:
     """One HAProxy master (and its workers) per config directory, known by the identity recorded at its start."""
 
+    _previous_config: Optional[str] = None
+
     def __init__(self, runtime_dir: str) -> None:
         self.runtime_dir = os.path.abspath(runtime_dir)
         self.config_path = os.path.join(self.runtime_dir, "haproxy.cfg")
         self.pidfile = os.path.join(self.runtime_dir, "haproxy.pid")
         self.identity_path = os.path.join(self.runtime_dir, "haproxy.json")
         self.log_path = os.path.join(self.runtime_dir, "haproxy.log")
+        self.draining_path = os.path.join(self.runtime_dir, "draining.json")  # previous worker -> its hard stop
 
     def _identity(self) -> Optional[ProcessIdentity]:
         try:
@@ -329,13 +347,14 @@ class FrontProxy:
             return set()
         return set(session_members(identity)) - {identity.pid}
 
-    def apply(self, config: str, bind_host: str, bind_port: int, drain_s: float = DEFAULT_DRAIN_S) -> int:
+    def apply(self, config: str, bind_host: str, bind_port: int, drain_s: float = DEFAULT_DRAIN_S) -> "Kept":
         """Install ``config``: start HAProxy, or reload it and wait until the previous workers have finished their
         HTTP requests (at most ``drain_s`` + 10 seconds: its ``hard-stop-after``, ``drain_bound_s``).
 
-        Returns how many open WebSocket connections the previous workers keep (each on the backend it was routed
-        to, until it closes or ``drain_s`` passes); 0 on a start or when nothing changed. Raises ProviderError when
-        HAProxy refuses the config, does not start, or does not finish reloading in time.
+        Returns what the previous workers keep: open WebSocket connections (each on the backend it was routed
+        to) and how long at most — each worker keeps the bound of the config it was started with, so lowering
+        ``deregistration_delay_s`` does not shorten a drain under way. Nothing on a start or when nothing changed.
+        Raises ProviderError when HAProxy refuses the config, does not start, or does not finish reloading in time.
         """
         os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
         candidate = self.config_path + ".new"
@@ -349,13 +368,14 @@ class FrontProxy:
         if os.path.exists(self.config_path):
             with open(self.config_path, encoding="utf-8") as handle:
                 current = handle.read()
+        self._previous_config = current
         os.replace(candidate, self.config_path)
         master = self.master_pid()
         if master is None:
             self._start(bind_host, bind_port)
         elif current != config:
-            return self._reload(master, drain_s)
-        return 0
+            return self._reload(master, max(drain_s, _hard_stop_s(current)))
+        return Kept(0, 0.0)
 
     def _start(self, bind_host: str, bind_port: int) -> None:
         probe_host = "127.0.0.1" if bind_host in ("0.0.0.0", "::", "") else bind_host
@@ -395,21 +415,48 @@ class FrontProxy:
             f"see {self.log_path}"
         )
 
-    def _reload(self, master: int, drain_s: float) -> int:
+    def _reload(self, master: int, longest_s: float) -> "Kept":
+        """Reload; ``longest_s`` bounds how long a previous worker may live (its config's or the new one's)."""
         old = self.workers()
         if not signal_verified(master, signal.SIGUSR2, self._identity()):
             raise ProviderError("the front proxy stopped while reloading; run apply again to start it")
-        deadline = time.time() + drain_s + 10
+        self._record_draining(old, _hard_stop_s(self._previous_config or ""))
+        deadline = time.time() + longest_s + 10
         while time.time() < deadline:
             now = self.workers()
             if now - old:  # a new worker serves
-                lingering = [self.sessions(pid) for pid in sorted(now & old)]
+                lingering = {pid: self.sessions(pid) for pid in sorted(now & old)}
                 # A previous worker is done with HTTP once it has no request in flight: what it still holds is
                 # WebSockets, kept on their backends. One the master CLI cannot tell about is waited out.
-                if all(held is not None and held.http == 0 for held in lingering):
-                    return sum(held.websockets for held in lingering if held is not None)
+                if all(held is not None and held.http == 0 for held in lingering.values()):
+                    holding = [pid for pid, held in lingering.items() if held is not None and held.websockets]
+                    kept = sum(held.websockets for held in lingering.values() if held is not None)
+                    return Kept(kept, self.drain_left_s(holding))
             time.sleep(0.05)
-        raise ProviderError(f"the front proxy did not finish reloading within {drain_s + 10:g}s; see {self.log_path}")
+        raise ProviderError(f"the front proxy did not finish reloading within {longest_s + 10:g}s; see {self.log_path}")
+
+    def _record_draining(self, previous: set[int], bound_s: float) -> None:
+        """Note when each worker that just became a previous one stops at the latest (now + its config's bound)."""
+        alive = self.workers()
+        draining = {pid: at for pid, at in self._draining().items() if pid in alive}
+        for pid in previous:
+            draining.setdefault(pid, time.time() + bound_s)
+        tmp = self.draining_path + ".tmp"
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as handle:
+            json.dump({str(pid): at for pid, at in draining.items()}, handle)
+        os.replace(tmp, self.draining_path)
+
+    def _draining(self) -> dict[int, float]:
+        try:
+            with open(self.draining_path, encoding="utf-8") as handle:
+                return {int(pid): float(at) for pid, at in json.load(handle).items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            return {}
+
+    def drain_left_s(self, pids: list[int]) -> float:
+        """Seconds until the last of these previous workers stops at the latest (0 when none is known)."""
+        draining = self._draining()
+        return max((max(0.0, draining[pid] - time.time()) for pid in pids if pid in draining), default=0.0)
 
     def sessions(self, pid: int) -> Optional["Sessions"]:
         """What worker ``pid`` holds now, from its statistics through the master CLI; None when it cannot tell (the
@@ -429,10 +476,13 @@ class FrontProxy:
                 websockets[name[len(WEBSOCKET_PREFIX):]] = current
         return Sessions(http=http, by_backend=websockets)
 
-    def open_websockets(self, backend: str) -> int:
-        """Open WebSocket connections routed to ``backend`` over every worker, current and previous."""
-        held = (self.sessions(pid) for pid in sorted(self.workers()))
-        return sum(sessions.by_backend.get(backend, 0) for sessions in held if sessions is not None)
+    def open_websockets(self, backend: str) -> tuple[int, float]:
+        """Open WebSocket connections routed to ``backend`` over every worker, current and previous, and the
+        seconds until the last previous worker holding one stops at the latest (0 when none is known)."""
+        held = {pid: self.sessions(pid) for pid in sorted(self.workers())}
+        holding = [pid for pid, sessions in held.items() if sessions is not None and sessions.by_backend.get(backend)]
+        count = sum(sessions.by_backend.get(backend, 0) for sessions in held.values() if sessions is not None)
+        return count, self.drain_left_s(holding)
 
     def _master_cli(self, command: str) -> Optional[str]:
         """One command to HAProxy's master CLI, its whole answer; None when no master listens there."""

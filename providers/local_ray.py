@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import logging
 import os
 import signal
@@ -418,10 +419,10 @@ class LocalRayProvider(Provider):
                 )
             except ValueError as err:  # a value the state holds that no config could have given: never written out
                 raise ProviderError(f"{change.address}: the front proxy's configuration was refused: {err}") from None
-            bound = drain_bound_s(routed)
-            kept = self.front_proxy.apply(proxy_config, self.spec.http_host, self.spec.http_port, bound)
-            if kept:
-                progress(f"{kept} open WebSocket connection(s) keep their backend until they close (at most {bound:g} s)")
+            kept = self.front_proxy.apply(proxy_config, self.spec.http_host, self.spec.http_port, drain_bound_s(routed))
+            if kept.connections:
+                progress(f"{kept.connections} open WebSocket connection(s) keep their backend until they close "
+                         f"(at most {math.ceil(kept.at_most_s):g} s)")
         return live
 
     def _wait_for_websockets(self, backend: str, resources: dict[str, ResourceState], progress: Progress) -> None:
@@ -429,16 +430,17 @@ class LocalRayProvider(Provider):
         deregistration delay (``drain_bound_s``: past it the front proxy closes them anyway)."""
         if self.spec.http_location == "NoServer":
             return
-        open_now = self.front_proxy.open_websockets(backend)
+        open_now, stops_in = self.front_proxy.open_websockets(backend)
         if not open_now:
             return
         delays = [r.attributes.get("deregistration_delay_s", DEFAULT_DRAIN_S) for r in resources.values() if r.kind == ENDPOINT]
-        bound = max(delays, default=DEFAULT_DRAIN_S)
+        # The endpoints' delay, or less when the workers holding them stop sooner (each keeps its own bound).
+        bound = math.ceil(min(max(delays, default=DEFAULT_DRAIN_S), stops_in or float("inf")))
         progress(f"waiting for {open_now} open WebSocket connection(s) on {backend} to close (at most {bound:g} s)")
         deadline = time.monotonic() + bound
-        while time.monotonic() < deadline and self.front_proxy.open_websockets(backend):
+        while time.monotonic() < deadline and self.front_proxy.open_websockets(backend)[0]:
             time.sleep(0.25)
-        left = self.front_proxy.open_websockets(backend)
+        left = self.front_proxy.open_websockets(backend)[0]
         if left:
             progress(f"{left} WebSocket connection(s) on {backend} still open after {bound:g} s: closed with it")
 

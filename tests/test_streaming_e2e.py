@@ -9,6 +9,7 @@ import pytest
 import requests
 
 import servectl
+from servectl.runtime.ingress import AppStatusError
 from tests.conftest import copy_example, run_cli, scrape, write_config
 
 pytestmark = pytest.mark.ray
@@ -75,8 +76,9 @@ def test_chunks_arrive_as_they_are_yielded_over_http_and_handles(ray_cluster, tm
         return [chunk async for chunk in streaming.remote(n=2, delay=0.1)]
 
     assert asyncio.run(collect_ticks()) == [b"event: tick\ndata: 0\n\n", b"event: tick\ndata: 1\n\n"]
-    with pytest.raises(Exception, match="the app answered 404"):  # an error status is raised, not streamed
+    with pytest.raises(AppStatusError, match="the app answered 404") as refused:  # raised, not streamed
         list(servectl.get_handle("events").options(stream=True, path="/nowhere").remote())
+    assert refused.value.status == 404
 
 
 DISCONNECT_MAIN = """

@@ -5,6 +5,7 @@ keeps its backend through weight changes, and removing that backend waits for it
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
@@ -99,6 +100,13 @@ def test_an_open_websocket_keeps_its_backend_through_weight_changes_and_its_remo
         with connect(url, open_timeout=30) as fresh:
             assert exchange(fresh, "c") == "v2: c"
         assert exchange(held, "d") == "v1: d"
+        # A lower delay does not shorten a drain under way (HAProxy: each worker keeps its config's bound), and
+        # apply says the truth: the worker holding the connection stops ~300 s after its reload, not 5.
+        lowered = run_cli(config, "apply", "--auto-approve", "--var", "v2_share=1", "--var", "drain_s=5")
+        assert lowered.code == 0, lowered.output
+        assert re.search(r"1 open WebSocket connection\(s\) keep their backend until they close \(at most 2\d\d s\)",
+                         lowered.output), lowered.output
+        assert exchange(held, "d2") == "v1: d2"
     deadline = time.monotonic() + 20
     while len(proxy.workers()) > 1 and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -127,6 +135,8 @@ def test_an_open_websocket_keeps_its_backend_through_weight_changes_and_its_remo
         cut = run_cli(config, "apply", "--auto-approve", "--var", "with_v1=false", "--var", "drain_s=4")
         assert cut.code == 0, cut.output
         assert 4 <= time.monotonic() - started < 60
-        assert "waiting for 1 open WebSocket connection(s) on ws_v1 to close (at most 4 s)" in cut.output
+        # At most the delay, or less: the worker holding it stops 4 s after its reload, whichever comes first.
+        assert re.search(r"waiting for 1 open WebSocket connection\(s\) on ws_v1 to close \(at most [1-4] s\)",
+                         cut.output), cut.output
         with pytest.raises(ConnectionClosed):
             exchange(held, "g")

@@ -19,7 +19,9 @@ small = {"num_cpus": 0.25}
 v1 = Backend("api_v1", "models:ItemsApi", "v1", ray_actor_options=small)
 v2 = Backend("api_v2", "models:ItemsApi", "v2", ray_actor_options=small)
 share = var("v2_share", default=0.0)
+drain = var("drain_s", default=300.0)  # every endpoint's: the front proxy keeps the longest
 Endpoint("api", route="/api", traffic={v1: 1 - share, v2: share}, shadow={v2: var("shadow", default=0.0)},
-         deregistration_delay_s=var("drain_s", default=300.0))
+         deregistration_delay_s=drain)
 # A plain ASGI app (no class) is a backend too.
-Endpoint("health", route="/health-app", backend=Backend("health_app", "models:health_app", ray_actor_options=small))
+Endpoint("health", route="/health-app", backend=Backend("health_app", "models:health_app", ray_actor_options=small),
+         deregistration_delay_s=drain)

@@ -74,9 +74,9 @@ class NodeAgent:
                 self._etag = etag  # the same bytes would be refused again
                 return
             kept = self.proxy.apply(config, self.listen_host, self.listen_port, drain_bound_s(routed))
-            if kept:
-                log.info("%d open WebSocket connection(s) keep their backend until they close (at most %g s)",
-                         kept, drain_bound_s(routed))
+            if kept.connections:
+                log.info("%d open WebSocket connection(s) keep their backend until they close (at most %.0f s)",
+                         kept.connections, kept.at_most_s)
             if self.ray_address:
                 self._share_with_handles(endpoints)
             self.applied = {**document, "version": version, "serve_port": serve_port, "backends": backends}

@@ -18,6 +18,7 @@ from servectl.model.kinds import (
     ProviderPlugin, attribute_costs, in_place_attributes, plugin_for_provider, plugin_for_resource,
 )
 from servectl.config.costs import UpdateType
+from servectl.config.resources import DEFAULT_DEREGISTRATION_DELAY_S
 from servectl.errors import PlanError
 from servectl.model.capacity import NodeCapacity
 from servectl.planning.placement import ReplicaDemand, describe_cluster, pack
@@ -36,6 +37,11 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
+# Attributes recorded only when they differ from their default (so states written before them plan no change):
+# absent, they are compared as their default.
+RECORDED_WHEN_SET: dict[str, dict[str, Any]] = {ENDPOINT: {"deregistration_delay_s": DEFAULT_DEREGISTRATION_DELAY_S}}
+
+
 def attribute_diffs(kind: str, before: dict[str, Any], after: dict[str, Any]) -> list[AttributeDiff]:
     """The differences between a resource's recorded and desired attributes, one per dotted path (``a.b``).
 
@@ -44,9 +50,10 @@ def attribute_diffs(kind: str, before: dict[str, Any], after: dict[str, Any]) ->
     replaces; an attribute absent before and empty now is no change (a newer servectl added it).
     """
     in_place = in_place_attributes(kind)
+    defaults = RECORDED_WHEN_SET.get(kind, {})
     diffs = []
     for top in sorted(set(before) | set(after)):
-        old, new = before.get(top), after.get(top)
+        old, new = before.get(top, defaults.get(top)), after.get(top, defaults.get(top))
         if old == new:
             continue
         if top not in before and new in ({}, [], None):

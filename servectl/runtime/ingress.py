@@ -177,9 +177,14 @@ async def call_app(app: ASGIApp, request: HandleRequest) -> HandleResponse:
 class AppStatusError(RuntimeError):
     """A streamed handle call whose app answered an error status (≥ 400): ``status`` and the body's start."""
 
-    def __init__(self, status: int, body: bytes) -> None:
+    def __init__(self, status: int, body: bytes = b"") -> None:
         super().__init__(f"the app answered {status}: {body[:200].decode('utf-8', 'replace')}")
         self.status = status
+        self.body = bytes(body[:200])
+
+    def __reduce__(self) -> tuple[Any, tuple[int, bytes]]:
+        # Raised in the replica, re-raised in the caller: Ray pickles it, and an exception pickles its args.
+        return AppStatusError, (self.status, self.body)
 
 
 async def stream_app(app: ASGIApp, request: HandleRequest) -> AsyncIterator[bytes]:
