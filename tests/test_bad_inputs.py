@@ -122,6 +122,12 @@ def cases(closed_port: int, failing_dashboard: str) -> list[Case]:
              main=_swap("{a: 0.5, b: 0.5}", "{a: 0.7, b: 0.5}")),
         Case("negative weight", ["apply", "--auto-approve"], "weight for 'bad_b' must be a non-negative number",
              main=_swap("{a: 0.5, b: 0.5}", "{a: 1.5, b: -0.5}")),
+        Case("a weight of 400 digits", ["plan"],
+             "weight for 'bad_b' must be a non-negative number, got 1000000000000000000000000000000000000000000000000000000"
+             "0000000000000000000000000… (321 more characters)",
+             main=_swap("{a: 0.5, b: 0.5}", "{a: 0.5, b: 10**400}")),
+        Case("a delay of 400 digits", ["plan"], "deregistration_delay_s: Input should be a valid number (got 10000",
+             main=_swap('traffic={a: 0.5, b: 0.5})', 'traffic={a: 0.5, b: 0.5}, deregistration_delay_s=10**400)')),
         Case("unknown backend", ["plan"], "unknown backend 'nope'",
              main=_swap("traffic={a: 0.5, b: 0.5}", 'backend="nope"')),
         Case("route clash", ["plan"], "route '/bad' is already used by endpoint 'bad'",

@@ -83,6 +83,9 @@ def test_loading_twice_does_not_leak_modules_between_dirs(tmp_path):
          {}, "main.py:4: endpoint 'e': traffic weights sum to 1.4; they must sum to 1"),
         ("from servectl import Backend, Endpoint\na = Backend('a', 'models:A')\nEndpoint('e', route='/x', traffic={a: -0.5})\n",
          {}, "main.py:3: endpoint 'e': weight for 'a' must be a non-negative number, got -0.5"),
+        ("from servectl import Backend, Endpoint\na = Backend('a', 'models:A')\nEndpoint('e', route='/x', traffic={a: 10**400})\n",
+         {}, "main.py:3: endpoint 'e': weight for 'a' must be a non-negative number, got 1" + "0" * 79
+         + "… (321 more characters)"),
         ("from servectl import Backend\nBackend('a', 'models:A')\nBackend('a', 'models:A')\n",
          {}, "main.py:3: backend 'a' is declared twice (first at main.py:2)"),
         ("from servectl import Backend\nBackend('a', 'models:A', ray_actor_options={'num_gpus': 1.5})\n",
@@ -111,7 +114,7 @@ def test_loading_twice_does_not_leak_modules_between_dirs(tmp_path):
          {}, "main.py:2: backend 'a': autoscaling.target: unknown setting (check the spelling)"),
     ],
     ids=["syntax", "name-typo", "unknown-backend", "duplicate-route", "negative-replicas", "misspelt-setting",
-         "weights-sum", "negative-weight", "duplicate-backend", "gpu-split", "bad-var-type", "undeclared-var",
+         "weights-sum", "negative-weight", "huge-weight", "duplicate-backend", "gpu-split", "bad-var-type", "undeclared-var",
          "missing-var", "import-error", "pip-and-conda", "pip-option", "s3-bucket-name", "s3-kms-without-encrypt",
          "s3-no-region", "s3-twice", "replicas-and-autoscaling", "autoscaling-range", "autoscaling-typo"],
 )

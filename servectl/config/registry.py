@@ -110,6 +110,18 @@ def first_error(err: ValidationError) -> str:
     if not first["loc"]:  # a check across settings: the input is the whole block, too long to echo
         return message
     where = ".".join(str(p) for p in first["loc"])
-    return f"{where}: {message} (got {first.get('input')!r})"
+    return f"{where}: {message} (got {echo_value(first.get('input'))})"
+
+
+ECHO_CHARS = 80  # a value echoed in an error line: enough to recognise it, never a screenful (10**400)
+
+
+def echo_value(value: object) -> str:
+    """``repr(value)`` for an error line, cut to ECHO_CHARS with the count of what was left out."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's digit limit for str()
+        return f"an int of more than {sys.get_int_max_str_digits()} digits"
+    return text if len(text) <= ECHO_CHARS else f"{text[:ECHO_CHARS]}… ({len(text) - ECHO_CHARS} more characters)"
 
 

@@ -15,7 +15,9 @@ from pydantic_core import PydanticCustomError
 
 from servectl import names
 from servectl.config.costs import UpdateType, costs
-from servectl.config.registry import active_registry, broke_rule_on, declaration_site, first_error, rule_error
+from servectl.config.registry import (
+    active_registry, broke_rule_on, declaration_site, echo_value, first_error, rule_error,
+)
 from servectl.errors import ConfigError
 from servectl.sensitive import Sensitive
 
@@ -308,11 +310,8 @@ class Endpoint(_Resource):
             label = key.name if isinstance(key, Backend) else key
             if not isinstance(key, (Backend, str)):
                 raise ConfigError(f"{site}: endpoint {name!r}: shadow key {key!r} is not a Backend or backend name")
-            if (
-                not isinstance(proportion, (int, float)) or isinstance(proportion, bool)
-                or math.isnan(proportion) or not 0 <= proportion <= 1
-            ):
-                raise ConfigError(f"{site}: endpoint {name!r}: shadow proportion for {label!r} must be between 0 and 1, got {proportion!r}")
+            if not _finite_number(proportion) or not 0 <= proportion <= 1:
+                raise ConfigError(f"{site}: endpoint {name!r}: shadow proportion for {label!r} must be between 0 and 1, got {echo_value(proportion)}")
         try:
             super().__init__(
                 name=name, route=route, traffic=dict(traffic), shadow=dict(shadow), models=model_traffic,
@@ -346,14 +345,24 @@ class Endpoint(_Resource):
         return value
 
 
+def _finite_number(value: Any) -> bool:
+    """Whether ``value`` is an int or float (not a bool) that is a finite float (10**400 is not: it overflows)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _check_weights(site: str, name: str, what: str, traffic: dict[Any, Any]) -> None:
     """Refuse (ConfigError) a traffic dict whose keys are not backends or whose weights are not >= 0 summing to 1."""
     for key, weight in traffic.items():
         if not isinstance(key, (Backend, str)):
             raise ConfigError(f"{site}: endpoint {name!r}: {what} key {key!r} is not a Backend or backend name")
-        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or math.isnan(weight) or weight < 0:
+        if not _finite_number(weight) or weight < 0:
             label = key.name if isinstance(key, Backend) else key
-            raise ConfigError(f"{site}: endpoint {name!r}: weight for {label!r} must be a non-negative number, got {weight!r}")
+            raise ConfigError(f"{site}: endpoint {name!r}: weight for {label!r} must be a non-negative number, got {echo_value(weight)}")
     total = sum(float(w) for w in traffic.values())
     if abs(total - 1.0) > WEIGHT_TOLERANCE:
         raise ConfigError(f"{site}: endpoint {name!r}: {what} weights sum to {total:g}; they must sum to 1")

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from servectl import names
-from servectl.config.registry import declaration_site, first_error
+from servectl.config.registry import declaration_site, echo_value, first_error
 from servectl.config.resources import Backend, Block, Endpoint
 from servectl.errors import ConfigError
 
@@ -109,15 +109,15 @@ class Rollout(Block):
                 "'/', '@', '+', '-', starting with a letter or digit"
             )
         if not isinstance(self.endpoint, (Endpoint, str)):
-            raise ConfigError(f"{site}: Rollout: endpoint must be an Endpoint or an endpoint name, got {self.endpoint!r}")
+            raise ConfigError(f"{site}: Rollout: endpoint must be an Endpoint or an endpoint name, got {echo_value(self.endpoint)}")
         if not isinstance(self.new, (Backend, str)):
-            raise ConfigError(f"{site}: Rollout: new must be a Backend or a backend name, got {self.new!r}")
+            raise ConfigError(f"{site}: Rollout: new must be a Backend or a backend name, got {echo_value(self.new)}")
         if self.max_wait_s is not None and self.max_wait_s < self.pause_s:
             raise ConfigError(f"{site}: Rollout: max_wait_s {self.max_wait_s:g} is shorter than pause_s {self.pause_s:g}")
         for gate in self.analysis:
             if not isinstance(gate, (ErrorRate, LatencyP99, MinRequests)):
                 raise ConfigError(
-                    f"{site}: Rollout: analysis takes ErrorRate(...), LatencyP99(...) and MinRequests(...), got {gate!r}"
+                    f"{site}: Rollout: analysis takes ErrorRate(...), LatencyP99(...) and MinRequests(...), got {echo_value(gate)}"
                 )
 
     @field_validator("steps")
