@@ -132,7 +132,9 @@ class MultiNodeCluster:
             command += ["--head", f"--port={RAY_PORT}", f"--temp-dir={self.temp_dir}",
                         "--dashboard-host=0.0.0.0", f"--dashboard-port={DASHBOARD_PORT}"]
         else:
-            command += [f"--address={self.head_ip}:{RAY_PORT}"]
+            # A node's own temp dir, as on its own disk: sharing the head's, two nodes unpacked one code package
+            # into one directory and a replica found it half gone ("working_dir ... does not exist").
+            command += [f"--address={self.head_ip}:{RAY_PORT}", f"--temp-dir={self.temp_dir}-{name}"]
         with open(self.workdir / f"ray-{name}.log", "ab") as log:
             started = subprocess.run(["ip", "netns", "exec", node.namespace, *command], env=self._env(),
                                      stdout=log, stderr=subprocess.STDOUT, timeout=120)
@@ -262,4 +264,5 @@ backend serve_proxies
         for node in self.nodes.values():
             sh("ip", "netns", "del", node.namespace, check=False)
         sh("ip", "link", "del", self.bridge, check=False)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        for directory in (self.temp_dir, *(f"{self.temp_dir}-{name}" for name in self.nodes)):
+            shutil.rmtree(directory, ignore_errors=True)

@@ -148,9 +148,10 @@ def test_good_candidate_reaches_everyone_and_bad_ones_are_rolled_back_by_their_g
         assert (rollout_of(config)["status"], rollout_of(config)["weight"]) == ("progressing", 0.5)
         assert run_cli(config, "plan", *FAST, "--detailed-exitcode").code == 2
 
-        # 2. A candidate failing 20 % of requests: the rollout starts over from model_v1 and is aborted at step 1.
+        # 2. A candidate failing half its requests: the rollout starts over from model_v1 and is aborted at step 1.
+        # (At 20 % a 10-request window of a loaded box saw no error one time in ten: 0.8**10; at 50 %, 0.1 %.)
         started = time.monotonic()
-        bad = run_cli(config, "rollout", "--auto-approve", *FAST, "--var", "candidate=v3", "--var", "fail_ratio=0.2")
+        bad = run_cli(config, "rollout", "--auto-approve", *FAST, "--var", "candidate=v3", "--var", "fail_ratio=0.5")
         aborted_at = time.monotonic()
         assert bad.code == 1, bad.output
         assert "Error: rollout of model_v2 on endpoint api aborted at step 1 (10.0%): error rate" in bad.output
@@ -163,10 +164,10 @@ def test_good_candidate_reaches_everyone_and_bad_ones_are_rolled_back_by_their_g
         step_one = [r for r in load.between(started, aborted_at)]
         assert failed, "the gate saw errors, so clients did too"
         assert all(at < aborted_at for at, _, _, _ in failed)  # none once traffic was back
-        # Only the new backend's 10 % share could fail: about 20 % × 10 % of the step's requests.
-        assert len(failed) <= max(6, 0.2 * 0.1 * len(step_one) * 3), (len(failed), len(step_one))
+        # Only the new backend's 10 % share could fail: about 50 % × 10 % of the step's requests.
+        assert len(failed) <= max(6, 0.5 * 0.1 * len(step_one) * 3), (len(failed), len(step_one))
         assert all(body == "v1" for _, _, _, body in load.between(aborted_at + 0.5))
-        assert run_cli(config, "plan", *FAST, "--var", "candidate=v3", "--var", "fail_ratio=0.2",
+        assert run_cli(config, "plan", *FAST, "--var", "candidate=v3", "--var", "fail_ratio=0.5",
                        "--detailed-exitcode").code == 0  # aborted: nothing to do until the candidate changes
 
         # 3. A slow candidate fails the latency gate.
