@@ -86,9 +86,7 @@ class EndpointHandle:
 
     def _deployment(self, backend: str) -> Any:
         if backend not in self._deployments:
-            from ray import serve
-
-            self._deployments[backend] = serve.get_deployment_handle(backend, app_name=backend)
+            self._deployments[backend] = deployment_handle(backend)
         return self._deployments[backend]
 
     def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -119,6 +117,25 @@ class EndpointHandle:
 
     async def _remote_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return await self._call(args, kwargs)
+
+
+def deployment_handle(backend: str) -> Any:
+    """Ray Serve's ``DeploymentHandle`` to a backend's deployment (its application is named after it).
+
+    Serve caches its controller's client once per driver; when Serve was shut down and started again since (a
+    destroy, then an apply with another HTTP location, restarts it), that client names a killed actor and every
+    lookup fails with ``ActorDiedError``. The controller is found again by name then, once; a second failure raises.
+    """
+    from ray import serve
+    from ray.exceptions import RayActorError
+
+    try:
+        return serve.get_deployment_handle(backend, app_name=backend)
+    except RayActorError:
+        from ray.serve import context
+
+        context._set_global_client(None)  # what ``serve.context._disconnect`` does: the next call finds it by name
+        return serve.get_deployment_handle(backend, app_name=backend)
 
 
 def get_handle(endpoint: str, sync: bool = True) -> EndpointHandle:
