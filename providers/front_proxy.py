@@ -186,6 +186,11 @@ def render_config(
     # A WebSocket goes through a backend section of its own backend's, all to the same Serve port: HAProxy then
     # counts each backend's open connections, which is what a reload and a backend's removal wait for.
     routed = sorted({backend for endpoint in endpoints for backend in endpoint.backends()})
+    # Serve's proxy answers a handshake for no route with a 500; this says what it is.
+    lines.append(
+        '    http-request return status 404 content-type text/plain string "no endpoint route matches this path" '
+        "if { req.hdr(upgrade) -m str -i websocket } !{ var(txn.sc_b) -m found }"
+    )
     lines += [
         f"    use_backend {WEBSOCKET_PREFIX}{backend} if {{ req.hdr(upgrade) -m str -i websocket }} "
         f"{{ var(txn.sc_b) -m str {backend} }}"

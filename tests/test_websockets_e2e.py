@@ -11,7 +11,7 @@ import subprocess
 import time
 
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from servectl.providers.embedded_cluster import RUNTIME_DIR
@@ -57,6 +57,12 @@ def test_a_websocket_connects_through_the_front_proxy_by_the_endpoints_policy(ra
         with connect(f"ws://127.0.0.1:{serve_port}/_servectl/api_v1/ws", open_timeout=30) as socket:
             socket.send("sneak")
             socket.recv(timeout=10)
+
+    # A handshake for a path no endpoint routes is told so by the front proxy (Serve's proxy would answer 500).
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"ws://127.0.0.1:{ray_cluster.http_port}/nowhere/ws", open_timeout=30)
+    assert refused.value.response.status_code == 404
+    assert bytes(refused.value.response.body) == b"no endpoint route matches this path"
 
 
 REMOVABLE = """
