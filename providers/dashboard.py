@@ -84,6 +84,25 @@ class RayDashboard:
         """Serve's state (ServeInstanceDetails as JSON): applications, their deployed configs, replicas."""
         return self._json("GET", SERVE_APPLICATIONS) or {}
 
+    def replica_targets(self) -> dict[str, list[tuple[str, int]]]:
+        """Each application's running ingress replicas that take HTTP themselves (Serve's direct ingress,
+        ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1`` on the cluster's nodes): application name -> [(node address, port)],
+        from Serve's target groups. Empty for an application served only through Serve's proxy (direct ingress
+        off, or no replica running yet: Serve then lists its proxy, which is not a replica)."""
+        targets: dict[str, list[tuple[str, int]]] = {}
+        for group in self.serve_details().get("target_groups") or []:
+            if not isinstance(group, dict) or group.get("protocol") != "HTTP" or not group.get("app_name"):
+                continue
+            replicas = [
+                (str(target.get("ip")), int(target.get("port")))
+                for target in group.get("targets") or []
+                if isinstance(target, dict) and str(target.get("name", "")).startswith("SERVE_REPLICA::")
+                and isinstance(target.get("port"), int)
+            ]
+            if replicas:
+                targets.setdefault(str(group["app_name"]), []).extend(replicas)
+        return targets
+
     def deploy(self, config: dict[str, Any]) -> None:
         """Declare every Serve application at once (ServeDeploySchema), as `serve deploy` does; at most
         DEPLOY_TIMEOUT_S seconds in all (the dashboard starts Serve first when it is not running: its controller and

@@ -41,12 +41,17 @@ HEALTH_PATH = "/-/healthz"  # Serve's proxy health route: the load balancer's ch
 DEFAULT_DRAIN_S = 300.0  # an endpoint's deregistration_delay_s when it declares none (an ALB's default)
 MAX_DRAIN_S = 3_600.0  # the config's own bound on it
 WEBSOCKET_PREFIX = "ws_"  # the HAProxy backend section of a backend's WebSockets: ws_<backend>
+REPLICAS_PREFIX = "be_"  # a backend's replicas (direct ingress): be_<backend>
+MODELS_PREFIX = "bm_"  # the same replicas, a model id's requests hashed onto one of them: bm_<backend>
+MAX_TARGETS = 1_000  # replica addresses one backend section holds (Serve's direct-ingress port range is 1,000 wide)
 MASTER_SOCKET = "master.sock"  # HAProxy's master CLI, in the runtime dir (0700): how old workers are asked what they hold
 CLI_TIMEOUT_S = 2.0
 START_TIMEOUT_S = 30.0  # HAProxy starts in well under a second; a loaded two-core machine has taken seconds
 
 
 MAX_TIMEOUT_S = 86_400.0  # a request timeout in a policy: at most a day (the config's own bound)
+
+Targets = dict[str, list[tuple[str, int]]]  # backend -> its running replicas' direct-ingress (address, port)
 
 
 def internal_route(backend: str) -> str:
@@ -104,6 +109,7 @@ def routed_endpoints(policies: dict[str, dict[str, Any]]) -> list[RoutedEndpoint
 
 def render_config(
     bind_host: str, bind_port: int, serve_port: int, endpoints: list[RoutedEndpoint], pidfile: str, proof: str = "",
+    targets: Optional[Targets] = None,
 ) -> str:
     """The front proxy's whole HAProxy configuration: endpoints by longest route, each request's backend chosen by
     its policy, then rewritten onto that backend's internal route with the route ``proof``
@@ -114,7 +120,7 @@ def render_config(
     node agents render this from a document read over the network. Raises
     ValueError on the first value that breaks a rule.
     """
-    check_inputs(bind_host, bind_port, serve_port, endpoints, pidfile, proof)
+    check_inputs(bind_host, bind_port, serve_port, endpoints, pidfile, proof, targets)
     lines = [
         "global",
         "    master-worker",
@@ -196,6 +202,16 @@ def render_config(
         f"{{ var(txn.sc_b) -m str {backend} }}"
         for backend in routed
     ]
+    # The fast path: a backend whose replicas are known goes straight to them (Serve's direct ingress), a model
+    # id's requests hashed onto one replica so its model stays loaded there; anything else goes through Serve's
+    # proxy, which is also every replica section's backup.
+    direct = sorted(backend for backend in routed if (targets or {}).get(backend))
+    lines += [
+        f"    use_backend {MODELS_PREFIX}{backend} if {{ req.hdr({MODEL_ID_HEADER}) -m found }} "
+        f"{{ var(txn.sc_b) -m str {backend} }}"
+        for backend in direct
+    ]
+    lines += [f"    use_backend {REPLICAS_PREFIX}{backend} if {{ var(txn.sc_b) -m str {backend} }}" for backend in direct]
     lines += [
         "    default_backend serve",
         "backend serve",
@@ -209,8 +225,35 @@ def render_config(
         for backend, seconds in sorted(timeouts.items())
     ]
     for backend in routed:
-        lines += [f"backend {WEBSOCKET_PREFIX}{backend}", f"    server serve 127.0.0.1:{serve_port}"]
+        if backend in direct:
+            lines += _replica_section(f"{WEBSOCKET_PREFIX}{backend}", "leastconn", (targets or {})[backend], serve_port)
+        else:
+            lines += [f"backend {WEBSOCKET_PREFIX}{backend}", f"    server serve 127.0.0.1:{serve_port}"]
+    for backend in direct:
+        lines += _replica_section(f"{REPLICAS_PREFIX}{backend}", "leastconn", (targets or {})[backend], serve_port)
+        lines += _replica_section(f"{MODELS_PREFIX}{backend}", f"hdr({MODEL_ID_HEADER})", (targets or {})[backend],
+                                  serve_port)
     return "\n".join(lines + [""])
+
+
+def _replica_section(name: str, balance: str, replicas: list[tuple[str, int]], serve_port: int) -> list[str]:
+    """A backend section over a backend's replicas (their direct-ingress ports), as Ray Serve's HAProxy mode
+    renders one: checked on the replica's ``/-/healthz`` (503 from the moment it starts draining, so it leaves
+    before it stops), a refused connection retried on another replica, Serve's proxy the backup when none is up."""
+    lines = [
+        f"backend {name}",
+        f"    balance {balance}",
+        *(["    hash-type consistent"] if balance.startswith("hdr(") else []),
+        "    option redispatch 1",
+        f"    option httpchk GET {HEALTH_PATH}",
+        "    http-check expect status 200",
+        "    default-server inter 1s fastinter 250ms downinter 500ms fall 1 rise 1",
+    ]
+    lines += [
+        f"    server r{address.replace('.', '_')}_{port} {address}:{port} check" for address, port in sorted(replicas)
+    ]
+    lines.append(f"    server serve 127.0.0.1:{serve_port} backup")
+    return lines
 
 
 def _choices(condition: str, segments: Segments) -> list[str]:
@@ -225,8 +268,25 @@ def _choices(condition: str, segments: Segments) -> list[str]:
 
 def check_inputs(
     bind_host: str, bind_port: int, serve_port: int, endpoints: list[RoutedEndpoint], pidfile: str, proof: str,
+    targets: Optional[Targets] = None,
 ) -> None:
     """Refuse, with ValueError, anything render_config would write that is not what it must be."""
+    if not isinstance(targets or {}, dict):
+        raise ValueError("replica targets must be a mapping of backend to addresses")
+    for backend, replicas in (targets or {}).items():
+        names.require(names.NAME, backend, "a replica target's backend")
+        if not isinstance(replicas, list) or len(replicas) > MAX_TARGETS:
+            raise ValueError(f"backend {backend}'s replica targets must be a list of at most {MAX_TARGETS}")
+        seen: set[tuple[str, int]] = set()
+        for replica in replicas:
+            address, port = replica if isinstance(replica, (tuple, list)) and len(replica) == 2 else (None, None)
+            if not isinstance(address, str) or not re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", address, re.ASCII):
+                raise ValueError(f"backend {backend}: replica address {address!r} is not an IPv4 address")
+            if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+                raise ValueError(f"backend {backend}: replica port {port!r} is not a port number")
+            if (address, port) in seen:
+                raise ValueError(f"backend {backend}: replica {address}:{port} is listed twice")
+            seen.add((address, port))
     if not isinstance(bind_host, str) or not re.fullmatch(r"[A-Za-z0-9.:-]{1,253}|", bind_host, re.ASCII):
         raise ValueError(f"listen host {bind_host!r} is not a host name or address")
     for port in (bind_port, serve_port):

@@ -39,3 +39,52 @@ def test_websockets_go_through_a_section_per_backend_and_the_longest_delay_bound
     config.write_text(text)
     checked = subprocess.run([haproxy_binary(), "-c", "-f", str(config)], capture_output=True, text=True, timeout=30)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_known_replicas_are_reached_directly_and_serves_proxy_backs_them_up(tmp_path):
+    """Issue #18's fast path, as configuration: a backend with replica targets gets sections over its replicas
+    (least connections; a model id hashed onto one replica), health-checked on the replica's /-/healthz, with
+    Serve's proxy as the backup; a backend without targets keeps going through Serve's proxy."""
+    api = RoutedEndpoint("api", "/api", {"v1": [[0, 500_000]], "v2": [[500_000, 1_000_000]]})
+    targets = {"v1": [("127.0.0.1", 30001), ("10.0.0.7", 30001)], "other": [("127.0.0.1", 30009)]}
+    text = render_config("127.0.0.1", 8000, 8001, [api], str(tmp_path / "haproxy.pid"), targets=targets)
+    lines = text.splitlines()
+    assert "    use_backend be_v1 if { var(txn.sc_b) -m str v1 }" in lines
+    assert ("    use_backend bm_v1 if { req.hdr(serve_multiplexed_model_id) -m found } { var(txn.sc_b) -m str v1 }"
+            in lines)
+    assert lines.index("    use_backend bm_v1 if { req.hdr(serve_multiplexed_model_id) -m found } "
+                       "{ var(txn.sc_b) -m str v1 }") < lines.index("    use_backend be_v1 if { var(txn.sc_b) -m str v1 }")
+    assert not any("be_v2" in line or "be_other" in line for line in lines)  # no targets: Serve's proxy (default)
+    section = lines[lines.index("backend be_v1"):]
+    section = section[:next(i for i, line in enumerate(section[1:], 1) if line.startswith("backend "))]
+    assert "    balance leastconn" in section and "    option httpchk GET /-/healthz" in section
+    assert "    server r127_0_0_1_30001 127.0.0.1:30001 check" in section
+    assert "    server r10_0_0_7_30001 10.0.0.7:30001 check" in section  # the same port on two nodes
+    assert section[-1] == "    server serve 127.0.0.1:8001 backup"
+    models = lines[lines.index("backend bm_v1"):]
+    assert models[1:3] == ["    balance hdr(serve_multiplexed_model_id)", "    hash-type consistent"]
+    assert "    server r127_0_0_1_30001 127.0.0.1:30001 check" in lines[lines.index("backend ws_v1"):]
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(text)
+    checked = subprocess.run([haproxy_binary(), "-c", "-f", str(config)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_replica_targets_are_checked_where_they_become_configuration(tmp_path):
+    api = RoutedEndpoint("api", "/api", {"v1": [[0, 1_000_000]]})
+    bad = {
+        "an address with a newline": {"v1": [("127.0.0.1\n    server x 1.2.3.4", 30001)]},
+        "a host name": {"v1": [("replica.example", 30001)]},
+        "port 0": {"v1": [("127.0.0.1", 0)]},
+        "a port given as text": {"v1": [("127.0.0.1", "30001")]},
+        "one replica twice": {"v1": [("127.0.0.1", 30001), ("127.0.0.1", 30001)]},
+        "a backend name with a space": {"v 1": [("127.0.0.1", 30001)]},
+        "too many replicas": {"v1": [("127.0.0.1", port) for port in range(1, 1_003)]},
+    }
+    for why, targets in bad.items():
+        try:
+            render_config("127.0.0.1", 8000, 8001, [api], str(tmp_path / "haproxy.pid"), targets=targets)
+        except ValueError as err:
+            assert "\n" not in str(err), why
+        else:
+            raise AssertionError(f"{why}: accepted")
