@@ -535,11 +535,27 @@ class FrontProxy:
             if row.get("svname") != "BACKEND" or not (row.get("scur") or "").isdigit():
                 continue
             name, current = row["pxname"], int(row["scur"])
-            if name == "serve":
-                http = current
+            if name == "serve" or name.startswith((REPLICAS_PREFIX, MODELS_PREFIX)):
+                http += current
             elif name.startswith(WEBSOCKET_PREFIX):
                 websockets[name[len(WEBSOCKET_PREFIX):]] = current
         return Sessions(http=http, by_backend=websockets)
+
+    def served(self) -> dict[tuple[str, str], int]:
+        """Requests (HAProxy's sessions) each server of each backend section took, over the current workers:
+        ``{(section, server): count}`` — e.g. ``("be_v1", "r127_0_0_1_30001")`` for a replica reached directly,
+        ``("serve", "serve")`` through Serve's proxy. Empty when no master answers."""
+        totals: dict[tuple[str, str], int] = {}
+        for pid in sorted(self.workers()):
+            stats = self._master_cli(f"@!{pid} show stat")
+            if not stats or not stats.startswith("# pxname"):
+                continue
+            for row in csv.DictReader(io.StringIO(stats[2:])):
+                if row.get("svname") in ("FRONTEND", "BACKEND") or not (row.get("stot") or "").isdigit():
+                    continue
+                key = (row["pxname"], row["svname"])
+                totals[key] = totals.get(key, 0) + int(row["stot"])
+        return totals
 
     def open_websockets(self, backend: str) -> tuple[int, float]:
         """Open WebSocket connections routed to ``backend`` over every worker, current and previous, and the

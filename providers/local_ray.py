@@ -40,6 +40,16 @@ from servectl.routing.policy import applied_endpoints, read_policies, write_poli
 
 _connected: dict[str, Optional[str]] = {"address": None}
 
+# What the embedded head is started with for ingress="direct": each replica takes HTTP on its own port (Serve's
+# direct ingress). A replica that starts draining answers 503 on /-/healthz at once and keeps its port open this
+# long: the front proxy's check (every second, down after one failure) takes it out first, and a connection that
+# still finds it closed is retried on another replica. Serve's default, 30 s, is for a load balancer that checks
+# every 10 s; it would add 30 s to every replica's stop.
+DIRECT_INGRESS_ENV = {
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3",
+}
+
 
 def connect(address: str, token_path: Optional[str]) -> None:
     """Connect this process to the cluster at ``address`` as a Ray driver (once per address)."""
@@ -233,7 +243,10 @@ class LocalRayProvider(Provider):
         if self.embedded is not None and self.embedded.record() is None:
             progress("starting the embedded Ray head …")
             cpus = self.spec.num_cpus if self.spec.num_cpus is not None else float(os.cpu_count() or 1)
-            record = self.embedded.start(cpus, self.spec.num_gpus, self.spec.resources)
+            record = self.embedded.start(
+                cpus, self.spec.num_gpus, self.spec.resources,
+                extra_env=DIRECT_INGRESS_ENV if self.spec.ingress == "direct" else None,
+            )
             progress(f"embedded Ray head running at {record.gcs_address} (temp dir {record.temp_dir})")
         target = self._target()
         assert target is not None
@@ -415,7 +428,7 @@ class LocalRayProvider(Provider):
             try:
                 proxy_config = render_config(
                     self.spec.http_host, self.spec.http_port, int(self._serve_port or 0), routed,
-                    self.front_proxy.pidfile, self._route_proof(),
+                    self.front_proxy.pidfile, self._route_proof(), self._replica_targets(),
                 )
             except ValueError as err:  # a value the state holds that no config could have given: never written out
                 raise ProviderError(f"{change.address}: the front proxy's configuration was refused: {err}") from None
@@ -424,6 +437,22 @@ class LocalRayProvider(Provider):
                 progress(f"{kept.connections} open WebSocket connection(s) keep their backend until they close "
                          f"(at most {math.ceil(kept.at_most_s):g} s)")
         return live
+
+    def _replica_targets(self) -> Optional[dict[str, list[tuple[str, int]]]]:
+        """With ``ingress="direct"``, each backend's running replicas as the front proxy reaches them: Serve's
+        direct-ingress ports on this machine (replicas listen on 127.0.0.1, Serve's HTTP host). A backend with a
+        replica on another machine, or none listed (a cluster started without direct ingress), is left to Serve's
+        proxy. None with ``ingress="python"``."""
+        if self.spec.ingress != "direct":
+            return None
+        import ray
+
+        here = {"127.0.0.1", ray.util.get_node_ip_address()}
+        targets = {}
+        for backend, replicas in self._dashboard().replica_targets().items():
+            if self.embedded is not None or all(address in here for address, _ in replicas):
+                targets[backend] = [("127.0.0.1", port) for _, port in replicas]
+        return targets
 
     def _wait_for_websockets(self, backend: str, resources: dict[str, ResourceState], progress: Progress) -> None:
         """Before ``backend`` is deleted, wait until no open WebSocket is routed to it, at most the endpoints'

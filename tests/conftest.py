@@ -273,6 +273,7 @@ LONGEST_FIRST = (
     "test_workflow_e2e.py",  # ~75 s / ~160 s in all
     "test_shadow_e2e.py",  # ~75 s / ~95 s
     "test_bad_inputs.py",  # ~35 s / ~70 s
+    "test_fast_path_e2e.py",  # ~57 s alone (its own embedded head, started with direct ingress)
     "test_multiplexing_e2e.py",  # ~45 s alone (a model id's rollout included)
     "test_fastapi_ingress_e2e.py",
     "test_embedded_cluster.py",

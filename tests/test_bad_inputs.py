@@ -165,6 +165,12 @@ def cases(closed_port: int, failing_dashboard: str) -> list[Case]:
                   "load_balancer=LoadBalancer(allowed_cidrs=['203.0.113.0/33']))\n"),
         Case("http location change", ["plan"], "http_location changed ('HeadOnly' → 'EveryNode') while resources are deployed",
              main=GOOD.replace("LocalRay()", 'LocalRay(http_location="EveryNode")')),
+        Case("ingress change", ["plan"], "ingress changed ('python' → 'direct') while resources are deployed",
+             main=GOOD.replace("LocalRay()", 'LocalRay(ingress="direct")')),
+        Case("an ingress servectl does not have", ["plan"], "ingress: Input should be 'python' or 'direct'",
+             main=GOOD.replace("LocalRay()", 'LocalRay(ingress="haproxy")')),
+        Case("direct ingress on every node", ["plan"], "ingress='direct' needs http_location='HeadOnly'",
+             main=GOOD.replace("LocalRay()", 'LocalRay(ingress="direct", http_location="EveryNode")')),
         Case("cyclic composition", ["plan"],
              "cyclic composition: backend 'bad_a' calls endpoint 'bad' (models.py:6), which routes to backend 'bad_a'",
              models="import servectl\n\n\nclass M:\n    def __init__(self):\n        self.again = servectl.get_handle('bad')\n\n"

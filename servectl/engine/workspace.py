@@ -31,7 +31,7 @@ from servectl.state.store import StateStore
 
 
 # Where a provider's resources live: a destroy must use the recorded values.
-PROVIDER_PLACE = ("address", "http_host", "http_port", "http_location")
+PROVIDER_PLACE = ("address", "http_host", "http_port", "http_location", "ingress")
 
 
 @dataclass

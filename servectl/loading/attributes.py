@@ -45,6 +45,7 @@ def provider_spec(declared: Optional[LocalRay]) -> ProviderSpec:
         num_gpus=block.num_gpus,
         resources=dict(block.resources),
         auth_token_path=token,
+        ingress=block.ingress,
     )
 
 

@@ -12,6 +12,8 @@ from servectl.config.blocks import HISTORY_KEEP, S3State
 from servectl.model.kinds import BACKEND, ENDPOINT
 from servectl.statuses import ProviderKind
 
+DEFAULT_INGRESS = "python"  # LocalRay(ingress=…) when not given: through Serve's proxy
+
 
 def replica_range(attributes: dict[str, Any]) -> tuple[int, int]:
     """(fewest, most) replicas a backend may run: equal unless it autoscales."""
@@ -53,6 +55,7 @@ class ProviderRecord(TypedDict, total=False):
     http_host: str
     http_port: int
     http_location: str
+    ingress: str  # recorded only when not "python" (the default)
     region: str  # AWS only
     cluster_name: str  # AWS only
     live: dict[str, Any]
@@ -72,6 +75,7 @@ class ProviderSpec:
     resources: dict[str, float]
     auth_token_path: Optional[str]
     block: Optional[dict[str, Any]] = None  # a plugin provider's block as declared (AwsRay: region, node types, …)
+    ingress: str = DEFAULT_INGRESS  # LocalRay(ingress=…): "python" (through Serve's proxy) or "direct"
 
     def attributes(self) -> "ProviderRecord":
         """What a plan and the state record of the provider: kind, address and the HTTP settings, plus region and
@@ -85,6 +89,8 @@ class ProviderSpec:
             "http_host": self.http_host,
             "http_port": self.http_port,
             "http_location": self.http_location,
+            # Recorded only when set, so the states written before it existed compare equal.
+            **({"ingress": self.ingress} if self.ingress != DEFAULT_INGRESS else {}),
         }
 
 

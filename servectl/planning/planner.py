@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from servectl.model.desired import (
-    BACKEND, ENDPOINT, DesiredState, ResourceSpec, backends_used, initial_replicas, replica_range,
+    BACKEND, DEFAULT_INGRESS, ENDPOINT, DesiredState, ResourceSpec, backends_used, initial_replicas, replica_range,
 )
 from servectl.model.kinds import (
     ProviderPlugin, attribute_costs, in_place_attributes, plugin_for_provider, plugin_for_resource,
@@ -337,13 +337,15 @@ def _check_provider_unchanged(desired: DesiredState, state: Optional[StateDocume
         return
     before = state.provider
     after = desired.provider.attributes()
+    defaults = {"ingress": DEFAULT_INGRESS}  # recorded only when set
     changed = [
-        key for key in ("kind", "region", "cluster_name", "address", "http_host", "http_port", "http_location")
-        if before.get(key) != after.get(key)
+        key for key in ("kind", "region", "cluster_name", "address", "http_host", "http_port", "http_location", "ingress")
+        if before.get(key, defaults.get(key)) != after.get(key, defaults.get(key))
     ]
     if changed:
         key = changed[0]
         raise PlanError(
-            f"provider {key} changed ({before.get(key)!r} → {after.get(key)!r}) while resources are deployed; "
+            f"provider {key} changed ({before.get(key, defaults.get(key))!r} → {after.get(key, defaults.get(key))!r}) "
+            "while resources are deployed; "
             "Serve cannot move its HTTP server or cluster in place: run `servectl destroy` with the old settings first"
         )
