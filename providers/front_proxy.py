@@ -109,7 +109,7 @@ def routed_endpoints(policies: dict[str, dict[str, Any]]) -> list[RoutedEndpoint
 
 def render_config(
     bind_host: str, bind_port: int, serve_port: int, endpoints: list[RoutedEndpoint], pidfile: str, proof: str = "",
-    targets: Optional[Targets] = None,
+    targets: Optional[Targets] = None, watcher: Optional[list[str]] = None,
 ) -> str:
     """The front proxy's whole HAProxy configuration: endpoints by longest route, each request's backend chosen by
     its policy, then rewritten onto that backend's internal route with the route ``proof``
@@ -121,6 +121,9 @@ def render_config(
     ValueError on the first value that breaks a rule.
     """
     check_inputs(bind_host, bind_port, serve_port, endpoints, pidfile, proof, targets)
+    for word in watcher or []:
+        if not names.matches(names.PLAIN_PATH, word) and not re.fullmatch(r"-m|-W|[A-Za-z_.:]{1,100}", word, re.ASCII):
+            raise ValueError(f"the replica watcher's command word {word!r} is not a plain path or module")
     lines = [
         "global",
         "    master-worker",
@@ -128,6 +131,9 @@ def render_config(
         # A previous worker keeps its open connections (WebSockets) this long after a reload, then closes them.
         f"    hard-stop-after {int(math.ceil(drain_bound_s(endpoints)))}s",
         "    maxconn 4096",
+        # The master runs the watcher that keeps the replica sections live (servectl.providers.replica_watch): a
+        # fresh one per reload (the previous one is told to stop with SIGUSR1 and finishes what it was writing).
+        *(["program replica-watch", f"    command {' '.join(watcher)}"] if watcher else []),
         "defaults",
         "    mode http",
         "    timeout connect 5s",
@@ -412,14 +418,18 @@ class FrontProxy:
             return set()
         return set(session_members(identity)) - {identity.pid}
 
-    def apply(self, config: str, bind_host: str, bind_port: int, drain_s: float = DEFAULT_DRAIN_S) -> "Kept":
+    def apply(
+        self, config: str, bind_host: str, bind_port: int, drain_s: float = DEFAULT_DRAIN_S, wait: bool = True,
+    ) -> "Kept":
         """Install ``config``: start HAProxy, or reload it and wait until the previous workers have finished their
         HTTP requests (at most ``drain_s`` + 10 seconds: its ``hard-stop-after``, ``drain_bound_s``).
 
         Returns what the previous workers keep: open WebSocket connections (each on the backend it was routed
         to) and how long at most — each worker keeps the bound of the config it was started with, so lowering
         ``deregistration_delay_s`` does not shorten a drain under way. Nothing on a start or when nothing changed.
-        Raises ProviderError when HAProxy refuses the config, does not start, or does not finish reloading in time.
+        With ``wait=False`` a reload returns once the new worker serves, leaving the previous ones to finish on
+        their own (the replica watcher's reloads: nothing waits on them). Raises ProviderError when HAProxy refuses
+        the config, does not start, or does not finish reloading in time.
         """
         os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
         candidate = self.config_path + ".new"
@@ -439,7 +449,7 @@ class FrontProxy:
         if master is None:
             self._start(bind_host, bind_port)
         elif current != config:
-            return self._reload(master, max(drain_s, _hard_stop_s(current)))
+            return self._reload(master, max(drain_s, _hard_stop_s(current)), wait)
         return Kept(0, 0.0)
 
     def _start(self, bind_host: str, bind_port: int) -> None:
@@ -480,7 +490,7 @@ class FrontProxy:
             f"see {self.log_path}"
         )
 
-    def _reload(self, master: int, longest_s: float) -> "Kept":
+    def _reload(self, master: int, longest_s: float, wait: bool = True) -> "Kept":
         """Reload; ``longest_s`` bounds how long a previous worker may live (its config's or the new one's)."""
         old = self.workers()
         if not signal_verified(master, signal.SIGUSR2, self._identity()):
@@ -489,6 +499,8 @@ class FrontProxy:
         deadline = time.time() + longest_s + 10
         while time.time() < deadline:
             now = self.workers()
+            if now - old and not wait:
+                return Kept(0, 0.0)
             if now - old:  # a new worker serves
                 lingering = {pid: self.sessions(pid) for pid in sorted(now & old)}
                 # A previous worker is done with HTTP once it has no request in flight: what it still holds is

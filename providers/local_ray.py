@@ -35,7 +35,12 @@ from servectl.providers.dashboard import RayDashboard
 from servectl.providers.serve_apps import PROXY_LOCATIONS
 from servectl.providers.serve_deploy import HandleDrain, deploy_serve
 from servectl.providers.embedded_cluster import RUNTIME_DIR, EmbeddedCluster, free_ports, port_open
-from servectl.providers.front_proxy import DEFAULT_DRAIN_S, FrontProxy, drain_bound_s, render_config, routed_endpoints
+from servectl.providers.front_proxy import (
+    DEFAULT_DRAIN_S, FrontProxy, Kept, drain_bound_s, render_config, routed_endpoints,
+)
+from servectl.providers.replica_watch import (
+    Routing, reachable_targets, render, render_lock, watcher_command, write_routing,
+)
 from servectl.routing.policy import applied_endpoints, read_policies, write_policies
 
 _connected: dict[str, Optional[str]] = {"address": None}
@@ -425,34 +430,47 @@ class LocalRayProvider(Provider):
         write_policies(policies, applied_endpoints() - set(policies))
         self._handles.written(policies)
         if self.spec.http_location != "NoServer":
-            try:
-                proxy_config = render_config(
-                    self.spec.http_host, self.spec.http_port, int(self._serve_port or 0), routed,
-                    self.front_proxy.pidfile, self._route_proof(), self._replica_targets(),
-                )
-            except ValueError as err:  # a value the state holds that no config could have given: never written out
-                raise ProviderError(f"{change.address}: the front proxy's configuration was refused: {err}") from None
-            kept = self.front_proxy.apply(proxy_config, self.spec.http_host, self.spec.http_port, drain_bound_s(routed))
+            if self.spec.ingress == "direct":
+                kept = self._render_direct(change, policies)
+            else:
+                try:
+                    proxy_config = render_config(
+                        self.spec.http_host, self.spec.http_port, int(self._serve_port or 0), routed,
+                        self.front_proxy.pidfile, self._route_proof(),
+                    )
+                except ValueError as err:  # a value the state holds that no config could have given: never written
+                    raise ProviderError(f"{change.address}: the front proxy's configuration was refused: {err}") from None
+                kept = self.front_proxy.apply(proxy_config, self.spec.http_host, self.spec.http_port, drain_bound_s(routed))
             if kept.connections:
                 progress(f"{kept.connections} open WebSocket connection(s) keep their backend until they close "
                          f"(at most {math.ceil(kept.at_most_s):g} s)")
         return live
 
-    def _replica_targets(self) -> Optional[dict[str, list[tuple[str, int]]]]:
-        """With ``ingress="direct"``, each backend's running replicas as the front proxy reaches them: Serve's
-        direct-ingress ports on this machine (replicas listen on 127.0.0.1, Serve's HTTP host). A backend with a
-        replica on another machine, or none listed (a cluster started without direct ingress), is left to Serve's
-        proxy. None with ``ingress="python"``."""
-        if self.spec.ingress != "direct":
-            return None
+    def _render_direct(self, change: ResourceChange, policies: dict[str, dict[str, Any]]) -> Kept:
+        """``ingress="direct"``: write the routing (``replica_watch.Routing``), render it with the replicas Serve
+        runs now and install it, under the render lock the replica watcher also takes. A backend with a replica on
+        another machine, or none listed (a cluster started without direct ingress), is left to Serve's proxy."""
         import ray
 
-        here = {"127.0.0.1", ray.util.get_node_ip_address()}
-        targets = {}
-        for backend, replicas in self._dashboard().replica_targets().items():
-            if self.embedded is not None or all(address in here for address, _ in replicas):
-                targets[backend] = [("127.0.0.1", port) for _, port in replicas]
-        return targets
+        dashboard = self._dashboard()
+        target = self._target()
+        runtime_dir = self.front_proxy.runtime_dir
+        routing = Routing(
+            bind_host=self.spec.http_host, bind_port=self.spec.http_port, serve_port=int(self._serve_port or 0),
+            policies=policies, token_path=(target[1] if target else None) or "", dashboard_url=dashboard.url,
+            local_addresses=None if self.embedded is not None else sorted({"127.0.0.1", ray.util.get_node_ip_address()}),
+            watcher=watcher_command(runtime_dir),
+        )
+        with render_lock(runtime_dir):
+            routing.targets = reachable_targets(dashboard.replica_targets(), routing.local_addresses)
+            try:
+                proxy_config = render(routing, routing.targets, self.front_proxy)
+            except (ValueError, OSError) as err:  # never written out
+                raise ProviderError(f"{change.address}: the front proxy's configuration was refused: {err}") from None
+            write_routing(runtime_dir, routing)
+            return self.front_proxy.apply(
+                proxy_config, self.spec.http_host, self.spec.http_port, drain_bound_s(routed_endpoints(policies)),
+            )
 
     def _wait_for_websockets(self, backend: str, resources: dict[str, ResourceState], progress: Progress) -> None:
         """Before ``backend`` is deleted, wait until no open WebSocket is routed to it, at most the endpoints'

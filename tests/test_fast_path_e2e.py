@@ -4,7 +4,9 @@ policy picked — never through Serve's Python proxy while the replicas are know
 replica, and every request through weight changes, a rolling restart and a scale-down."""
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -16,6 +18,7 @@ import requests
 
 from servectl.providers.embedded_cluster import RUNTIME_DIR, free_ports
 from servectl.providers.front_proxy import FrontProxy
+from servectl.providers.processes import ProcessIdentity, session_members, signal_verified
 from tests.conftest import SERVECTL, wait_for_http, write_config
 
 pytestmark = pytest.mark.ray
@@ -55,9 +58,11 @@ class Adapters:
 
 
 def replica_section(config: Path, name: str) -> str:
-    """The lines of one backend section of the front proxy's configuration."""
+    """The lines of one backend section of the front proxy's configuration ("" while it has none: a backend with
+    no running replica goes through Serve's proxy)."""
     text = (Path(config) / RUNTIME_DIR / "haproxy.cfg").read_text()
-    return text[text.index(f"\nbackend {name}\n"):].split("\nbackend ")[1]
+    start = text.find(f"\nbackend {name}\n")
+    return text[start:].split("\nbackend ")[1] if start >= 0 else ""
 
 
 def test_requests_go_straight_to_replicas_by_the_policy_and_none_fails_while_replicas_change(tmp_path):
@@ -127,6 +132,27 @@ def test_requests_go_straight_to_replicas_by_the_policy_and_none_fails_while_rep
         assert failures == [], failures[:5]
         assert seen["v2b"] > 0 and seen["v1"] > 0, seen
         assert replica_section(config, "be_fast_v1").count(" check") == 1
+
+        # Between applies Serve replaces a replica that died: the watcher HAProxy's master runs (a program in its
+        # configuration) puts the new one in the front proxy within seconds, with no apply.
+        assert "program replica-watch" in (Path(config) / RUNTIME_DIR / "haproxy.cfg").read_text()
+        before = replica_section(config, "be_fast_v2")
+        key = next(f"k{n}" for n in range(100)
+                   if requests.get(f"{url}/fast", headers={"x-serve-shard-key": f"k{n}"}, timeout=30).text.startswith("v2b:"))
+        victim = int(requests.get(f"{url}/fast", headers={"x-serve-shard-key": key}, timeout=30).text.split(":")[1])
+        record = json.loads((Path(config) / RUNTIME_DIR / "cluster.json").read_text())
+        ours = session_members(ProcessIdentity.from_dict(record["identity"]))
+        assert victim in ours  # a replica of this test's own cluster, nobody else's
+        signal_verified(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while replica_section(config, "be_fast_v2") in (before, ""):
+            assert time.monotonic() < deadline, f"the front proxy still holds {before}"
+            time.sleep(0.5)
+        after = replica_section(config, "be_fast_v2")
+        assert after.count(" check") == 1 and after != before, after
+        for _ in range(20):  # the new replica, straight
+            answer = requests.get(f"{url}/fast", headers={"x-serve-shard-key": key}, timeout=30)
+            assert answer.status_code == 200 and answer.text.split(":")[1] != str(victim), answer.text
     finally:
         destroyed = cli("destroy", "--auto-approve")
     assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
