@@ -569,6 +569,17 @@ class FrontProxy:
                 totals[key] = totals.get(key, 0) + int(row["stot"])
         return totals
 
+    def websockets_by_backend(self) -> dict[str, int]:
+        """Open WebSocket connections by the backend each was routed to, over every worker, current and previous
+        (backends with none left out): what a node agent reports for apply's wait before a backend's removal."""
+        totals: dict[str, int] = {}
+        for pid in sorted(self.workers()):
+            held = self.sessions(pid)
+            for backend, count in (held.by_backend.items() if held is not None else ()):
+                if count:
+                    totals[backend] = totals.get(backend, 0) + count
+        return totals
+
     def open_websockets(self, backend: str) -> tuple[int, float]:
         """Open WebSocket connections routed to ``backend`` over every worker, current and previous, and the
         seconds until the last previous worker holding one stops at the latest (0 when none is known)."""

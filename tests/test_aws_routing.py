@@ -111,3 +111,62 @@ def test_a_failed_reload_is_retried_until_the_version_is_served(moto_server, tmp
         assert port_open("127.0.0.1", port)
     finally:
         agent.proxy.stop()
+
+
+def test_agents_report_open_websockets_and_a_removal_waits_for_them_to_close(moto_server, tmp_path):
+    """Issue #17 on AWS: a node agent reports the WebSockets its front proxy holds, by backend; a weight change keeps
+    an open one on its backend (the previous HAProxy worker holds it), and the wait apply makes before removing that
+    backend lasts until the connection closes — not its bound."""
+    from websockets.sync.client import connect
+    from websockets.sync.server import serve
+
+    from servectl.providers.embedded_cluster import free_ports
+
+    store = routing_store(moto_server, "routing-websockets")
+    port, serve_port = free_ports(2)
+
+    def echo(connection) -> None:
+        for message in connection:
+            connection.send(message)
+
+    # What stands for Serve's proxy behind the node's front proxy: a WebSocket echo (the agent reports "not serving").
+    server = serve(echo, "127.0.0.1", serve_port)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    agent = _agent(store, tmp_path, port)
+
+    def policy(backend: str) -> dict:
+        return {"api": {"route": "/api", "segments": {backend: [[0, 1000000]]}, "shadow": {}, "deregistration_delay_s": 60}}
+
+    lines: list[str] = []
+    try:
+        store.publish(policy("a"), ["a", "b"], serve_port)
+        agent.step()
+        with connect(f"ws://127.0.0.1:{port}/api/ws", open_timeout=10) as socket:
+            socket.send("hi")
+            assert socket.recv(timeout=10) == "hi"
+            agent.step()
+            assert store.report_of("10.0.0.9")["websockets"] == {"a": 1}
+            store.publish(policy("b"), ["a", "b"], serve_port)  # traffic moves off a: the connection stays
+            agent.step()
+            assert store.report_of("10.0.0.9")["version"] == 2
+            assert store.open_websockets("a", ["10.0.0.9"]) == 1 and store.open_websockets("b", ["10.0.0.9"]) == 0
+            socket.send("still here")
+            assert socket.recv(timeout=10) == "still here"
+
+            waiter = threading.Thread(target=store.wait_for_websockets, args=("a", ["10.0.0.9"], 60, lines.append),
+                                      kwargs={"poll_s": 0.2})
+            started = time.monotonic()
+            waiter.start()
+            time.sleep(1.0)
+            assert waiter.is_alive()  # waiting on the open connection
+        deadline = time.monotonic() + 20
+        while waiter.is_alive() and time.monotonic() < deadline:
+            agent.step()  # the agent's next poll reports it closed
+            time.sleep(0.2)
+        waiter.join(timeout=1)
+        assert not waiter.is_alive() and time.monotonic() - started < 20
+        assert lines == ["waiting for 1 open WebSocket connection(s) on a to close (at most 60 s)"]
+        assert store.report_of("10.0.0.9")["websockets"] == {}
+    finally:
+        agent.proxy.stop()
+        server.shutdown()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import secrets
 import time
 from typing import Any, Optional
@@ -29,6 +30,7 @@ from servectl.providers import serve_apps, serve_health
 from servectl.providers.aws.routing import RoutingStore
 from servectl.providers.base import ClusterView, LiveView, Progress, Provider
 from servectl.providers.dashboard import RayDashboard
+from servectl.providers.front_proxy import DEFAULT_DRAIN_S
 from servectl.providers.serve_deploy import HandleDrain, deploy_serve
 from servectl.runtime.sealed import key_from_token
 from servectl.sensitive import MARK, remember, reveal
@@ -201,6 +203,8 @@ class AwsRayProvider(Provider):
             return str(recorded) if recorded and not restarting else str(code.live["uri"])
 
         serve_port = int((self.spec.block or {}).get("serve_port", 8001))
+        if change.kind == BACKEND and change.action is Action.DELETE:
+            self._wait_for_websockets(change.name, resources, sorted({str(n["node_ip"]) for n in rest.nodes()}), progress)
         live, policies = deploy_serve(
             change, resources, package_for, proxy_location=serve_apps.PROXY_LOCATIONS["EveryNode"],
             http_options={"host": "0.0.0.0", "port": serve_port}, sealing_key=self.sealing_key,
@@ -220,6 +224,15 @@ class AwsRayProvider(Provider):
         routing.wait_for(version, nodes, timeout_s)
         self._handles.written(policies)
         return live
+
+    def _wait_for_websockets(
+        self, backend: str, resources: dict[str, ResourceState], node_ips: list[str], progress: Progress,
+    ) -> None:
+        """Before ``backend`` is deleted, wait until no node's front proxy holds an open WebSocket on it (as the node
+        agents report), at most the endpoints' longest deregistration delay: past it the nodes' previous HAProxy
+        workers close them anyway (their ``hard-stop-after``). The local provider's wait, over every node."""
+        delays = [r.attributes.get("deregistration_delay_s", DEFAULT_DRAIN_S) for r in resources.values() if r.kind == ENDPOINT]
+        self._routing().wait_for_websockets(backend, node_ips, math.ceil(max(delays, default=DEFAULT_DRAIN_S)), progress)
 
     def observe(self) -> LiveView:
         """Serve's backends on the head, the routing document's endpoints, the live node count, and ``infra``: the node

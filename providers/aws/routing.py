@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from servectl.errors import ProviderError
 
@@ -88,9 +88,13 @@ class RoutingStore:
         """
         return self._read_or_fail()[0]
 
-    def report(self, node_ip: str, version: int, serving: bool, detail: str = "") -> None:
-        """A node agent says which version its front proxy serves, and whether Serve answers behind it."""
-        body = {"node_ip": node_ip, "version": version, "serving": serving, "detail": detail, "at": time.time()}
+    def report(
+        self, node_ip: str, version: int, serving: bool, detail: str = "", websockets: Optional[dict[str, int]] = None,
+    ) -> None:
+        """A node agent says which version its front proxy serves, whether Serve answers behind it, and how many
+        open WebSocket connections its front proxy holds on each backend."""
+        body = {"node_ip": node_ip, "version": version, "serving": serving, "detail": detail,
+                "websockets": dict(websockets or {}), "at": time.time()}
         self.s3.put_object(Bucket=self.bucket, Key=f"{self.reports_prefix}{node_ip}.json",
                            Body=json.dumps(body).encode(), ServerSideEncryption="AES256")
 
@@ -109,6 +113,33 @@ class RoutingStore:
         except BotoCoreError as err:
             raise ProviderError(f"cannot read node {node_ip}'s report: {err}") from None
         return json.loads(answer["Body"].read())
+
+    def open_websockets(self, backend: str, node_ips: list[str]) -> int:
+        """Open WebSocket connections on ``backend`` over the nodes' front proxies, as their agents last reported
+        (an agent reports a change within its poll interval)."""
+        total = 0
+        for ip in node_ips:
+            counts = (self.report_of(ip) or {}).get("websockets") or {}
+            count = counts.get(backend, 0) if isinstance(counts, dict) else 0
+            total += count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
+        return total
+
+    def wait_for_websockets(
+        self, backend: str, node_ips: list[str], bound_s: float, progress: Callable[[str], None], poll_s: float = 1.0,
+    ) -> None:
+        """Block until no node reports an open WebSocket on ``backend``, at most ``bound_s`` seconds (the front
+        proxies close what is left then), saying what it waits for through ``progress`` — the same lines as the
+        local provider's wait."""
+        open_now = self.open_websockets(backend, node_ips)
+        if not open_now:
+            return
+        progress(f"waiting for {open_now} open WebSocket connection(s) on {backend} to close (at most {bound_s:g} s)")
+        deadline = time.monotonic() + bound_s
+        while time.monotonic() < deadline and self.open_websockets(backend, node_ips):
+            time.sleep(poll_s)
+        left = self.open_websockets(backend, node_ips)
+        if left:
+            progress(f"{left} WebSocket connection(s) on {backend} still open after {bound_s:g} s: closed with it")
 
     def wait_for(self, version: int, node_ips: list[str], timeout_s: float) -> None:
         """Block until every node in ``node_ips`` serves ``version`` (or a later one).

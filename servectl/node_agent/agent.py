@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from servectl import names
@@ -47,6 +47,8 @@ class NodeAgent:
     token_path: Optional[str] = None
     applied: Optional[dict[str, Any]] = None
     reported: Optional[tuple[int, bool]] = None
+    reported_detail: str = ""
+    reported_websockets: dict[str, int] = field(default_factory=dict)
     scaling: Optional[HeadScaling] = None  # on the head: node groups follow demand
     _etag: Optional[str] = None
 
@@ -88,6 +90,11 @@ class NodeAgent:
             for line in self.scaling.maybe_run(self.applied):
                 log.info("%s", line)
         version = int(self.applied["version"])
+        websockets = self.proxy.websockets_by_backend()
+        if self.reported is not None and websockets != self.reported_websockets:
+            # Apply waits for these to close before it removes their backend: said as they change.
+            self.store.report(self.node_ip, *self.reported, self.reported_detail, websockets)
+            self.reported_websockets = websockets
         if self.reported == (version, True):
             return  # reported serving this version: nothing to ask Serve until a new version comes
         problem = serve_health.routes_problem(int(self.applied["serve_port"]), set(self.applied.get("backends") or []))
@@ -98,8 +105,8 @@ class NodeAgent:
         # balancer's health check keeps traffic off until Serve answers here.
         serving = problem is None
         if self.reported != (version, serving):
-            self.store.report(self.node_ip, version, serving, problem or "")
-            self.reported = (version, serving)
+            self.store.report(self.node_ip, version, serving, problem or "", websockets)
+            self.reported, self.reported_detail, self.reported_websockets = (version, serving), problem or "", websockets
 
     def _route_proof(self) -> str:
         """The proof replicas expect of this node's front proxy, from the cluster's token (this node's copy)."""
