@@ -97,7 +97,8 @@ def test_requests_go_straight_to_replicas_by_the_policy_and_none_fails_while_rep
                     for _ in range(8)}
             assert len(pids) == 1 and pids.pop().startswith(f"{model}:"), (model, pids)
 
-        # Under load: a weight change, a rolling restart of v2 (new init argument), v1 from 2 replicas to 1.
+        # Under load: a weight change, then at once a rolling restart of v2 (new init argument) and v1 from 2
+        # replicas to 1.
         failures: list[str] = []
         seen: Counter = Counter()
         stop = threading.Event()
@@ -115,11 +116,11 @@ def test_requests_go_straight_to_replicas_by_the_policy_and_none_fails_while_rep
                         failures.append(repr(err))
                     time.sleep(0.02)
 
-        threads = [threading.Thread(target=client) for _ in range(3)]
+        threads = [threading.Thread(target=client) for _ in range(2)]
         for thread in threads:
             thread.start()
         try:
-            for args in (["--var", "v2_share=0.8"], ["--var", "v2_share=0.8", "--var", "v2_name=v2b"],
+            for args in (["--var", "v2_share=0.8"],
                          ["--var", "v2_share=0.8", "--var", "v2_name=v2b", "--var", "v1_replicas=1"]):
                 step = cli("apply", "--auto-approve", *args)
                 assert step.returncode == 0, step.stdout + step.stderr
@@ -128,7 +129,7 @@ def test_requests_go_straight_to_replicas_by_the_policy_and_none_fails_while_rep
             stop.set()
             for thread in threads:
                 thread.join(timeout=60)
-        assert sum(seen.values()) >= 200, seen  # the load ran through all three applies
+        assert sum(seen.values()) >= 200, seen  # the load ran through both applies
         assert failures == [], failures[:5]
         assert seen["v2b"] > 0 and seen["v1"] > 0, seen
         assert replica_section(config, "be_fast_v1").count(" check") == 1

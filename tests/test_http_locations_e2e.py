@@ -48,7 +48,9 @@ def proxy_location(cluster) -> str:
     return str(getattr(location, "value", location))
 
 
-def test_no_server_serves_handles_and_opens_no_http_port(ray_cluster, tmp_path, applied_dirs):
+def test_no_server_serves_handles_and_opens_no_http_port_and_a_driver_outlives_a_serve_restart(
+    ray_cluster, tmp_path, applied_dirs,
+):
     config = write_config(tmp_path / "no_server", LOCATED, models=MODELS)
     applied_dirs.append(config)
     applied = run_cli(config, "apply", "--auto-approve")
@@ -62,6 +64,21 @@ def test_no_server_serves_handles_and_opens_no_http_port(ray_cluster, tmp_path, 
     moved = run_cli(config, "plan", "--var", "location=HeadOnly")
     assert moved.code == 1
     assert "http_location" in moved.stderr and "destroy" in moved.stderr
+
+    # A driver that reached Serve once still gets handles after Serve restarted (destroy, then an apply with another
+    # location): Serve caches its controller's client per driver, and that client names the killed controller. In
+    # one pytest worker a streaming test's handle failed that way after an earlier file's location change (CI).
+    import servectl
+
+    servectl.connect(str(config))
+    assert servectl.get_handle("located").remote("before").result(timeout_s=60)["body"] == "before"
+    before = serve_details(ray_cluster)["controller_info"]["actor_id"]
+    assert run_cli(config, "destroy", "--auto-approve").code == 0
+    applied = run_cli(config, "apply", "--var", "location=HeadOnly", "--auto-approve")
+    assert applied.code == 0, applied.output
+    servectl.connect(str(config))  # before anything here asks Serve again (serve_details forgets the old client)
+    assert servectl.get_handle("located").remote("after").result(timeout_s=60)["body"] == "after"
+    assert serve_details(ray_cluster)["controller_info"]["actor_id"] != before  # Serve did restart
 
 
 def test_every_node_runs_a_proxy_per_node_and_serves_http(ray_cluster, tmp_path, applied_dirs):
@@ -79,27 +96,3 @@ def test_every_node_runs_a_proxy_per_node_and_serves_http(ray_cluster, tmp_path,
     assert destroyed.code == 0, destroyed.output
     assert run_cli(config, "state", "list").stdout.strip() == ""
 
-
-def test_a_driver_keeps_reaching_endpoints_after_serve_restarts(ray_cluster, tmp_path, applied_dirs):
-    """A driver that reached Serve once still gets handles after Serve was shut down and started again.
-
-    Serve caches its controller's client per driver: after a destroy and an apply with another HTTP location (which
-    restarts Serve), that client names a killed controller. In one pytest worker, a streaming test's handle failed
-    that way after an earlier file's location change (CI, session 9).
-    """
-    import servectl
-
-    config = write_config(tmp_path / "restarted", LOCATED, models=MODELS)
-    applied_dirs.append(config)
-    assert run_cli(config, "apply", "--auto-approve").code == 0  # NoServer
-    servectl.connect(str(config))
-    assert servectl.get_handle("located").remote("before").result(timeout_s=60)["body"] == "before"
-    before = serve_details(ray_cluster)["controller_info"]["actor_id"]
-
-    assert run_cli(config, "destroy", "--auto-approve").code == 0
-    applied = run_cli(config, "apply", "--var", "location=HeadOnly", "--auto-approve")
-    assert applied.code == 0, applied.output
-
-    servectl.connect(str(config))  # before anything here asks Serve again (serve_details forgets the old client)
-    assert servectl.get_handle("located").remote("after").result(timeout_s=60)["body"] == "after"
-    assert serve_details(ray_cluster)["controller_info"]["actor_id"] != before  # Serve did restart
