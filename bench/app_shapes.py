@@ -3,7 +3,9 @@
 On one fresh embedded cluster, the same FastAPI app (``@serve.ingress(app)``, 2 replicas) serves:
 
   (a) as a plain Ray Serve deployment, hit at Serve's own proxy
-  (b) as a servectl backend behind an endpoint (through the front proxy)
+  (b) as a servectl backend behind an endpoint (front proxy -> Serve's proxy -> replica: ``ingress="python"``)
+  (c) the same with ``LocalRay(ingress="direct")`` (front proxy -> replica; the cluster runs Serve's direct
+      ingress, which leaves (a) and (b) on Serve's proxy as before)
 
 and for each it measures, in rounds (a, b, a, b, …), the median of:
 
@@ -11,7 +13,7 @@ and for each it measures, in rounds (a, b, a, b, …), the median of:
   - streaming: a ``StreamingResponse`` of 200 chunks of 1 KiB, 4 concurrent streams: time to first chunk (p50)
     and chunks per second over all streams.
 
-Ratios are (b) over (a) (for time to first chunk, (a) over (b): higher is better everywhere). Goal ≥ 0.95.
+Ratios are (b) and (c) over (a) (for time to first chunk, (a) over them: higher is better everywhere). Goal ≥ 0.95.
 
     python bench/app_shapes.py [--seconds 6] [--rounds 2] [--json]
 """
@@ -62,8 +64,8 @@ from api import Api
 app = serve.deployment(name="plain", num_replicas=2, ray_actor_options={"num_cpus": 0})(Api).bind()
 '''
 CASE = '''
-from servectl import Backend, Endpoint, LocalRay
-LocalRay()
+from servectl import Backend, Endpoint, LocalRay, var
+LocalRay(ingress=var("ingress", default="python"))
 Endpoint("bench", route="/bench", backend=Backend("api", "api:Api", num_replicas=2, ray_actor_options={"num_cpus": 0}))
 '''
 STREAMS = '''
@@ -139,12 +141,15 @@ def run_rounds(work: Path, http_port: int, args: argparse.Namespace) -> dict[str
     serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
     env = upload_working_dir_if_needed({"working_dir": str(plain_dir)}, include_gitignore=False, scratch_dir=str(work))
     http = {"host": "127.0.0.1", "port": serve_port}
-    results: dict[str, list[dict]] = {"a_plain_serve": [], "b_servectl": []}
+    results: dict[str, list[dict]] = {"a_plain_serve": [], "b_servectl": [], "c_servectl_direct": []}
     for _ in range(args.rounds):
         results["a_plain_serve"].append(measure(deploy_plain(env, http), args))
         remove_plain()
         servectl(case_dir, "apply", "--auto-approve")
         results["b_servectl"].append(measure(f"http://127.0.0.1:{http_port}/bench", args))
+        servectl(case_dir, "destroy", "--auto-approve")
+        servectl(case_dir, "apply", "--auto-approve", "--var", "ingress=direct")
+        results["c_servectl_direct"].append(measure(f"http://127.0.0.1:{http_port}/bench", args))
         servectl(case_dir, "destroy", "--auto-approve")
     return results
 
@@ -156,27 +161,35 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="servectl-bench-") as tmp:
-        with bench_cluster(Path(tmp)) as http_port:
+        from servectl.providers.local_ray import DIRECT_INGRESS_ENV
+
+        with bench_cluster(Path(tmp), DIRECT_INGRESS_ENV) as http_port:
             results = run_rounds(Path(tmp), http_port, args)
     medians = {case: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for case, runs in results.items()}
-    plain, ours = medians["a_plain_serve"], medians["b_servectl"]
+    plain, ours, direct = medians["a_plain_serve"], medians["b_servectl"], medians["c_servectl_direct"]
     summary = {
         "cases": medians,
         "fastapi_throughput_ratio": round(ours["req_per_s"] / plain["req_per_s"], 3),
         "stream_chunks_ratio": round(ours["chunks_per_s"] / plain["chunks_per_s"], 3),
         "stream_first_chunk_ratio": round(plain["ttfb_ms"] / ours["ttfb_ms"], 3),
+        "direct_fastapi_throughput_ratio": round(direct["req_per_s"] / plain["req_per_s"], 3),
+        "direct_stream_chunks_ratio": round(direct["chunks_per_s"] / plain["chunks_per_s"], 3),
+        "direct_stream_first_chunk_ratio": round(plain["ttfb_ms"] / direct["ttfb_ms"], 3),
         "seconds": args.seconds, "rounds": args.rounds,
     }
     if args.json:
         print(json.dumps(summary))
         return
-    print(f"{'case':<16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'TTFB ms':>9}{'chunks/s':>10}{'errors':>8}")
+    print(f"{'case':<20}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'TTFB ms':>9}{'chunks/s':>10}{'errors':>8}")
     for case, m in medians.items():
-        print(f"{case:<16}{m['req_per_s']:>9.0f}{m['p50_ms']:>9.1f}{m['p99_ms']:>9.1f}{m['ttfb_ms']:>9.1f}"
+        print(f"{case:<20}{m['req_per_s']:>9.0f}{m['p50_ms']:>9.1f}{m['p99_ms']:>9.1f}{m['ttfb_ms']:>9.1f}"
               f"{m['chunks_per_s']:>10.0f}{m['errors']:>8.0f}")
     print(f"servectl / plain Serve: FastAPI req/s {summary['fastapi_throughput_ratio']:.2f}, "
           f"chunks/s {summary['stream_chunks_ratio']:.2f}, first chunk {summary['stream_first_chunk_ratio']:.2f} "
           "(higher is better; goal ≥ 0.95)")
+    print(f"servectl direct / plain Serve: FastAPI req/s {summary['direct_fastapi_throughput_ratio']:.2f}, "
+          f"chunks/s {summary['direct_stream_chunks_ratio']:.2f}, "
+          f"first chunk {summary['direct_stream_first_chunk_ratio']:.2f}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Optional
 
 
 from servectl.providers.embedded_cluster import EmbeddedCluster, free_ports  # noqa: E402
@@ -161,10 +162,11 @@ def servectl(config: Path, *args: str) -> None:
 
 
 @contextlib.contextmanager
-def bench_cluster(work: Path):
-    """A fresh embedded cluster with servectl pointed at it; yields the front proxy's HTTP port."""
+def bench_cluster(work: Path, extra_env: Optional[dict[str, str]] = None):
+    """A fresh embedded cluster (``extra_env`` on its node) with servectl pointed at it; yields the front proxy's
+    HTTP port."""
     cluster = EmbeddedCluster(str(work / "cluster"))
-    record = cluster.start(num_cpus=2, num_gpus=0, resources={})
+    record = cluster.start(num_cpus=2, num_gpus=0, resources={}, extra_env=extra_env)
     (http_port,) = free_ports(1)
     os.environ.update(
         SERVECTL_RAY_ADDRESS=record.gcs_address,
