@@ -10,7 +10,7 @@ of its own, Serve's Python proxy still runs):
   (d) the same endpoints with the front proxy going straight to the replicas: the same policy rendered with the
       replicas' addresses (``render_config(targets=…)``), Serve's proxy the backup
       — each of (c) and (d) as: single backend, 0.5/0.5 split, split + 10 % shadow, split with a shard key per
-      request (100 keys)
+      request (100 keys), split + 10 % shadow to a backend that sleeps 1 s (its callers' p99 against the split's)
 Cluster 2, Serve's HAProxy mode on (``RAY_SERVE_ENABLE_HA_PROXY=1``: Serve runs HAProxy in front of the replicas):
   (b) plain Serve in HAProxy mode — the best Ray offers
   (e) a servectl endpoint (single) chained in front of it: front proxy -> Serve's HAProxy -> replica
@@ -36,53 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.router_overhead import CASES, HANDLER, PLAIN_APP, deploy_plain, remove_plain, servectl  # noqa: E402
+from bench.router_overhead import CASES, HANDLER, PLAIN_APP, deploy_plain, load, remove_plain, servectl  # noqa: E402
 from servectl.providers.embedded_cluster import EmbeddedCluster, free_ports  # noqa: E402
-
-KEYED_CASES = CASES  # the split case, loaded with a shard key per request
-
-LOAD = '''
-import asyncio, json, random, sys, time
-import aiohttp
-
-async def main(url, seconds, connections, keyed):
-    latencies, errors = [], 0
-    deadline = time.perf_counter() + seconds
-    connector = aiohttp.TCPConnector(limit=connections)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        async def worker():
-            nonlocal errors
-            while time.perf_counter() < deadline:
-                headers = {"x-serve-shard-key": f"user-{random.randrange(100)}"} if keyed else {}
-                start = time.perf_counter()
-                try:
-                    async with session.get(url, headers=headers) as response:
-                        await response.read()
-                        if response.status != 200:
-                            errors += 1
-                            continue
-                except aiohttp.ClientError:
-                    errors += 1
-                    continue
-                latencies.append(time.perf_counter() - start)
-        await asyncio.gather(*(worker() for _ in range(connections)))
-    latencies.sort()
-    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")
-    print(json.dumps({"throughput": len(latencies) / seconds, "p50_ms": pick(0.5) * 1000,
-                      "p99_ms": pick(0.99) * 1000, "errors": errors}))
-
-asyncio.run(main(sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"))
-'''
-
-
-def load(url: str, seconds: float, connections: int, keyed: bool = False) -> dict:
-    """Warm up 1 s, then ``connections`` keep-alive clients for ``seconds`` (own process): req/s, p50/p99 ms, errors."""
-    flag = "1" if keyed else "0"
-    subprocess.run([sys.executable, "-c", LOAD, url, "1", str(connections), flag], capture_output=True, check=True)
-    out = subprocess.run([sys.executable, "-c", LOAD, url, str(seconds), str(connections), flag],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
-
 
 @contextlib.contextmanager
 def cluster(work: Path, env: dict[str, str]):
@@ -148,27 +103,35 @@ def prepare(work: Path) -> tuple[Path, Path]:
     return plain_dir, cases_dir
 
 
+def start_serve(work: Path, record, plain_dir: Path) -> tuple[int, dict]:
+    """Connect, start Serve on a free port (servectl adopts it) and upload the plain app: (Serve's port, its env)."""
+    from ray import serve
+    from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
+
+    from servectl.providers.local_ray import connect
+
+    connect(record.gcs_address, record.token_path)
+    (serve_port,) = free_ports(1)
+    serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
+    return serve_port, upload_working_dir_if_needed({"working_dir": str(plain_dir)}, include_gitignore=False,
+                                                    scratch_dir=str(work))
+
+
 def run_direct_cluster(work: Path, args: argparse.Namespace) -> dict[str, list[dict]]:
     """Cluster 1: (a), (c) and (d) in interleaved rounds."""
-    from servectl.providers.local_ray import connect
+    from servectl.providers.local_ray import DIRECT_INGRESS_ENV
 
     plain_dir, cases_dir = prepare(work)
     results: dict[str, list[dict]] = {"a_plain_default": []}
-    with cluster(work, {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}) as (http_port, record):
-        connect(record.gcs_address, record.token_path)
-        from ray import serve
-        from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
-
-        (serve_port,) = free_ports(1)
-        serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
-        env = upload_working_dir_if_needed({"working_dir": str(plain_dir)}, include_gitignore=False, scratch_dir=str(work))
+    with cluster(work, DIRECT_INGRESS_ENV) as (http_port, record):
+        serve_port, env = start_serve(work, record, plain_dir)
         for _ in range(args.rounds):
             plain_url = deploy_plain(env, {"host": "127.0.0.1", "port": serve_port})
             results["a_plain_default"].append(load(plain_url, args.seconds, args.connections))
             remove_plain()
             for case, variable, keyed in (
                 ("single", "single", False), ("split", "split", False), ("split_shadow", "split_shadow", False),
-                ("keyed_split", "split", True),
+                ("keyed_split", "split", True), ("split_slow_shadow", "split_slow_shadow", False),
             ):
                 servectl(cases_dir, "apply", "--var", f"case={variable}", "--auto-approve")
                 url = f"http://127.0.0.1:{http_port}/bench"
@@ -184,18 +147,10 @@ def run_direct_cluster(work: Path, args: argparse.Namespace) -> dict[str, list[d
 
 def run_haproxy_cluster(work: Path, args: argparse.Namespace) -> dict[str, list[dict]]:
     """Cluster 2: (b) and (e) in interleaved rounds."""
-    from servectl.providers.local_ray import connect
-
     plain_dir, cases_dir = prepare(work)
     results: dict[str, list[dict]] = {"b_plain_haproxy": [], "e_single_chained": []}
     with cluster(work, {"RAY_SERVE_ENABLE_HA_PROXY": "1"}) as (http_port, record):
-        connect(record.gcs_address, record.token_path)
-        from ray import serve
-        from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
-
-        (serve_port,) = free_ports(1)
-        serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
-        env = upload_working_dir_if_needed({"working_dir": str(plain_dir)}, include_gitignore=False, scratch_dir=str(work))
+        serve_port, env = start_serve(work, record, plain_dir)
         for _ in range(args.rounds):
             plain_url = deploy_plain(env, {"host": "127.0.0.1", "port": serve_port})
             results["b_plain_haproxy"].append(load(plain_url, args.seconds, args.connections))
@@ -227,6 +182,11 @@ def main() -> None:
         "over_default": {case: round(m["throughput"] / default["throughput"], 2) for case, m in medians.items()},
         "over_haproxy": {case: round(m["throughput"] / haproxy["throughput"], 2) for case, m in medians.items()},
         "p50_over_default": {case: round(m["p50_ms"] / default["p50_ms"], 2) for case, m in medians.items()},
+        # A shadow that sleeps 1 s must not hold its callers: their p99 against the plain split's (goal ≤ 1.2).
+        "slow_shadow_p99_over_split": {
+            path: round(medians[f"{path}_split_slow_shadow_{kind}"]["p99_ms"] / medians[f"{path}_split_{kind}"]["p99_ms"], 2)
+            for path, kind in (("c", "python"), ("d", "direct"))
+        },
         "seconds": args.seconds, "connections": args.connections, "rounds": args.rounds,
     }
     if args.json:
@@ -237,6 +197,7 @@ def main() -> None:
         print(f"{case:<24}{m['throughput']:>9.0f}{m['p50_ms']:>9.1f}{m['p99_ms']:>9.1f}{m['errors']:>8.0f}"
               f"{summary['over_default'][case]:>10.2f}{summary['over_haproxy'][case]:>10.2f}"
               f"{summary['p50_over_default'][case]:>9.2f}")
+    print("slow shadow p99 over the split's:", summary["slow_shadow_p99_over_split"])
 
 
 if __name__ == "__main__":
