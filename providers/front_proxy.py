@@ -218,17 +218,18 @@ def render_config(
         for backend in direct
     ]
     lines += [f"    use_backend {REPLICAS_PREFIX}{backend} if {{ var(txn.sc_b) -m str {backend} }}" for backend in direct]
+    # A backend's request_timeout_s (the same wherever it is routed from): past it HAProxy answers 504 and closes
+    # its side; Serve cancels the request and the replica serves on. HAProxy sets a server timeout only in a
+    # backend section: in Serve's proxy's for every backend, in a backend's own replica sections for its own.
+    timeouts = {backend: seconds for endpoint in endpoints for backend, seconds in endpoint.timeouts.items()}
     lines += [
         "    default_backend serve",
         "backend serve",
         f"    server serve 127.0.0.1:{serve_port}",
-    ]
-    # A backend's request_timeout_s (the same wherever it is routed from): past it HAProxy answers 504 and closes
-    # its side; Serve cancels the request and the replica serves on.
-    timeouts = {backend: seconds for endpoint in endpoints for backend, seconds in endpoint.timeouts.items()}
-    lines += [
-        f"    http-request set-timeout server {int(round(seconds * 1000))}ms if {{ var(txn.sc_b) -m str {backend} }}"
-        for backend, seconds in sorted(timeouts.items())
+        *(
+            f"    http-request set-timeout server {_milliseconds(seconds)} if {{ var(txn.sc_b) -m str {backend} }}"
+            for backend, seconds in sorted(timeouts.items())
+        ),
     ]
     for backend in routed:
         if backend in direct:
@@ -236,10 +237,18 @@ def render_config(
         else:
             lines += [f"backend {WEBSOCKET_PREFIX}{backend}", f"    server serve 127.0.0.1:{serve_port}"]
     for backend in direct:
+        timeout = [f"    http-request set-timeout server {_milliseconds(timeouts[backend])}"] if backend in timeouts else []
         lines += _replica_section(f"{REPLICAS_PREFIX}{backend}", "leastconn", (targets or {})[backend], serve_port)
+        lines += timeout
         lines += _replica_section(f"{MODELS_PREFIX}{backend}", f"hdr({MODEL_ID_HEADER})", (targets or {})[backend],
                                   serve_port)
+        lines += timeout
     return "\n".join(lines + [""])
+
+
+def _milliseconds(seconds: float) -> str:
+    """A timeout as HAProxy reads it: whole milliseconds."""
+    return f"{int(round(seconds * 1000))}ms"
 
 
 def _replica_section(name: str, balance: str, replicas: list[tuple[str, int]], serve_port: int) -> list[str]:

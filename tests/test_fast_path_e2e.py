@@ -27,7 +27,8 @@ CONFIG = '''
 from servectl import Backend, Endpoint, LocalRay, var
 LocalRay(ingress="direct", num_cpus=2)
 small = {"num_cpus": 0.1}
-v1 = Backend("fast_v1", "models:Version", "v1", num_replicas=var("v1_replicas", default=2), ray_actor_options=small)
+v1 = Backend("fast_v1", "models:Version", "v1", num_replicas=var("v1_replicas", default=2), ray_actor_options=small,
+             request_timeout_s=2)
 v2 = Backend("fast_v2", "models:Version", var("v2_name", default="v2"), ray_actor_options=small)
 share = var("v2_share", default=0.5)
 Endpoint("fast", route="/fast", traffic={v1: 1.0 - share, v2: share})
@@ -35,6 +36,7 @@ many = Backend("fast_models", "models:Adapters", num_replicas=2, max_models_per_
 Endpoint("llm", route="/llm", backend=many)
 '''
 MODELS = '''
+import asyncio
 import os
 from ray import serve
 
@@ -44,6 +46,7 @@ class Version:
         self.name = name
 
     async def __call__(self, request):
+        await asyncio.sleep(float(request.query_params.get("delay", 0)))
         return f"{self.name}:{os.getpid()}"
 
 
@@ -90,6 +93,13 @@ def test_requests_go_straight_to_replicas_by_the_policy_and_none_fails_while_rep
         direct = sum(count for (section, server), count in served.items() if section in ("be_fast_v1", "be_fast_v2")
                      and server != "serve")
         assert direct >= 40 and served.get(("be_fast_v1", "serve"), 0) == 0, served
+
+        # A backend's request_timeout_s holds on its replica sections too: 504 at the bound, not the request's end.
+        v1_key = next(f"t{n}" for n in range(100)
+                      if requests.get(f"{url}/fast", headers={"x-serve-shard-key": f"t{n}"}, timeout=30).text.startswith("v1:"))
+        started = time.monotonic()
+        slow = requests.get(f"{url}/fast?delay=6", headers={"x-serve-shard-key": v1_key}, timeout=30)
+        assert slow.status_code == 504 and 1.5 < time.monotonic() - started < 5, (slow.status_code, slow.text[:200])
 
         # A model id sticks to one replica of its backend (Serve's HAProxy mode loses this).
         for model in ("adapter-1", "adapter-2", "adapter-3"):
