@@ -522,9 +522,12 @@ class FrontProxy:
         raise ProviderError(f"the front proxy did not finish reloading within {longest_s + 10:g}s; see {self.log_path}")
 
     def _record_draining(self, previous: set[int], bound_s: float) -> None:
-        """Note when each worker that just became a previous one stops at the latest (now + its config's bound)."""
-        alive = self.workers()
-        draining = {pid: at for pid, at in self._draining().items() if pid in alive}
+        """Note when each worker that just became a previous one stops at the latest (now + its config's bound).
+
+        Records of workers gone before this reload are dropped by ``previous`` (the workers read before the
+        signal): asked after it, the master is re-executing itself and can briefly not be told ours, and a record
+        dropped then came back as a fresh bound (a drain said to end 300 s from now instead of from its start)."""
+        draining = {pid: at for pid, at in self._draining().items() if pid in previous}
         for pid in previous:
             draining.setdefault(pid, time.time() + bound_s)
         tmp = self.draining_path + ".tmp"
