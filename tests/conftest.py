@@ -289,3 +289,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable
+
+
+# SERVECTL_TEST_TIMELINE=FILE appends one line per test — worker, start and end (epoch seconds), the machine's
+# CPU seconds (all cores, /proc/stat) spent meanwhile, and the test's id — so that docs/testing.md can show where
+# the suite's wall time goes (which worker finishes last, which tests take the CPU).
+_TIMELINE = os.environ.get("SERVECTL_TEST_TIMELINE")
+
+
+def _machine_cpu_s() -> float:
+    with open("/proc/stat", encoding="ascii") as handle:
+        fields = handle.readline().split()[1:]
+    return (sum(int(value) for value in fields[:8]) - int(fields[3]) - int(fields[4])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: Optional[pytest.Item]):
+    if not _TIMELINE:
+        yield
+        return
+    started, cpu = time.time(), _machine_cpu_s()
+    yield
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with open(_TIMELINE, "a", encoding="utf-8") as handle:
+        handle.write(f"{worker} {started:.1f} {time.time():.1f} {_machine_cpu_s() - cpu:.1f} {item.nodeid}\n")
