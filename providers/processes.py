@@ -62,6 +62,14 @@ def _environment_tag(pid: int) -> Optional[str]:
     return None
 
 
+def _environ_empty(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            return handle.read(1) == b""
+    except OSError:
+        return False
+
+
 def new_tag() -> str:
     """A fresh tag to start a session with: every process of it carries it in its environment."""
     return secrets.token_hex(12)
@@ -92,8 +100,20 @@ class ProcessIdentity:
         return identity if identity.pid > 1 else None  # 0 and 1 are never a process servectl started
 
 
+# Linux closes a new program's close-on-exec descriptors (the pipe subprocess.Popen waits on) before it places the
+# program's arguments and environment: for a moment after Popen returns, /proc/PID/environ reads empty.
+EXEC_SETTLE_S = 1.0
+
+
 def identify(pid: int, tag: str = "") -> Optional[ProcessIdentity]:
-    """The identity of the live process ``pid`` now (None if there is none), with the ``tag`` it was started with."""
+    """The identity of the live process ``pid`` now (None if there is none), with the ``tag`` it was started with.
+
+    With a ``tag`` (a process just started), waits at most EXEC_SETTLE_S seconds for its environment to be in
+    place, so that a membership check made at once (``session_members``) finds the tag.
+    """
+    deadline = time.monotonic() + EXEC_SETTLE_S
+    while tag and _environment_tag(pid) is None and _environ_empty(pid) and time.monotonic() < deadline:
+        time.sleep(0.005)
     fields = _stat(pid)
     if fields is None or len(fields) < 20:
         return None
