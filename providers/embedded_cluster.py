@@ -116,7 +116,16 @@ def head_environment(parent: dict[str, str], token_path: str) -> dict[str, str]:
     # head turns the sweep off unless the user set it; a replica's own children still die with it (Ray's
     # kill_child_processes_on_worker_exit, from the parent, which cannot name a stranger).
     env.setdefault(PROCESS_GROUP_SWEEP, "false")
+    # The embedded head is one node on this machine: its internal ports (GCS, raylet, object manager, each
+    # worker's gRPC server, the dashboard agent) must take connections from this machine only. Ray turns the
+    # `--node-ip-address=127.0.0.1` it is given into the machine's outside address, and then listens on every
+    # interface; with Ray's single-machine mode (the one it uses on macOS and Windows) the node's address stays
+    # the loopback one and its servers bind to it alone.
+    env[LOCAL_ONLY] = "0"
     return env
+
+
+LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 PROCESS_GROUP_SWEEP = "RAY_process_group_cleanup_enabled"
@@ -215,7 +224,8 @@ class EmbeddedCluster:
             f"--num-cpus={num_cpus:g}", f"--num-gpus={num_gpus}",
             f"--resources={json.dumps(resources)}",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-            f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+            # No log monitor: it streams workers' logs to drivers, and servectl's drivers take none (log_to_driver=False).
+            f"--ray-client-server-port={client}", "--include-log-monitor=False", f"--dashboard-agent-listen-port={agent}",
             f"--metrics-export-port={metrics}", f"--node-manager-port={node_manager}",
             f"--object-manager-port={object_manager}", f"--runtime-env-agent-port={env_agent}",
             "--disable-usage-stats",

@@ -69,6 +69,8 @@ def connect(address: str, token_path: Optional[str]) -> None:
         ray.shutdown()
     if token_path:
         _use_token(token_path)
+    if host in ("127.0.0.1", "localhost", "::1"):
+        _keep_loopback()
     for name in ("ray", "ray.serve"):
         logging.getLogger(name).setLevel(logging.ERROR)
     # A Ray driver installs its own SIGTERM handler (exit 15, a native stack dump): keep the caller's.
@@ -83,6 +85,20 @@ def connect(address: str, token_path: Optional[str]) -> None:
                 if handler is not None:
                     signal.signal(sig, handler)
     _connected["address"] = address
+
+
+def _keep_loopback() -> None:
+    """Reach a cluster at a loopback address there, as Ray's single-machine mode does.
+
+    Ray replaces a loopback address it is given with this machine's outside one before it connects; the embedded
+    head listens on the loopback address only (``embedded_cluster.LOCAL_ONLY``), so the driver must keep it.
+    Ray reads the setting when it resolves the address, so this process's copy is set, not the environment
+    (the environment would reach every process started from here, and a Ray node started with it refuses to join
+    a cluster). A cluster listening on every interface is reached at the loopback address all the same.
+    """
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _use_token(token_path: str) -> None:

@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 # On the cluster's PYTHONPATH only: code the workers can import and the CLI cannot.
 WORKER_SITE = REPO / "tests" / "worker_site"
-SERVECTL = shutil.which("servectl") or str(Path(sys.executable).parent / "servectl")
+# The entry point installed beside the interpreter running the tests (a virtualenv's), else the one on PATH.
+SERVECTL = next((str(path) for path in [Path(sys.executable).parent / "servectl"] if path.exists()), None) or shutil.which("servectl") or "servectl"
 
 
 @dataclass

@@ -50,6 +50,13 @@ def test_embedded_cluster_lifecycle(tmp_path):
         for pid in members:
             environ = open(f"/proc/{pid}/environ", "rb").read()
             assert b"leaky-" not in environ and b"SERVECTL_VAR_" not in environ and b"AWS_SECRET" not in environ
+        # Ray's internal ports take connections from this machine only. The one exception is Ray Serve's: each
+        # replica opens its inter-deployment gRPC server on "[::]:0" in its own code (ray/serve/_private/replica.py).
+        listeners = listening_sockets(members)
+        assert any(port == record["dashboard_port"] for _, _, port in listeners), listeners
+        open_to_all = [(title, host, port) for title, host, port in listeners if host not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
+        replicas = [title for title, _, _ in open_to_all if title.startswith("ray::ServeReplica")]
+        assert len(open_to_all) == len(replicas) == 1, open_to_all
         # Ray opens its temp dir to everyone; the private dir around it is the owner's alone.
         assert os.stat(record["private_dir"]).st_mode & 0o777 == 0o700
         assert record["temp_dir"].startswith(record["private_dir"] + "/")
@@ -91,3 +98,37 @@ def test_a_replica_no_node_can_hold_fails_fast_once_the_cluster_is_up(tmp_path):
             (config / "servectl.state.json").read_text())["resources"]
     finally:
         assert cli("destroy", "--auto-approve").returncode == 0
+
+
+def listening_sockets(pids: list[int]) -> list[tuple[str, str, int]]:
+    """The TCP sockets ``pids`` listen on: (process title, address, port), from /proc/net/tcp{,6} and each
+    process's descriptors."""
+    import ipaddress
+
+    listening: dict[str, tuple[str, int]] = {}
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        with open(table, encoding="ascii") as handle:
+            for line in handle.readlines()[1:]:
+                fields = line.split()
+                if fields[3] != "0A":  # LISTEN
+                    continue
+                raw, port = fields[1].split(":")
+                packed = bytes.fromhex(raw)
+                # The kernel prints each 32-bit word in host (little-endian) order.
+                packed = b"".join(packed[i:i + 4][::-1] for i in range(0, width, 4))
+                address = ipaddress.ip_address(packed)
+                host = str(address.ipv4_mapped or address) if address.version == 6 else str(address)
+                if address.version == 6 and address.ipv4_mapped:
+                    host = f"::ffff:{address.ipv4_mapped}"
+                listening[fields[9]] = (host, int(port, 16))
+    found = []
+    for pid in pids:
+        try:
+            title = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0].decode(errors="replace")
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:[") and target[8:-1] in listening:
+                    found.append((title, *listening[target[8:-1]]))
+        except OSError:
+            continue
+    return found
