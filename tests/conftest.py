@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from servectl.providers.embedded_cluster import RUNTIME_DIR, EmbeddedCluster, free_ports
+from servectl.providers.local_ray import DIRECT_INGRESS_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -67,7 +68,8 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> RayCluster:
         {"PYTHONPATH": os.pathsep.join(filter(None, [str(WORKER_SITE), os.environ.get("PYTHONPATH")]))}
     )
     try:
-        record = cluster.start(num_cpus=4, num_gpus=2, resources={})
+        # Serve's direct ingress, as servectl starts its own head (the default data path, issue #18).
+        record = cluster.start(num_cpus=4, num_gpus=2, resources={}, extra_env=DIRECT_INGRESS_ENV)
     finally:  # the workers keep it; this process and the CLI must not have it
         set_environment(saved_path)
     (http_port,) = free_ports(1)

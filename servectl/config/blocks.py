@@ -30,16 +30,19 @@ class LocalRay(ProviderBlock):
     num_gpus: int = Field(0, ge=0, le=MAX_NODE_GPUS, description="GPUs of the embedded head (logical GPUs work on CPU machines)")
     resources: dict[str, float] = Field(default_factory=dict)
     auth_token_path: Optional[str] = Field(None, description="token file for an existing cluster with token auth")
-    ingress: Literal["python", "direct"] = Field(
-        "python",
-        description="how HTTP reaches the replicas: 'python' through Serve's proxy; 'direct' from the front proxy "
-        "straight to each replica's own port (Serve's direct ingress; the embedded head is started with it)",
+    ingress: Optional[Literal["python", "direct"]] = Field(
+        None,
+        description="how HTTP reaches the replicas: 'direct' (the default with http_location='HeadOnly') from the "
+        "front proxy straight to each replica's own port (Serve's direct ingress; the embedded head is started with "
+        "it); 'python' through Serve's proxy (the default otherwise, and the fallback)",
     )
 
     @model_validator(mode="after")
     def _address_shape(self) -> "LocalRay":
         if self.address is not None and not re.fullmatch(r"[\w.-]+:\d{1,5}", self.address):
             raise ValueError(f"address {self.address!r} must be host:port")
+        if self.ingress is None:
+            self.ingress = "direct" if self.http_location == "HeadOnly" else "python"
         if self.ingress == "direct" and self.http_location != "HeadOnly":
             raise ValueError(
                 f"ingress='direct' needs http_location='HeadOnly' (got {self.http_location!r}): under direct ingress "

@@ -347,5 +347,6 @@ def _check_provider_unchanged(desired: DesiredState, state: Optional[StateDocume
         raise PlanError(
             f"provider {key} changed ({before.get(key, defaults.get(key))!r} → {after.get(key, defaults.get(key))!r}) "
             "while resources are deployed; "
-            "Serve cannot move its HTTP server or cluster in place: run `servectl destroy` with the old settings first"
+            "Serve cannot move its HTTP server or cluster in place: run `servectl destroy` (it uses the settings "
+            "things were applied with), then apply"
         )
