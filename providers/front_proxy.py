@@ -421,11 +421,15 @@ class FrontProxy:
         return identity is not None and bool(session_members(identity))
 
     def workers(self) -> set[int]:
-        """The PIDs of the master's workers (its session less the master); empty when the recorded master is gone."""
+        """The PIDs of the master's HAProxy workers (its session's processes running HAProxy, less the master; not
+        the programs it runs, such as the replica watcher); empty when the recorded master is gone."""
         identity = self._identity()
         if identity is None or not is_running(identity):
             return set()
-        return set(session_members(identity)) - {identity.pid}
+        return {
+            pid for pid in session_members(identity)
+            if pid != identity.pid and getattr(identify(pid), "executable", None) == identity.executable
+        }
 
     def apply(
         self, config: str, bind_host: str, bind_port: int, drain_s: float = DEFAULT_DRAIN_S, wait: bool = True,

@@ -324,6 +324,15 @@ class LocalRayProvider(Provider):
             "applications": [],
         })
         self._serve_port = port
+        live = str(dashboard.serve_details().get("proxy_location"))
+        if live != PROXY_LOCATIONS[self.spec.http_location]:
+            # Serve's direct ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS=1 on the cluster) serves HTTP from the head
+            # only, whatever location it is given.
+            raise ProviderError(
+                f"http_location={self.spec.http_location!r} cannot hold on this cluster: Serve runs its proxy "
+                f"{live!r} (a cluster started with Serve's direct ingress serves HTTP from the head only); use "
+                "http_location='HeadOnly', or a cluster started without RAY_SERVE_ENABLE_DIRECT_INGRESS"
+            )
 
     # --- reading the live system ----------------------------------------------
     def _details(self) -> dict[str, Any]:

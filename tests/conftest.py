@@ -7,6 +7,7 @@ exactly as a user points an unchanged config at another cluster.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -16,7 +17,7 @@ import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import pytest
 import requests
@@ -60,16 +61,17 @@ def set_environment(values: dict[str, Optional[str]]) -> dict[str, Optional[str]
     return saved
 
 
-@pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> RayCluster:
-    runtime = tmp_path_factory.mktemp("ray-cluster")
+@contextlib.contextmanager
+def started_cluster(runtime: Path, extra_env: Optional[dict[str, str]]) -> Iterator[RayCluster]:
+    """A Ray head on its own ports and temp dir (``EmbeddedCluster``: 4 CPUs, 2 logical GPUs, the workers' extra
+    site on its PYTHONPATH, ``extra_env`` added), with the environment pointing servectl at it (address, token,
+    a free HTTP port) while it runs; stopped by PID afterwards."""
     cluster = EmbeddedCluster(str(runtime))
     saved_path = set_environment(
         {"PYTHONPATH": os.pathsep.join(filter(None, [str(WORKER_SITE), os.environ.get("PYTHONPATH")]))}
     )
     try:
-        # Serve's direct ingress, as servectl starts its own head (the default data path, issue #18).
-        record = cluster.start(num_cpus=4, num_gpus=2, resources={}, extra_env=DIRECT_INGRESS_ENV)
+        record = cluster.start(num_cpus=4, num_gpus=2, resources={}, extra_env=extra_env)
     finally:  # the workers keep it; this process and the CLI must not have it
         set_environment(saved_path)
     (http_port,) = free_ports(1)
@@ -91,6 +93,15 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> RayCluster:
         if ray.is_initialized():  # tests that read Serve's state connected this process as a driver
             ray.shutdown()
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    """The session's cluster, with Serve's direct ingress as servectl starts its own head (the default data path,
+    issue #18). A module that needs a cluster without it (Serve then allows every HTTP location) overrides this
+    fixture with ``started_cluster(…, None)``."""
+    with started_cluster(tmp_path_factory.mktemp("ray-cluster"), DIRECT_INGRESS_ENV) as cluster:
+        yield cluster
 
 
 @dataclass

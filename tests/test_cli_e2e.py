@@ -227,3 +227,21 @@ def test_apply_json_is_one_object_per_line_plan_events_summary(ray_cluster, tmp_
     kinds = [json.loads(line)["type"] for line in unchanged.stdout.splitlines()]
     assert unchanged.code == 0 and kinds == ["plan", "summary"]
     assert json.loads(unchanged.stdout.splitlines()[-1])["serial"] == summary["serial"]
+
+
+def test_a_location_serve_cannot_hold_on_a_direct_ingress_cluster_is_one_line(ray_cluster, tmp_path, applied_dirs):
+    """Under Serve's direct ingress (the session cluster, as servectl's own head) Serve serves HTTP from the head
+    only, whatever location it is given: NoServer would leave an HTTP proxy running. apply says so and records
+    nothing, rather than report a location that does not hold."""
+    from tests.test_http_locations_e2e import LOCATED, MODELS
+
+    config = write_config(tmp_path / "nowhere", LOCATED, models=MODELS)
+    applied_dirs.append(config)
+    refused = run_cli(config, "apply", "--auto-approve")
+    assert refused.code == 1, refused.output
+    assert refused.stderr.strip().splitlines() == [
+        "Error: http_location='NoServer' cannot hold on this cluster: Serve runs its proxy 'HeadOnly' (a cluster "
+        "started with Serve's direct ingress serves HTTP from the head only); use http_location='HeadOnly', or a "
+        "cluster started without RAY_SERVE_ENABLE_DIRECT_INGRESS"
+    ], refused.stderr
+    assert run_cli(config, "state", "list").stdout.strip() == ""

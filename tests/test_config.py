@@ -164,3 +164,23 @@ def test_remote_state_example_declares_its_bucket(monkeypatch):
     monkeypatch.setenv("SERVECTL_VAR_state_bucket", "ci-bucket")
     spec = load_config(str(EXAMPLES / "remote_state")).state_backend
     assert (spec.bucket, spec.key, spec.region, spec.encrypt) == ("ci-bucket", "prod/serving.json", "eu-west-1", True)
+
+
+def test_the_data_path_defaults_to_direct_with_head_only_and_the_environment_picks_it_where_the_config_is_silent(monkeypatch):
+    from servectl.config.blocks import LocalRay
+    from servectl.errors import ConfigError
+    from servectl.loading.attributes import provider_spec
+
+    monkeypatch.delenv("SERVECTL_INGRESS", raising=False)
+    assert (LocalRay().ingress, LocalRay(http_location="EveryNode").ingress, LocalRay(http_location="NoServer").ingress) \
+        == ("direct", "python", "python")
+    assert "ingress" not in LocalRay().model_fields_set  # a default, not a choice: the environment may fill it
+    monkeypatch.setenv("SERVECTL_INGRESS", "python")
+    assert provider_spec(LocalRay()).ingress == "python"
+    assert provider_spec(LocalRay(ingress="direct")).ingress == "direct"  # the config's word wins
+    for bad, line in (("haproxy", "SERVECTL_INGRESS='haproxy' must be 'direct' or 'python'"),
+                      ("direct", "SERVECTL_INGRESS='direct' needs http_location='HeadOnly' (got 'EveryNode')")):
+        monkeypatch.setenv("SERVECTL_INGRESS", bad)
+        with pytest.raises(ConfigError) as err:
+            provider_spec(LocalRay(http_location="EveryNode"))
+        assert str(err.value) == line

@@ -12,10 +12,19 @@ import textwrap
 import pytest
 import requests
 
-from tests.conftest import run_cli, write_config
+from tests.conftest import run_cli, started_cluster, write_config
 from tests.test_cli_e2e import serve_details
 
 pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A cluster of this module's own, without Serve's direct ingress: under it Serve serves HTTP from the head
+    only, whatever location it is given (servectl refuses the others there), so EveryNode and NoServer — the
+    fallback data path's locations — are tested where Serve allows them, as a user's cluster started without it."""
+    with started_cluster(tmp_path_factory.mktemp("python-ingress-cluster"), None) as cluster:
+        yield cluster
 
 LOCATED = '''
 from servectl import Backend, Endpoint, LocalRay, var

@@ -16,6 +16,14 @@ from tests.test_cli_e2e import replica_pids
 pytestmark = pytest.mark.ray
 
 
+@pytest.fixture(autouse=True, params=["direct", "python"])
+def ingress(request, monkeypatch) -> str:
+    """Each test on both data paths: the default (the front proxy straight to the replicas) and the fallback
+    (through Serve's proxy), picked as a user would with SERVECTL_INGRESS."""
+    monkeypatch.setenv("SERVECTL_INGRESS", request.param)
+    return request.param
+
+
 def served_by(cluster: RayCluster, path: str, count: int, headers_for=None) -> list[str]:
     local = threading.local()
 

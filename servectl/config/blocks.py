@@ -41,8 +41,8 @@ class LocalRay(ProviderBlock):
     def _address_shape(self) -> "LocalRay":
         if self.address is not None and not re.fullmatch(r"[\w.-]+:\d{1,5}", self.address):
             raise ValueError(f"address {self.address!r} must be host:port")
-        if self.ingress is None:
-            self.ingress = "direct" if self.http_location == "HeadOnly" else "python"
+        if self.ingress is None:  # the default follows the location; left out of model_fields_set (not given)
+            self.__dict__["ingress"] = "direct" if self.http_location == "HeadOnly" else "python"
         if self.ingress == "direct" and self.http_location != "HeadOnly":
             raise ValueError(
                 f"ingress='direct' needs http_location='HeadOnly' (got {self.http_location!r}): under direct ingress "

@@ -24,7 +24,9 @@ def provider_spec(declared: Optional[LocalRay]) -> ProviderSpec:
     """Resolve the provider block, letting the environment fill what the config leaves open.
 
     As Terraform providers read AWS_REGION, ``SERVECTL_RAY_ADDRESS`` and
-    ``SERVECTL_HTTP_PORT`` point an unchanged config at another cluster (tests, CI).
+    ``SERVECTL_HTTP_PORT`` point an unchanged config at another cluster (tests, CI), and ``SERVECTL_INGRESS``
+    picks its data path (``direct`` or ``python``) where the config does not. Raises ConfigError on a value
+    that is not one of these.
     """
     block = declared or LocalRay()
     address = block.address or os.environ.get("SERVECTL_RAY_ADDRESS") or None
@@ -34,6 +36,13 @@ def provider_spec(declared: Optional[LocalRay]) -> ProviderSpec:
         if not raw.isdigit():
             raise ConfigError(f"SERVECTL_HTTP_PORT={raw!r} is not a port number")
         port = int(raw)
+    ingress = block.ingress
+    if "ingress" not in block.model_fields_set and os.environ.get("SERVECTL_INGRESS"):
+        ingress = os.environ["SERVECTL_INGRESS"]
+        if ingress not in ("direct", "python"):
+            raise ConfigError(f"SERVECTL_INGRESS={ingress!r} must be 'direct' or 'python'")
+        if ingress == "direct" and block.http_location != "HeadOnly":
+            raise ConfigError(f"SERVECTL_INGRESS='direct' needs http_location='HeadOnly' (got {block.http_location!r})")
     token = block.auth_token_path or os.environ.get("SERVECTL_RAY_AUTH_TOKEN_PATH") or None
     return ProviderSpec(
         kind=ProviderKind.LOCAL_RAY,
@@ -45,7 +54,7 @@ def provider_spec(declared: Optional[LocalRay]) -> ProviderSpec:
         num_gpus=block.num_gpus,
         resources=dict(block.resources),
         auth_token_path=token,
-        ingress=block.ingress,
+        ingress=ingress,
     )
 
 

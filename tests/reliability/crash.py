@@ -24,6 +24,11 @@ After each kill:
 - the history ends with an entry for the state's version, one per round
   (an apply killed after its changes but before its entry gets it recorded
   by the next apply, which has nothing else to do).
+
+The crash tests run on the fallback data path (``SERVECTL_INGRESS=python``: through Serve's proxy): what they
+check is the state and the plan, the same on both paths, so the fallback gets reliability tests of its own
+while the apply-under-load test runs on the default path (and the multi-node node-kill test on EveryNode's,
+which is the fallback).
 """
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ from tests.reliability.crash import WRITE_POINTS, WRITES_MAIN, WRITES_MODELS, ki
 pytestmark = pytest.mark.ray
 
 
-def test_kills_inside_state_writes_leave_true_states_that_converge(ray_cluster, tmp_path, applied_dirs):
+def test_kills_inside_state_writes_leave_true_states_that_converge(ray_cluster, tmp_path, applied_dirs, monkeypatch):
+    monkeypatch.setenv("SERVECTL_INGRESS", "python")  # the fallback data path (crash.py)
     applied_dirs.append(tmp_path / "crash")  # destroyed afterwards, however the test ends
     kills, corrupt, converged, _ = kill_at_points(WRITE_POINTS, tmp_path, WRITES_MAIN, WRITES_MODELS)
     assert (kills, corrupt, converged) == (len(WRITE_POINTS), 0, len(WRITE_POINTS)) == (9, 0, 9)
