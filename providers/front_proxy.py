@@ -554,12 +554,12 @@ class FrontProxy:
     def sessions(self, pid: int) -> Optional["Sessions"]:
         """What worker ``pid`` holds now, from its statistics through the master CLI; None when it cannot tell (the
         worker exited, or a proxy started before the CLI existed)."""
-        stats = self._master_cli(f"@!{pid} show stat")
-        if not stats or not stats.startswith("# pxname"):
+        rows = self._stat_rows(pid)
+        if rows is None:
             return None
         http = 0
         websockets: dict[str, int] = {}
-        for row in csv.DictReader(io.StringIO(stats[2:])):
+        for row in rows:
             if row.get("svname") != "BACKEND" or not (row.get("scur") or "").isdigit():
                 continue
             name, current = row["pxname"], int(row["scur"])
@@ -569,16 +569,21 @@ class FrontProxy:
                 websockets[name[len(WEBSOCKET_PREFIX):]] = current
         return Sessions(http=http, by_backend=websockets)
 
+    def _stat_rows(self, pid: int) -> Optional[list[dict[str, str]]]:
+        """Worker ``pid``'s statistics (HAProxy's ``show stat`` CSV, one dict per proxy or server line) through the
+        master CLI; None when it cannot tell."""
+        stats = self._master_cli(f"@!{pid} show stat")
+        if not stats or not stats.startswith("# pxname"):
+            return None
+        return list(csv.DictReader(io.StringIO(stats[2:])))
+
     def served(self) -> dict[tuple[str, str], int]:
         """Requests (HAProxy's sessions) each server of each backend section took, over the current workers:
         ``{(section, server): count}`` — e.g. ``("be_v1", "r127_0_0_1_30001")`` for a replica reached directly,
         ``("serve", "serve")`` through Serve's proxy. Empty when no master answers."""
         totals: dict[tuple[str, str], int] = {}
         for pid in sorted(self.workers()):
-            stats = self._master_cli(f"@!{pid} show stat")
-            if not stats or not stats.startswith("# pxname"):
-                continue
-            for row in csv.DictReader(io.StringIO(stats[2:])):
+            for row in self._stat_rows(pid) or []:
                 if row.get("svname") in ("FRONTEND", "BACKEND") or not (row.get("stot") or "").isdigit():
                     continue
                 key = (row["pxname"], row["svname"])

@@ -31,7 +31,14 @@ from servectl.runtime.proof import route_proof
 
 ROUTING_FILE = "routing.json"
 LOCK_FILE = "render.lock"
-POLL_S = 1.0  # how often Serve's replicas are read: a replica is live for the front proxy within about this
+POLL_S = 1.0  # how often Serve's replicas are read while they change: a replica is live for the front proxy within about this
+# Each poll reads Serve's whole state through the dashboard (the controller builds it for every request): a tenth
+# of a core on the 2-core machine at one a second. Replicas change around a reload — apply's or the watcher's
+# own, and each reload starts a fresh watcher — so a watcher polls every POLL_S for QUIET_S after it starts, then
+# every IDLE_POLL_S: a replica Serve starts on its own later (autoscaling, a crashed one replaced) is reached
+# within that; one that dies is out at once anyway (its health check, every second).
+QUIET_S = 30.0
+IDLE_POLL_S = 5.0
 LOCK_TIMEOUT_S = 60.0
 
 
@@ -176,12 +183,13 @@ def _render_targets(runtime_dir: str, proxy: FrontProxy, targets: Targets) -> bo
 
 
 def main(argv: list[str]) -> int:
-    """Poll every POLL_S seconds while the front proxy of ``argv[0]`` (a runtime dir) runs; a failed poll is
-    reported on stderr (HAProxy's log) and the next one tries again."""
+    """Poll while the front proxy of ``argv[0]`` (a runtime dir) runs — every POLL_S seconds for QUIET_S seconds,
+    then every IDLE_POLL_S; a failed poll is reported on stderr (HAProxy's log) and the next one tries again."""
     runtime_dir = os.path.abspath(argv[0])
     proxy = FrontProxy(runtime_dir)
+    started = time.monotonic()
     while True:
-        time.sleep(POLL_S)
+        time.sleep(POLL_S if time.monotonic() - started < QUIET_S else IDLE_POLL_S)
         if proxy.master_pid() is None:
             return 0  # the front proxy that runs this watcher is gone (stopped, or killed without stopping us)
         try:

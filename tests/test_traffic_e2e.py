@@ -16,12 +16,18 @@ from tests.test_cli_e2e import replica_pids
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture(autouse=True, params=["direct", "python"])
+@pytest.fixture(autouse=True)
 def ingress(request, monkeypatch) -> str:
-    """Each test on both data paths: the default (the front proxy straight to the replicas) and the fallback
-    (through Serve's proxy), picked as a user would with SERVECTL_INGRESS."""
-    monkeypatch.setenv("SERVECTL_INGRESS", request.param)
-    return request.param
+    """The data path a test runs on, picked as a user would with SERVECTL_INGRESS: the default (the front proxy
+    straight to the replicas), or — for the tests marked BOTH_PATHS — the fallback (through Serve's proxy) too."""
+    path = getattr(request, "param", "direct")
+    monkeypatch.setenv("SERVECTL_INGRESS", path)
+    return path
+
+
+# The split and the shard keys — the traffic math itself — on both paths; the canary and the rollout example,
+# which add weight changes on top of the same math, on the default only (each run of the four costs ~100 s).
+BOTH_PATHS = pytest.mark.parametrize("ingress", ["direct", "python"], indirect=True)
 
 
 def served_by(cluster: RayCluster, path: str, count: int, headers_for=None) -> list[str]:
@@ -38,6 +44,7 @@ def served_by(cluster: RayCluster, path: str, count: int, headers_for=None) -> l
         return list(pool.map(one, range(count)))
 
 
+@BOTH_PATHS
 def test_fifty_fifty_split_lands_within_5_points(ray_cluster, tmp_path, applied_dirs):
     config = copy_example("traffic_split", tmp_path)
     applied_dirs.append(config)
@@ -69,6 +76,7 @@ def test_canary_gets_some_but_few_and_weight_changes_are_in_place(ray_cluster, t
     assert {app: replica_pids(ray_cluster, app) for app in pids_before} == pids_before  # no replica restarted
 
 
+@BOTH_PATHS
 def test_shard_keys_stick_and_only_keys_that_must_move_do(ray_cluster, tmp_path, applied_dirs):
     config = copy_example("session_affinity", tmp_path)
     applied_dirs.append(config)
