@@ -59,16 +59,6 @@ def test_seed_metrics_per_backend_custom_metric_and_status(ray_cluster, tmp_path
     assert serve["ray_serve_deployment_replica_starts_total"] == 2
     assert serve["ray_serve_deployment_processing_latency_ms_count"] == 20
     assert "ray_serve_replica_processing_queries" in serve
-    # A router's series comes from handle calls (HTTP on the direct path reaches the replica without one): one
-    # call through servectl's handle, after the counts above.
-    import servectl
-
-    servectl.connect(str(config))
-    assert servectl.get_handle("excellent").remote().result(timeout_s=60) == "ok"
-    names = ("ray_serve_num_http_requests_total", "ray_serve_num_router_requests_total", "ray_serve_deployment_queued_queries")
-    everywhere = wait_for(lambda: (found := totals(ray_cluster, "ray_serve_")) if all(n in found for n in names) else None)
-    for name in names:
-        assert name in (everywhere or totals(ray_cluster, "ray_serve_")), name
     # servectl's own: per endpoint/backend, and the replica-side queueing Ray Serve 2.x lacks.
     def own_series():
         found = totals(ray_cluster, "ray_servectl_", backend="excellent")
@@ -80,6 +70,20 @@ def test_seed_metrics_per_backend_custom_metric_and_status(ray_cluster, tmp_path
     assert own["ray_servectl_errors_total"] == 3
     assert own["ray_servectl_request_latency_ms_count"] == 20
     assert "ray_servectl_replica_queued_queries" in own
+    # A router's series comes from handle calls (HTTP on the direct path reaches the replica without one): one
+    # call through servectl's handle, after the counts above and servectl's own.
+    import servectl
+
+    servectl.connect(str(config))
+    assert servectl.get_handle("excellent").remote().result(timeout_s=60) == "ok"
+    names = ("ray_serve_num_http_requests_total", "ray_serve_num_router_requests_total", "ray_serve_deployment_queued_queries")
+
+    def cluster_series():
+        found = totals(ray_cluster, "ray_serve_")
+        return found if all(name in found for name in names) else None
+    everywhere = wait_for(cluster_series) or totals(ray_cluster, "ray_serve_")
+    for name in names:
+        assert name in everywhere, name
 
     # status, under a steady load of ~10 req/s.
     stop = threading.Event()
