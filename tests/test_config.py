@@ -184,3 +184,16 @@ def test_the_data_path_defaults_to_direct_with_head_only_and_the_environment_pic
         with pytest.raises(ConfigError) as err:
             provider_spec(LocalRay(http_location="EveryNode"))
         assert str(err.value) == line
+
+
+def test_the_http_port_from_the_environment_is_a_port(monkeypatch):
+    from servectl.config.blocks import LocalRay
+    from servectl.loading.attributes import provider_spec
+
+    monkeypatch.setenv("SERVECTL_HTTP_PORT", "18123")
+    assert provider_spec(LocalRay()).http_port == 18123
+    for bad in ("99999", "0", "80a", "-1"):
+        monkeypatch.setenv("SERVECTL_HTTP_PORT", bad)
+        with pytest.raises(ConfigError) as err:
+            provider_spec(LocalRay())
+        assert str(err.value) == f"SERVECTL_HTTP_PORT={bad!r} is not a port number (1-65535)"

@@ -33,8 +33,8 @@ def provider_spec(declared: Optional[LocalRay]) -> ProviderSpec:
     port = block.http_port
     if "http_port" not in block.model_fields_set and os.environ.get("SERVECTL_HTTP_PORT"):
         raw = os.environ["SERVECTL_HTTP_PORT"]
-        if not raw.isdigit():
-            raise ConfigError(f"SERVECTL_HTTP_PORT={raw!r} is not a port number")
+        if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+            raise ConfigError(f"SERVECTL_HTTP_PORT={raw!r} is not a port number (1-65535)")
         port = int(raw)
     ingress = block.ingress
     if "ingress" not in block.model_fields_set and os.environ.get("SERVECTL_INGRESS"):
