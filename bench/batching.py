@@ -43,7 +43,7 @@ class Vectorised:
 '''
 MAIN = '''
 from servectl import Backend, Endpoint, LocalRay, var
-LocalRay()
+LocalRay(ingress="python")  # through Serve's proxy, as measured before #18's default
 size = var("max_batch_size", default=1)
 model = Backend("vectorised", "model:Vectorised", max_batch_size=size, batch_wait_timeout_s=0.005,
                 omp_num_threads=1, max_concurrent_queries=64, ray_actor_options={"num_cpus": 1})

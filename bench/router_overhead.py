@@ -56,7 +56,7 @@ app = serve.deployment(name="plain", num_replicas=2, ray_actor_options={"num_cpu
 '''
 CASES = '''
 from servectl import Backend, Endpoint, LocalRay, var
-LocalRay()
+LocalRay(ingress="python")  # through Serve's proxy, as measured before #18's default
 case = var("case", default="single")
 free = {"num_cpus": 0}
 if case == "single":
