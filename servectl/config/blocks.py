@@ -10,6 +10,20 @@ from servectl import names
 from servectl.config.resources import MAX_NODE_CPUS, MAX_NODE_GPUS, Block, ProviderBlock
 
 HISTORY_KEEP = 50  # History(keep=…)'s default: entries the state's history keeps
+INGRESSES = ("direct", "python")
+
+
+def ingress_problem(ingress: str, http_location: str) -> Optional[str]:
+    """What is wrong with data path ``ingress`` at ``http_location``, as the tail of one error line; None if nothing.
+
+    The one home of the rule, for ``LocalRay(ingress=…)`` and for ``SERVECTL_INGRESS`` alike: direct ingress
+    (Serve's, which servectl's front proxy rides) serves HTTP from the head only.
+    """
+    if ingress not in INGRESSES:
+        return "must be 'direct' or 'python'"
+    if ingress == "direct" and http_location != "HeadOnly":
+        return f"needs http_location='HeadOnly' (got {http_location!r})"
+    return None
 
 
 class LocalRay(ProviderBlock):
@@ -43,9 +57,10 @@ class LocalRay(ProviderBlock):
             raise ValueError(f"address {self.address!r} must be host:port")
         if self.ingress is None:  # the default follows the location; left out of model_fields_set (not given)
             self.__dict__["ingress"] = "direct" if self.http_location == "HeadOnly" else "python"
-        if self.ingress == "direct" and self.http_location != "HeadOnly":
+        problem = ingress_problem(self.ingress, self.http_location)
+        if problem:
             raise ValueError(
-                f"ingress='direct' needs http_location='HeadOnly' (got {self.http_location!r}): under direct ingress "
+                f"ingress={self.ingress!r} {problem}: under direct ingress "
                 "Serve runs its proxy on the head only, and the front proxy there reaches every replica itself"
             )
         return self

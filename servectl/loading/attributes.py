@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any, Optional
 
-from servectl.config.blocks import LocalRay
+from servectl.config.blocks import LocalRay, ingress_problem
 from servectl.config.resources import DEFAULT_DEREGISTRATION_DELAY_S, Backend, Endpoint
 from servectl.errors import ConfigError
 from servectl.loading.code_identity import code_identity
@@ -39,10 +39,9 @@ def provider_spec(declared: Optional[LocalRay]) -> ProviderSpec:
     ingress = block.ingress
     if "ingress" not in block.model_fields_set and os.environ.get("SERVECTL_INGRESS"):
         ingress = os.environ["SERVECTL_INGRESS"]
-        if ingress not in ("direct", "python"):
-            raise ConfigError(f"SERVECTL_INGRESS={ingress!r} must be 'direct' or 'python'")
-        if ingress == "direct" and block.http_location != "HeadOnly":
-            raise ConfigError(f"SERVECTL_INGRESS='direct' needs http_location='HeadOnly' (got {block.http_location!r})")
+        problem = ingress_problem(ingress, block.http_location)
+        if problem:
+            raise ConfigError(f"SERVECTL_INGRESS={ingress!r} {problem}")
     token = block.auth_token_path or os.environ.get("SERVECTL_RAY_AUTH_TOKEN_PATH") or None
     return ProviderSpec(
         kind=ProviderKind.LOCAL_RAY,
