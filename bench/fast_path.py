@@ -133,7 +133,7 @@ def run_direct_cluster(work: Path, args: argparse.Namespace) -> dict[str, list[d
                 ("single", "single", False), ("split", "split", False), ("split_shadow", "split_shadow", False),
                 ("keyed_split", "split", True), ("split_slow_shadow", "split_slow_shadow", False),
             ):
-                servectl(cases_dir, "apply", "--var", f"case={variable}", "--auto-approve")
+                servectl(cases_dir, "apply", "--var", f"case={variable}", "--var", "ingress=python", "--auto-approve")
                 url = f"http://127.0.0.1:{http_port}/bench"
                 results.setdefault(f"c_{case}_python", []).append(load(url, args.seconds, args.connections, keyed))
                 with direct_proxy(work, record, serve_port, "bench") as (port, replicas):
@@ -155,7 +155,7 @@ def run_haproxy_cluster(work: Path, args: argparse.Namespace) -> dict[str, list[
             plain_url = deploy_plain(env, {"host": "127.0.0.1", "port": serve_port})
             results["b_plain_haproxy"].append(load(plain_url, args.seconds, args.connections))
             remove_plain()
-            servectl(cases_dir, "apply", "--var", "case=single", "--auto-approve")
+            servectl(cases_dir, "apply", "--var", "case=single", "--var", "ingress=python", "--auto-approve")
             results["e_single_chained"].append(load(f"http://127.0.0.1:{http_port}/bench", args.seconds, args.connections))
             servectl(cases_dir, "destroy", "--auto-approve")
     return results

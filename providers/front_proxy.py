@@ -31,8 +31,10 @@ from servectl.providers.embedded_cluster import port_open
 from servectl.providers.processes import (
     TAG_VARIABLE, ProcessIdentity, identify, is_running, new_tag, session_members, signal_verified, stop_session,
 )
+from servectl.providers import shadow_copies
 from servectl.runtime.headers import (
-    ENDPOINT_HEADER, MODEL_ID_HEADER, PROOF_HEADER, ROLE_HEADER, ROUTE_HEADER, SHADOW_HEADER, SHARD_KEY_HEADER,
+    BACKEND_HEADER, ENDPOINT_HEADER, MIRRORED_HEADER, MODEL_ID_HEADER, PROOF_HEADER, ROLE_HEADER, ROUTE_HEADER,
+    SHADOW_HEADER, SHARD_KEY_HEADER,
 )
 from servectl.routing.traffic import KEY_SPACE, Segments
 
@@ -49,6 +51,8 @@ CLI_TIMEOUT_S = 2.0
 START_TIMEOUT_S = 30.0  # HAProxy starts in well under a second; a loaded two-core machine has taken seconds
 
 
+CPUS_PER_THREAD = 8  # one HAProxy thread per this many CPUs of the machine (at least 1, at most MAX_THREADS)
+MAX_THREADS = 16
 MAX_TIMEOUT_S = 86_400.0  # a request timeout in a policy: at most a day (the config's own bound)
 
 Targets = dict[str, list[tuple[str, int]]]  # backend -> its running replicas' direct-ingress (address, port)
@@ -109,11 +113,14 @@ def routed_endpoints(policies: dict[str, dict[str, Any]]) -> list[RoutedEndpoint
 
 def render_config(
     bind_host: str, bind_port: int, serve_port: int, endpoints: list[RoutedEndpoint], pidfile: str, proof: str = "",
-    targets: Optional[Targets] = None, watcher: Optional[list[str]] = None,
+    targets: Optional[Targets] = None, watcher: Optional[list[str]] = None, mirror_script: Optional[str] = None,
 ) -> str:
     """The front proxy's whole HAProxy configuration: endpoints by longest route, each request's backend chosen by
     its policy, then rewritten onto that backend's internal route with the route ``proof``
     (``servectl.runtime.proof``; empty on a cluster without token auth).
+
+    With ``mirror_script`` (the path ``shadow_copies.write_script`` wrote), HAProxy sends the shadow copies it
+    can itself (``servectl.providers.shadow_copies``); without it every copy is its primary's to send.
 
     Every value is checked here, where it becomes configuration text, by the
     rules of ``servectl.names`` (the same the config language applies): the
@@ -121,6 +128,10 @@ def render_config(
     ValueError on the first value that breaks a rule.
     """
     check_inputs(bind_host, bind_port, serve_port, endpoints, pidfile, proof, targets)
+    if mirror_script is not None and not names.matches(names.PLAIN_PATH, mirror_script):
+        raise ValueError(f"the shadow-copy script {mirror_script!r} is not a plain absolute path")
+    shadows = sorted({backend for endpoint in endpoints for backend in endpoint.shadow})
+    mirroring = mirror_script is not None and bool(shadows)
     for word in watcher or []:
         if not names.matches(names.PLAIN_PATH, word) and not re.fullmatch(r"-m|-W|[A-Za-z_.:]{1,100}", word, re.ASCII):
             raise ValueError(f"the replica watcher's command word {word!r} is not a plain path or module")
@@ -131,6 +142,8 @@ def render_config(
         # A previous worker keeps its open connections (WebSockets) this long after a reload, then closes them.
         f"    hard-stop-after {int(math.ceil(drain_bound_s(endpoints)))}s",
         "    maxconn 4096",
+        f"    nbthread {proxy_threads()}",
+        *([f"    lua-load {mirror_script}"] if mirroring else []),
         # The master runs the watcher that keeps the replica sections live (servectl.providers.replica_watch): a
         # fresh one per reload (the previous one is told to stop with SIGUSR1 and finishes what it was writing).
         *(["program replica-watch", f"    command {' '.join(watcher)}"] if watcher else []),
@@ -153,6 +166,8 @@ def render_config(
         # Only the proxy decides these: never trust them from a client.
         f"    http-request del-header {PROOF_HEADER}",
         f"    http-request del-header {SHADOW_HEADER}",
+        f"    http-request del-header {MIRRORED_HEADER}",
+        f"    http-request del-header {BACKEND_HEADER}",
         f"    http-request del-header {ENDPOINT_HEADER}",
         f"    http-request del-header {ROLE_HEADER}",
         f"    http-request del-header {ROUTE_HEADER}",
@@ -190,8 +205,14 @@ def render_config(
             f"!{{ path_beg {INTERNAL_PREFIX} }}"
         )
     lines += [
-        "    http-request set-header x-servectl-backend %[var(txn.sc_b)] if { var(txn.sc_b) -m found }",
+        f"    http-request set-header {BACKEND_HEADER} %[var(txn.sc_b)] if {{ var(txn.sc_b) -m found }}",
         *([f"    http-request set-header {PROOF_HEADER} {proof} if {{ var(txn.sc_b) -m found }}"] if proof else []),
+        # A shadowed request's copies: HAProxy sends what it holds whole (the body is waited for, at most 1 s and
+        # one buffer); what it does not, the primary sends.
+        *([
+            f"    http-request wait-for-body time 1s if {{ req.hdr({SHADOW_HEADER}) -m found }}",
+            f"    http-request lua.{shadow_copies.ACTION} {INTERNAL_PREFIX} if {{ req.hdr({SHADOW_HEADER}) -m found }}",
+        ] if mirroring else []),
         # A full queue (a backend's max_queued_requests) is a 503 a client may retry: say when.
         "    http-response set-header Retry-After 1 if { status 503 } !{ res.hdr(retry-after) -m found }",
     ]
@@ -243,7 +264,40 @@ def render_config(
         lines += _replica_section(f"{MODELS_PREFIX}{backend}", f"hdr({MODEL_ID_HEADER})", (targets or {})[backend],
                                   serve_port)
         lines += timeout
+    if mirroring:
+        lines += _copies(shadows, targets or {}, timeouts, serve_port)
     return "\n".join(lines + [""])
+
+
+def _copies(shadows: list[str], targets: Targets, timeouts: dict[str, float], serve_port: int) -> list[str]:
+    """The listener HAProxy's own shadow copies come back in on (a unix socket in the runtime dir, 0600) and a
+    section per shadow backend for them: its replicas when known, else Serve's proxy. Sections of their own, so
+    a reload never waits for a copy (only for what a caller waits on)."""
+    prefix = shadow_copies.COPIES_PREFIX
+    lines = [
+        "frontend servectl_copies",
+        f"    bind unix@{shadow_copies.COPIES_SOCKET} mode 600",
+        f"    http-request set-var(txn.sc_b) req.hdr({BACKEND_HEADER})",
+        *(f"    use_backend {prefix}{backend} if {{ var(txn.sc_b) -m str {backend} }}" for backend in shadows),
+    ]
+    for backend in shadows:
+        if targets.get(backend):
+            lines += _replica_section(f"{prefix}{backend}", "leastconn", targets[backend], serve_port)
+        else:
+            lines += [f"backend {prefix}{backend}", f"    server serve 127.0.0.1:{serve_port}"]
+        if backend in timeouts:
+            lines.append(f"    http-request set-timeout server {_milliseconds(timeouts[backend])}")
+    return lines
+
+
+def proxy_threads(cpus: Optional[int] = None) -> int:
+    """HAProxy threads for a machine of ``cpus`` CPUs (default: this one's): one per CPUS_PER_THREAD.
+
+    A thread forwards tens of thousands of requests a second; a Python replica serves a few thousand per core.
+    HAProxy's default (a thread per CPU) only took CPU from the replicas: on the 2-core machine a second thread
+    cost a split 10-15 % of its throughput (bench/README.md, router_overhead.py).
+    """
+    return max(1, min(MAX_THREADS, (cpus or os.cpu_count() or 1) // CPUS_PER_THREAD))
 
 
 def _milliseconds(seconds: float) -> str:
@@ -402,6 +456,7 @@ class FrontProxy:
         self.identity_path = os.path.join(self.runtime_dir, "haproxy.json")
         self.log_path = os.path.join(self.runtime_dir, "haproxy.log")
         self.draining_path = os.path.join(self.runtime_dir, "draining.json")  # previous worker -> its hard stop
+        self.mirror_path = os.path.join(self.runtime_dir, shadow_copies.SCRIPT_FILE)  # render_config's mirror_script
 
     def _identity(self) -> Optional[ProcessIdentity]:
         try:
@@ -445,6 +500,7 @@ class FrontProxy:
         the config, does not start, or does not finish reloading in time.
         """
         os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
+        shadow_copies.write_script(self.runtime_dir)
         candidate = self.config_path + ".new"
         with os.fdopen(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as handle:
             handle.write(config)  # 0600: it holds the route proof

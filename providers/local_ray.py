@@ -461,7 +461,7 @@ class LocalRayProvider(Provider):
                 try:
                     proxy_config = render_config(
                         self.spec.http_host, self.spec.http_port, int(self._serve_port or 0), routed,
-                        self.front_proxy.pidfile, self._route_proof(),
+                        self.front_proxy.pidfile, self._route_proof(), mirror_script=self.front_proxy.mirror_path,
                     )
                 except ValueError as err:  # a value the state holds that no config could have given: never written
                     raise ProviderError(f"{change.address}: the front proxy's configuration was refused: {err}") from None

@@ -137,7 +137,7 @@ def render(routing: Routing, targets: Targets, proxy: FrontProxy) -> str:
         proof = route_proof(handle.read().strip())
     return render_config(
         routing.bind_host, routing.bind_port, routing.serve_port, routed_endpoints(routing.policies), proxy.pidfile,
-        proof, targets, routing.watcher,
+        proof, targets, routing.watcher, proxy.mirror_path,
     )
 
 

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 
 import pytest
 import requests
 
+from servectl.providers.embedded_cluster import RUNTIME_DIR
+from servectl.providers.front_proxy import FrontProxy
+from servectl.providers.shadow_copies import COPIES_PREFIX
 from tests.conftest import copy_example, run_cli, scrape, write_config
 
 pytestmark = pytest.mark.ray
@@ -21,6 +25,25 @@ def servectl_counts(cluster, endpoint: str) -> dict[tuple[str, str], float]:
             pair = (labels["backend"], labels["role"])
             counts[pair] = counts.get(pair, 0) + value
     return counts
+
+
+def shadow_sent(cluster, endpoint: str) -> dict[str, float]:
+    """{shadow backend: copies sent} for one endpoint (counted by the primaries), from the Prometheus scrape."""
+    sent: dict[str, float] = {}
+    for key, value in scrape(cluster, "ray_servectl_shadow_sent").items():
+        labels = dict(key[1:])
+        if labels.get("endpoint") == endpoint:
+            sent[labels["backend"]] = sent.get(labels["backend"], 0) + value
+    return sent
+
+
+def copies_sent_by(proxy: FrontProxy) -> dict[str, int]:
+    """{shadow backend: copies} the front proxy's current workers sent themselves (its copies' sections)."""
+    sent: dict[str, int] = {}
+    for (section, _server), count in proxy.served().items():
+        if section.startswith(COPIES_PREFIX):
+            sent[section[len(COPIES_PREFIX):]] = sent.get(section[len(COPIES_PREFIX):], 0) + count
+    return sent
 
 
 def wait_for_counts(cluster, endpoint: str, primary_backend: str, expected_primary: int, timeout: float = 120):
@@ -56,15 +79,39 @@ def test_shadow_proportions_are_copied_and_counted(ray_cluster, tmp_path, applie
     assert abs(counts.get(("new_backend_1", "shadow"), 0) - 500) <= 80
     assert abs(counts.get(("new_backend_2", "shadow"), 0) - 100) <= 40
     assert ("new_backend_1", "primary") not in counts  # copies only, never answers
+    # The front proxy sent every one of those copies itself (its copies' sections count them)...
+    proxy = FrontProxy(str(Path(config) / RUNTIME_DIR))
+    assert copies_sent_by(proxy) == {"new_backend_1": counts[("new_backend_1", "shadow")],
+                                     "new_backend_2": counts[("new_backend_2", "shadow")]}
+    # ...and what it does not hold whole — a method its HTTP client does not send, a body past its buffer — the
+    # primary copies through Serve's handles: every copy still arrives, counted where it was sent.
+    sent_before = shadow_sent(ray_cluster, "shadowed_endpoint")
+    for _ in range(60):
+        assert session.patch(ray_cluster.url("/shadow"), data=b"x", timeout=10).text == "served by existing_backend"
+    for _ in range(20):
+        assert session.post(ray_cluster.url("/shadow"), data=b"x" * 200_000, timeout=10).status_code == 200
+    more = wait_for_counts(ray_cluster, "shadowed_endpoint", "existing_backend", 1080)
+    assert copies_sent_by(proxy) == {"new_backend_1": counts[("new_backend_1", "shadow")],
+                                     "new_backend_2": counts[("new_backend_2", "shadow")]}  # none of these
+    sent = {name: value - sent_before.get(name, 0) for name, value in shadow_sent(ray_cluster, "shadowed_endpoint").items()}
+    arrived = {name: more.get((name, "shadow"), 0) - counts.get((name, "shadow"), 0) for name in ("new_backend_1", "new_backend_2")}
+    print(f"80 requests the primary copied: sent {sent}, arrived {arrived}")
+    assert arrived["new_backend_1"] > 20 and sent == arrived
+    counts = more
 
     # A proportion of 0 stops shadowing: in place, and no new copies arrive.
     planned = run_cli(config, "plan", "--var", "shadow_1=0", "--var", "shadow_2=0")
     assert "~ endpoint \"shadowed_endpoint\"" in planned.stdout and "0 to replace" in planned.stdout
     assert run_cli(config, "apply", "--var", "shadow_1=0", "--var", "shadow_2=0", "--auto-approve").code == 0
+    # A connection kept alive across the reload gets one more answer from the previous worker, under the policy
+    # it was accepted with (HAProxy's idle-close-on-response: no request is refused while a reload drains); new
+    # connections get the new policy at once.
+    session.close()
+    session = requests.Session()
     for _ in range(200):
         assert session.get(ray_cluster.url("/shadow"), timeout=10).status_code == 200
-    after = wait_for_counts(ray_cluster, "shadowed_endpoint", "existing_backend", 1200)
-    assert after[("existing_backend", "primary")] == 1200
+    after = wait_for_counts(ray_cluster, "shadowed_endpoint", "existing_backend", 1280)
+    assert after[("existing_backend", "primary")] == 1280
     for shadow in ("new_backend_1", "new_backend_2"):  # not one more copy after shadowing stopped
         assert after.get((shadow, "shadow"), 0) == counts.get((shadow, "shadow"), 0)
 

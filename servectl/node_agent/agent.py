@@ -68,7 +68,7 @@ class NodeAgent:
                 routed = routed_endpoints(endpoints)
                 config = render_config(
                     self.listen_host, self.listen_port, serve_port, routed,
-                    self.proxy.pidfile, self._route_proof(),
+                    self.proxy.pidfile, self._route_proof(), mirror_script=self.proxy.mirror_path,
                 )
             except (ValueError, KeyError, TypeError) as err:
                 log.error("refused routing document version %r: %s", document.get("version"), err)

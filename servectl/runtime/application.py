@@ -34,7 +34,7 @@ from servectl.runtime.batching import Batcher
 from servectl.runtime.environment import import_target, open_environment, restore_environment
 from servectl.runtime.metrics import ReplicaMetrics
 from servectl.runtime.multiplexing import ModelLimit
-from servectl.runtime.headers import ENDPOINT_HEADER, ROLE_HEADER, SHADOW_HEADER
+from servectl.runtime.headers import ENDPOINT_HEADER, MIRRORED_HEADER, ROLE_HEADER, SHADOW_HEADER
 from servectl.runtime.ingress import ingress_replica_class, is_asgi_app, is_ingress_class
 from servectl.runtime.proof import is_http, take_proof, worker_route_proof
 from servectl.runtime.request import HandleRequest
@@ -235,6 +235,8 @@ def replica_class(args: dict[str, Any]) -> type:
                 shadows = _header_values(request, SHADOW_HEADER) if role != "shadow" else []
                 if shadows:
                     await self._mirror(request, endpoint, shadows)
+                for name in _header_values(request, MIRRORED_HEADER) if role != "shadow" else []:
+                    self.metrics.shadowed(endpoint, name)  # a copy the front proxy sent itself
                 self.waiting += 1  # exported by _report_queue, not per request
                 try:
                     if self.batcher is not None:

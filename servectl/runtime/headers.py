@@ -3,6 +3,8 @@
 Clients cannot set these: the front proxy strips them from every request.
 """
 SHADOW_HEADER = "x-servectl-shadow"  # backends that get a copy of this request
+MIRRORED_HEADER = "x-servectl-mirrored"  # shadow backends the front proxy itself copied this request to
+BACKEND_HEADER = "x-servectl-backend"  # the backend the front proxy chose (on the copies: the shadow's)
 ROLE_HEADER = "x-servectl-role"  # "shadow" on the copies
 ENDPOINT_HEADER = "x-servectl-endpoint"  # the endpoint the request came in on
 SHARD_KEY_HEADER = "x-serve-shard-key"  # the seed's session-affinity header (set by clients)

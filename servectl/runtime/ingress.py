@@ -28,7 +28,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 from ray import serve
 
 from servectl.runtime.environment import import_target, open_environment
-from servectl.runtime.headers import ENDPOINT_HEADER, PROOF_HEADER, ROLE_HEADER, ROUTE_HEADER, SHADOW_HEADER
+from servectl.runtime.headers import (
+    ENDPOINT_HEADER, MIRRORED_HEADER, PROOF_HEADER, ROLE_HEADER, ROUTE_HEADER, SHADOW_HEADER,
+)
 from servectl.runtime.metrics import ReplicaMetrics
 from servectl.runtime.multiplexing import ModelLimit
 from servectl.runtime.proof import worker_route_proof
@@ -260,10 +262,13 @@ class RoutedApp:
         endpoint = _header(scope, ENDPOINT_HEADER) or ""
         role = _header(scope, ROLE_HEADER) or "primary"
         shadows = [name.strip() for name in (_header(scope, SHADOW_HEADER) or "").split(",") if name.strip()]
+        mirrored = [name.strip() for name in (_header(scope, MIRRORED_HEADER) or "").split(",") if name.strip()]
         inner = public_scope(scope, route)
-        inner["headers"] = _without(scope, PROOF_HEADER, ROUTE_HEADER, SHADOW_HEADER)
+        inner["headers"] = _without(scope, PROOF_HEADER, ROUTE_HEADER, SHADOW_HEADER, MIRRORED_HEADER)
         if shadows and role != "shadow" and scope["type"] == "http":
             receive = await self._mirror(inner, receive, endpoint, shadows)
+        for name in mirrored if role != "shadow" else []:
+            self.metrics.shadowed(endpoint, name)  # a copy the front proxy sent itself
         await self._serve(inner, receive, send, endpoint, role)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, endpoint: str, role: str) -> None:
