@@ -10,7 +10,7 @@ of its own, Serve's Python proxy still runs):
   (d) the same endpoints with the front proxy going straight to the replicas: the same policy rendered with the
       replicas' addresses (``render_config(targets=…)``), Serve's proxy the backup
       — each of (c) and (d) as: single backend, 0.5/0.5 split, split + 10 % shadow, split with a shard key per
-      request (100 keys), split + 10 % shadow to a backend that sleeps 1 s (its callers' p99 against the split's)
+      request (1,000 keys), split + 10 % shadow to a backend that sleeps 1 s (its callers' p99 against the split's)
 Cluster 2, Serve's HAProxy mode on (``RAY_SERVE_ENABLE_HA_PROXY=1``: Serve runs HAProxy in front of the replicas):
   (b) plain Serve in HAProxy mode — the best Ray offers
   (e) a servectl endpoint (single) chained in front of it: front proxy -> Serve's HAProxy -> replica

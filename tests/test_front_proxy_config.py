@@ -88,3 +88,48 @@ def test_replica_targets_are_checked_where_they_become_configuration(tmp_path):
             assert "\n" not in str(err), why
         else:
             raise AssertionError(f"{why}: accepted")
+
+
+def test_shadow_copies_are_sent_by_the_proxy_through_a_listener_of_their_own(tmp_path):
+    """With the Lua action written, a shadowed request waits for its body (1 s at most) and goes through the
+    action; copies come back in on a unix socket to a section per shadow (its replicas, or Serve's proxy), with
+    the shadow's own timeout — sections a reload never waits on. Without the script, or without a shadow,
+    none of it is there (every copy is the primary's)."""
+    from servectl.providers import shadow_copies
+    from servectl.providers.front_proxy import proxy_threads
+
+    api = RoutedEndpoint("api", "/api", {"v1": [[0, 1_000_000]]}, shadow={"canary": 0.1, "audit": 1.0},
+                         timeouts={"canary": 2.5})
+    script = shadow_copies.write_script(str(tmp_path))
+    assert (tmp_path / "mirror.lua").stat().st_mode & 0o777 == 0o600
+    targets = {"v1": [("127.0.0.1", 30001)], "canary": [("127.0.0.1", 30002)]}
+    text = render_config("127.0.0.1", 8000, 8001, [api], str(tmp_path / "haproxy.pid"), targets=targets,
+                         mirror_script=script)
+    lines = text.splitlines()
+    assert f"    lua-load {script}" in lines and f"    nbthread {proxy_threads()}" in lines
+    waits = lines.index("    http-request wait-for-body time 1s if { req.hdr(x-servectl-shadow) -m found }")
+    acts = lines.index("    http-request lua.servectl_mirror /_servectl/ if { req.hdr(x-servectl-shadow) -m found }")
+    rewrite = next(i for i, line in enumerate(lines) if line.startswith("    http-request set-path /_servectl/"))
+    assert rewrite < waits < acts  # the copy is made of the rewritten request
+    assert "    http-request del-header x-servectl-mirrored" in lines  # a client cannot claim copies were sent
+    assert "    bind unix@copies.sock mode 600" in lines
+    canary = lines[lines.index("backend cp_canary"):]
+    canary = canary[:next((i for i, line in enumerate(canary[1:], 1) if line.startswith("backend ")), len(canary))]
+    assert "    server r127_0_0_1_30002 127.0.0.1:30002 check" in canary
+    assert canary[-1] == "    http-request set-timeout server 2500ms"
+    assert lines[lines.index("backend cp_audit") + 1] == "    server serve 127.0.0.1:8001"  # no targets: Serve's proxy
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(text)
+    checked = subprocess.run([haproxy_binary(), "-c", "-f", str(config)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    for plain in (render_config("127.0.0.1", 8000, 8001, [api], str(tmp_path / "haproxy.pid")),
+                  render_config("127.0.0.1", 8000, 8001, [RoutedEndpoint("api", "/api", {"v1": [[0, 1_000_000]]})],
+                                str(tmp_path / "haproxy.pid"), mirror_script=script)):
+        assert "lua-load" not in plain and "lua." not in plain and "copies.sock" not in plain and "cp_" not in plain
+    try:
+        render_config("127.0.0.1", 8000, 8001, [api], str(tmp_path / "haproxy.pid"), mirror_script="mirror.lua\nx")
+    except ValueError as err:
+        assert "is not a plain absolute path" in str(err)
+    else:
+        raise AssertionError("a script path with a newline was rendered")
