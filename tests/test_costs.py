@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 from servectl.config.costs import UpdateType, costs, update_types
-from servectl.config.resources import Backend, Endpoint
+from servectl.config.resources import Backend
 from servectl.loading.loader import load_config
 from servectl.model.kinds import BACKEND, ENDPOINT, attribute_costs, in_place_attributes
 from servectl.model.plan import AttributeDiff
