@@ -30,13 +30,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.router_overhead import CASES, HANDLER, PLAIN_APP, deploy_plain, load, remove_plain, servectl  # noqa: E402
+from bench.router_overhead import deploy_plain, load, prepare, remove_plain, servectl  # noqa: E402
 from servectl.providers.embedded_cluster import EmbeddedCluster, free_ports  # noqa: E402
 
 @contextlib.contextmanager
@@ -91,16 +90,6 @@ def direct_proxy(work: Path, record, serve_port: int, endpoint: str):
     finally:
         process.terminate()
         process.wait(timeout=10)
-
-
-def prepare(work: Path) -> tuple[Path, Path]:
-    plain_dir, cases_dir = work / "plain", work / "cases"
-    for folder in (plain_dir, cases_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "hello.py").write_text(HANDLER)
-    (plain_dir / "plain_app.py").write_text(PLAIN_APP)
-    (cases_dir / "main.py").write_text(textwrap.dedent(CASES))
-    return plain_dir, cases_dir
 
 
 def start_serve(work: Path, record, plain_dir: Path) -> tuple[int, dict]:

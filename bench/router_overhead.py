@@ -375,6 +375,17 @@ def shadow_counts(metrics_url: str) -> dict[str, float]:
     }
 
 
+def prepare(work: Path) -> tuple[Path, Path]:
+    """Write the plain app's and the servectl cases' directories under ``work``: (plain dir, cases dir)."""
+    plain_dir, cases_dir = work / "plain", work / "cases"
+    for folder in (plain_dir, cases_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "hello.py").write_text(HANDLER)
+    (plain_dir / "plain_app.py").write_text(PLAIN_APP)
+    (cases_dir / "main.py").write_text(textwrap.dedent(CASES))
+    return plain_dir, cases_dir
+
+
 HTTP_CASES = (  # (case, the config's case, keyed)
     ("single", "single", False), ("split", "split", False), ("split_shadow", "split_shadow", False),
     ("keyed_split", "split", True), ("split_slow_shadow", "split_slow_shadow", False),
@@ -390,12 +401,7 @@ def run_rounds(work: Path, args: argparse.Namespace) -> tuple[dict[str, list[dic
     from servectl.providers.embedded_cluster import RUNTIME_DIR
     from servectl.providers.local_ray import DIRECT_INGRESS_ENV, connect
 
-    plain_dir, cases_dir = work / "plain", work / "cases"
-    for folder in (plain_dir, cases_dir):
-        folder.mkdir()
-        (folder / "hello.py").write_text(HANDLER)
-    (plain_dir / "plain_app.py").write_text(PLAIN_APP)
-    (cases_dir / "main.py").write_text(textwrap.dedent(CASES))
+    plain_dir, cases_dir = prepare(work)
     only = set(filter(None, args.only.split(",")))
     results: dict[str, list[dict]] = {}
     copies: list[dict[str, float]] = []
