@@ -1,6 +1,7 @@
 """Shadow traffic: copies at the declared proportion, counted in metrics, never felt by the caller."""
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from pathlib import Path
@@ -181,3 +182,61 @@ def test_slow_or_failing_shadow_leaves_the_caller_alone(ray_cluster, tmp_path, a
     print(f"shadow copies sent: {sent}; errors: {errors}")
     assert sent.get("slow", 0) >= 150 and sent.get("broken", 0) >= 150  # every request was copied to both
     assert errors.get(("broken", "shadow"), 0) > 0 and ("fast", "primary") not in errors
+
+
+RECORDED_MAIN = """
+from servectl import Backend, Endpoint, LocalRay
+LocalRay()
+small = {{"num_cpus": 0.25}}
+primary = Backend("rec_primary", "models:Recorder", {primary!r}, ray_actor_options=small)
+shadow = Backend("rec_shadow", "models:Recorder", {shadow!r}, ray_actor_options=small)
+Endpoint("recorded", route="/rec", backend=primary, shadow={{shadow: 1.0}})
+"""
+RECORDER = """
+import json
+import re
+
+class Recorder:
+    def __init__(self, log):
+        self.log = log
+
+    async def __call__(self, request):
+        # What both kinds of request a backend gets have (an HTTP request; a handle's, for the copies a primary
+        # sends): the path is the backend's internal route, so compared from under it.
+        path = getattr(request, "path", None) or request.url.path
+        seen = {"method": request.method, "path": re.sub("^/_servectl/[^/]+", "", path),
+                "query": dict(request.query_params), "body": (await request.body()).decode(),
+                "header": request.headers.get("x-test"), "type": request.headers.get("content-type")}
+        with open(self.log, "a") as log:
+            log.write(json.dumps(seen, sort_keys=True) + "\\n")
+        return "recorded"
+"""
+
+
+def test_a_shadow_gets_the_same_request_as_its_primary_whoever_sends_the_copy(ray_cluster, tmp_path, applied_dirs):
+    """What a shadow receives is what its primary received — method, path under the route, query, body, headers —
+    for the copies the front proxy sends (a GET with a query, a small POST) and those the primary sends (a PATCH,
+    a body past the proxy's buffer)."""
+    primary_log, shadow_log = tmp_path / "primary.jsonl", tmp_path / "shadow.jsonl"
+    config = write_config(tmp_path / "recorded", RECORDED_MAIN.format(primary=str(primary_log), shadow=str(shadow_log)),
+                          models=RECORDER)
+    applied_dirs.append(config)
+    assert run_cli(config, "apply", "--auto-approve").code == 0
+    headers = {"x-test": "one, two", "content-type": "text/plain; charset=utf-8"}
+    with requests.Session() as session:
+        for method, path, body in (("GET", "/rec/a/b?x=1&y=%20z", None), ("POST", "/rec/p", "hello"),
+                                   ("PATCH", "/rec/q?k=v", "patched"), ("POST", "/rec/big", "b" * 100_000)):
+            answer = session.request(method, ray_cluster.url(path), data=body, headers=headers, timeout=10)
+            assert answer.status_code == 200 and answer.text == "recorded", (method, path, answer.text)
+    deadline = time.time() + 30
+    while time.time() < deadline and len(_lines(shadow_log)) < 4:
+        time.sleep(0.2)
+    primary, shadow = _lines(primary_log), _lines(shadow_log)
+    assert len(primary) == 4 and sorted(shadow) == sorted(primary), (primary, shadow)
+    assert [json.loads(line)["query"] for line in primary][0] == {"x": "1", "y": " z"}
+    # The front proxy sent the GET's and the small POST's copies; the primary the PATCH's and the big body's.
+    assert copies_sent_by(FrontProxy(str(Path(config) / RUNTIME_DIR))) == {"rec_shadow": 2}
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
