@@ -65,15 +65,17 @@ core.register_action("{ACTION}", {{"http-req"}}, function(txn, prefix)  -- prefi
     return  -- the primary sends the copies
   end
   local tail = string.sub(path, #prefix + #primary + 1)
-  for _, name in ipairs(shadows) do
-    local copied = {{}}
-    for field, values in pairs(headers) do
-      if not DROPPED[field] then
-        local list = {{}}
-        for i = 0, #values do list[#list + 1] = values[i] end
-        copied[field] = list
-      end
+  local kept = {{}}  -- the request's fields as the HTTP client takes them (lists from 1), read once
+  for field, values in pairs(headers) do
+    if not DROPPED[field] then
+      local list = {{}}
+      for i = 0, #values do list[#list + 1] = values[i] end
+      kept[field] = list
     end
+  end
+  for _, name in ipairs(shadows) do
+    local copied = {{}}  -- a table per copy (its task reads it later); the value lists are shared, never changed
+    for field, list in pairs(kept) do copied[field] = list end
     copied[ROLE] = {{"shadow"}}
     copied[BACKEND] = {{name}}
     in_flight = in_flight + 1

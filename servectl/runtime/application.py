@@ -173,7 +173,7 @@ def replica_class(args: dict[str, Any]) -> type:
                 # Sync code runs in a thread beside the event loop. Between two C calls that release the GIL (a
                 # layer's matrix product) it waits for the loop to hand the GIL back, up to Python's switch
                 # interval (5 ms) each time: a batch of 32 through an 8-layer model ran at 0.73 of the model's
-                # own speed, 1.1 with 0.5 ms (bench/batching.py).
+                # own speed, 1.02 with 0.5 ms (bench/batching.py).
                 sys.setswitchinterval(SYNC_SWITCH_INTERVAL_S)
             self.metrics = ReplicaMetrics(backend)
             self.shadow_handles: dict[str, Any] = {}

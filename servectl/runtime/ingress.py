@@ -82,6 +82,11 @@ def _header(scope: Scope, name: str) -> Optional[str]:
     return None
 
 
+def _names(scope: Scope, header: str) -> list[str]:
+    """The comma-separated backend names in ``header`` (servectl's shadow marks); empty when it is absent."""
+    return [name.strip() for name in (_header(scope, header) or "").split(",") if name.strip()]
+
+
 def _without(scope: Scope, *names: str) -> list[tuple[bytes, bytes]]:
     dropped = {name.encode() for name in names}
     return [(key, value) for key, value in scope.get("headers") or [] if key.lower() not in dropped]
@@ -261,8 +266,7 @@ class RoutedApp:
         route = _header(scope, ROUTE_HEADER)
         endpoint = _header(scope, ENDPOINT_HEADER) or ""
         role = _header(scope, ROLE_HEADER) or "primary"
-        shadows = [name.strip() for name in (_header(scope, SHADOW_HEADER) or "").split(",") if name.strip()]
-        mirrored = [name.strip() for name in (_header(scope, MIRRORED_HEADER) or "").split(",") if name.strip()]
+        shadows, mirrored = _names(scope, SHADOW_HEADER), _names(scope, MIRRORED_HEADER)
         inner = public_scope(scope, route)
         inner["headers"] = _without(scope, PROOF_HEADER, ROUTE_HEADER, SHADOW_HEADER, MIRRORED_HEADER)
         if shadows and role != "shadow" and scope["type"] == "http":
