@@ -39,7 +39,7 @@ from servectl.providers.front_proxy import (
     DEFAULT_DRAIN_S, FrontProxy, Kept, drain_bound_s, render_config, routed_endpoints,
 )
 from servectl.providers.replica_watch import (
-    Routing, reachable_targets, render, render_lock, watcher_command, write_routing,
+    Routing, reachable_targets, read_routing, render, render_lock, watcher_command, write_routing,
 )
 from servectl.routing.policy import applied_endpoints, read_policies, write_policies
 
@@ -373,8 +373,8 @@ class LocalRayProvider(Provider):
 
     def fingerprint(self) -> Optional[str]:
         """A SHA-256 hex digest of Serve's deployed application configs, the alive nodes' resources and the front
-        proxy's configuration; None when the embedded head is not running. Raises ProviderError when Serve cannot be
-        read.
+        proxy's policy (``_proxy_policy``); None when the embedded head is not running. Raises ProviderError when Serve
+        cannot be read.
         """
         target = self._target()
         if target is None:
@@ -389,12 +389,22 @@ class LocalRayProvider(Provider):
         nodes = sorted(
             json.dumps(node.get("Resources") or {}, sort_keys=True) for node in ray.nodes() if node.get("Alive")
         )
-        proxy = ""
+        body = json.dumps({"apps": apps, "nodes": nodes, "front_proxy": self._proxy_policy()}, sort_keys=True, default=str)
+        return hashlib.sha256(body.encode()).hexdigest()
+
+    def _proxy_policy(self) -> str:
+        """What servectl told the front proxy: on the direct path the routing apply wrote, less the replicas it
+        held (Serve replaces and scales replicas on its own and the replica watcher follows; a saved plan must not
+        go stale because a replica moved, as the AWS fingerprint reads only the routing document's version); on
+        the python path the configuration itself (it names no replica). "" when there is neither."""
+        if self.spec.ingress == "direct":
+            routing = read_routing(self.front_proxy.runtime_dir)
+            if routing is not None:
+                return json.dumps({**routing.to_dict(), "targets": None}, sort_keys=True)
         if os.path.exists(self.front_proxy.config_path):
             with open(self.front_proxy.config_path, encoding="utf-8") as handle:
-                proxy = handle.read()
-        body = json.dumps({"apps": apps, "nodes": nodes, "front_proxy": proxy}, sort_keys=True, default=str)
-        return hashlib.sha256(body.encode()).hexdigest()
+                return handle.read()
+        return ""
 
     # --- changing it -----------------------------------------------------------
     def _upload(self) -> str:

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
+import time
 
 import pytest
 import requests
 
+from servectl.providers.embedded_cluster import RUNTIME_DIR
 from tests.conftest import file_digest, run_cli, write_config
 from tests.test_cli_e2e import serve_details
 
@@ -45,6 +48,22 @@ def change_behind_servectls_back(cluster, app: str, **deployment_changes) -> Non
     ))
 
 
+def replica_servers(config, backend: str) -> set[str]:
+    """The replicas (address:port) the front proxy's configuration holds for ``backend`` now."""
+    text = (config / RUNTIME_DIR / "haproxy.cfg").read_text()
+    return set(re.findall(r"^    server r\S+ (\S+) check$", text.split(f"\nbackend be_{backend}\n", 1)[-1].split("\nbackend ")[0],
+                          re.MULTILINE)) if f"\nbackend be_{backend}\n" in text else set()
+
+
+def kill_one_replica(app: str) -> None:
+    """What a crashed replica looks like to Serve: one of ``app``'s replica actors killed; Serve starts another."""
+    import ray
+
+    names = sorted(actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
+                   if actor["name"].startswith(f"SERVE_REPLICA::{app}#"))
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+
+
 def test_saved_plan_applies_exactly_what_was_planned_or_refuses(ray_cluster, tmp_path, applied_dirs):
     config = write_config(tmp_path / "saved", MAIN, models=MODELS)
     applied_dirs.append(config)
@@ -80,9 +99,17 @@ def test_saved_plan_applies_exactly_what_was_planned_or_refuses(ray_cluster, tmp
     )
     assert file_digest(config / "servectl.state.json") == state_before
 
-    # A fresh saved plan applies.
+    # A fresh saved plan applies, though Serve replaced a replica after it was made: Serve's own doing (a crash,
+    # autoscaling), which the front proxy follows, is not a change behind servectl's back.
     assert run_cli(config, "plan", "--var", "replicas=2", "--out", str(scale_plan)).code == 0
-    assert run_cli(config, "apply", str(scale_plan)).code == 0
+    held = replica_servers(config, "saved")
+    kill_one_replica("saved")
+    deadline = time.monotonic() + 90
+    while replica_servers(config, "saved") in (held, set()) or len(replica_servers(config, "saved")) < 3:
+        assert time.monotonic() < deadline, "the front proxy never followed the replaced replica"
+        time.sleep(0.5)
+    applied = run_cli(config, "apply", str(scale_plan))
+    assert applied.code == 0, applied.output
     deployment = serve_details(ray_cluster)["applications"]["saved"]["deployments"]["saved"]
     assert len(deployment["replicas"]) == 2
 
