@@ -32,6 +32,7 @@ from servectl.state.document import ResourceState
 
 from servectl.providers import serve_health
 from servectl.providers.dashboard import RayDashboard
+from servectl.providers import serve_apps
 from servectl.providers.serve_apps import PROXY_LOCATIONS
 from servectl.providers.serve_deploy import HandleDrain, deploy_serve
 from servectl.providers.embedded_cluster import RUNTIME_DIR, EmbeddedCluster, free_ports, port_open
@@ -310,7 +311,7 @@ class LocalRayProvider(Provider):
         if details.get("controller_info"):
             wanted = PROXY_LOCATIONS[self.spec.http_location]
             live_location = str(details.get("proxy_location"))
-            if live_location == wanted or details.get("applications"):
+            if live_location == wanted or serve_apps.standing(details):
                 # With applications deployed the planner already refuses a location change.
                 self._serve_port = int((details.get("http_options") or {})["port"])
                 return
@@ -339,8 +340,9 @@ class LocalRayProvider(Provider):
         return self._dashboard().serve_details()
 
     def unmanaged_conflicts(self, managed: set[str]) -> list[str]:
-        """Called after prepare(): the cluster is connected and Serve is running."""
-        return sorted(set(self._details().get("applications", {})) - managed)
+        """Serve applications the state does not record, less those being deleted (``serve_apps.strangers``).
+        Called after prepare(): the cluster is connected and Serve is running."""
+        return serve_apps.strangers(self._details(), managed)
 
     def _live_details(self, target: tuple[str, Optional[str]]) -> dict[str, Any]:
         """Serve's details on ``target`` without starting anything (no applications when Serve is not running)."""

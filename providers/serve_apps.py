@@ -138,6 +138,19 @@ def applications(
     return apps, live
 
 
+def standing(details: dict[str, Any]) -> list[str]:
+    """The Serve applications in ``details`` (Serve's ``/api/serve/applications/`` answer), sorted, less those
+    Serve is deleting (status ``DELETING``: another state's destroy, a cleanup): those go away whatever is
+    deployed next, so they conflict with nothing and hold Serve's settings to nothing."""
+    return sorted(name for name, app in (details.get("applications") or {}).items()
+                  if (app or {}).get("status") != "DELETING")
+
+
+def strangers(details: dict[str, Any], managed: set[str]) -> list[str]:
+    """The ``standing`` applications in ``details`` that are not in ``managed`` (sorted)."""
+    return [name for name in standing(details) if name not in managed]
+
+
 def live_settings(app_config: dict[str, Any]) -> dict[str, Any]:
     """A backend's attributes as Serve runs them, named as in the state; only what Serve reports back."""
     deployments = app_config.get("deployments") or [{}]

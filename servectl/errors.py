@@ -19,7 +19,15 @@ class StateError(ServectlError):
 
 
 class LockError(StateError):
-    """Another operation holds the state lock."""
+    """Another operation holds the state lock.
+
+    ``held`` is False when the lock is a record nobody holds any more (a crashed operation's, which only
+    ``force-unlock`` clears): waiting for it (``--lock-timeout``) cannot help.
+    """
+
+    def __init__(self, message: str, held: bool = True) -> None:
+        super().__init__(message)
+        self.held = held
 
 
 class ProviderError(ServectlError):

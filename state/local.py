@@ -141,7 +141,7 @@ class LocalStateStore(StateStore):
             os.close(fd)
             raise LockError(
                 f"state {self.path} is locked by {stale.describe()}, which is no longer running; "
-                f"if nothing else is applying, run `servectl force-unlock {stale.id}`"
+                f"if nothing else is applying, run `servectl force-unlock {stale.id}`", held=False,
             )
         info = LockInfo.for_operation(operation)
         record_fd = os.open(self.lock_info_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -1,18 +1,20 @@
 """The interface every state store offers: read, write atomically, lock."""
 from __future__ import annotations
 
+import contextlib
 import getpass
+import json
 import os
 import socket
-import contextlib
-import json
+import time
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from servectl.config.blocks import HISTORY_KEEP as BLOCK_HISTORY_KEEP
+from servectl.errors import LockError
 from servectl.state.document import StateDocument
 
 if TYPE_CHECKING:
@@ -49,6 +51,8 @@ class LockInfo:
         return f"{self.who} (pid {self.pid}) since {self.created} for '{self.operation}', lock ID {self.id}"
 
 
+LOCK_POLL_FIRST_S = 0.1  # a held lock is tried again after this, then twice as long each time ...
+LOCK_POLL_MAX_S = 2.0  # ... up to this: an apply that just finished is followed within 2 s; S3 sees ~1 request/2 s
 HISTORY_KEEP = BLOCK_HISTORY_KEEP  # applied versions kept by default (servectl.config.History(keep=…))
 INDEX_FORMAT_VERSION = 1
 
@@ -119,14 +123,39 @@ class StateStore(ABC):
         """Release a stale lock, only when ``lock_id`` matches the holder's ID."""
 
     @contextlib.contextmanager
-    def locked(self, operation: str) -> Iterator[LockInfo]:
+    def locked(
+        self, operation: str, timeout_s: float = 0.0, waiting: Optional[Callable[[str], None]] = None,
+    ) -> Iterator[LockInfo]:
         """Hold the lock for ``operation`` (apply, destroy, refresh, rollout, migrate) while the block runs, and release
-        it however the block ends (Terraform holds its state lock the same way). Raises LockError naming the holder."""
-        info = self.lock(operation)
+        it however the block ends (Terraform holds its state lock the same way).
+
+        A lock held by a running operation is waited for up to ``timeout_s`` seconds (Terraform's ``-lock-timeout``),
+        polling with backoff (``LOCK_POLL_FIRST_S`` doubling to ``LOCK_POLL_MAX_S``); ``waiting`` gets the holder's
+        line once, when the wait begins. Raises LockError naming the holder when the time is up, or at once for a
+        lock nobody holds any more (only ``force-unlock`` clears that).
+        """
+        info = self._lock_within(operation, timeout_s, waiting)
         try:
             yield info
         finally:
             self.unlock(info)
+
+    def _lock_within(self, operation: str, timeout_s: float, waiting: Optional[Callable[[str], None]]) -> LockInfo:
+        deadline = time.monotonic() + timeout_s
+        pause = LOCK_POLL_FIRST_S
+        while True:
+            try:
+                return self.lock(operation)
+            except LockError as err:
+                left = deadline - time.monotonic()
+                if not err.held or timeout_s <= 0:
+                    raise
+                if left <= 0:
+                    raise LockError(f"{err} (still held after --lock-timeout {timeout_s:g} s)") from None
+                if waiting is not None and pause == LOCK_POLL_FIRST_S:
+                    waiting(str(err))
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, LOCK_POLL_MAX_S)
 
     # -- history: storage primitives each store provides ---------------------------------------------------------
 

@@ -185,6 +185,17 @@ def run_cli(config_dir: Path, *args: str, stdin: Optional[str] = None, timeout: 
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+def race_applies(config_dir: Path, *args: str, count: int = 2, timeout: float = 300) -> list[CliResult]:
+    """``count`` ``servectl apply --auto-approve ARGS`` started together on one config; their results."""
+    procs = [
+        subprocess.Popen([SERVECTL, "-C", str(config_dir), "apply", "--auto-approve", *args],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
+        for _ in range(count)
+    ]
+    return [CliResult(proc.wait(timeout=timeout), *proc.communicate()) for proc in procs]
+
+
 def write_config(directory: Path, main: str, **modules: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "main.py").write_text(textwrap.dedent(main))
@@ -239,9 +250,11 @@ def applied_dirs(ray_cluster: RayCluster):
     """Config dirs a test applied; cleared afterwards so the shared cluster starts clean.
 
     A config on the session cluster is cleared at once: its front proxy stopped (by its recorded identity) and
-    every Serve application deleted in one declarative deploy, as the next test's first apply would. `servectl
-    destroy` takes a state write and a Serve wait per resource — seconds per test, minutes per suite — and is
-    tested as such elsewhere. A config with its own embedded head or a remote state is destroyed by the CLI.
+    every Serve application deleted in one declarative deploy, as the next test's first apply would, without
+    waiting for Serve to finish (~3.5 s: its replicas' graceful shutdown): applications being deleted are no
+    strangers to the next apply. `servectl destroy` takes a state write and a Serve wait per resource — seconds
+    per test, minutes per suite — and is tested as such elsewhere. A config with its own embedded head or a
+    remote state is destroyed by the CLI.
     """
     dirs: list[Path] = []
     yield dirs
@@ -255,8 +268,8 @@ def applied_dirs(ray_cluster: RayCluster):
 
 
 def clear_session_cluster(cluster: RayCluster, directory: Path) -> None:
-    """Stop ``directory``'s front proxy and delete every Serve application of the session cluster; wait (at most
-    60 s) until Serve reports none."""
+    """Stop ``directory``'s front proxy and have Serve delete every application of the session cluster; wait (at
+    most 60 s) until Serve has taken the deletion (every application ``DELETING`` or gone)."""
     from servectl.providers.dashboard import RayDashboard
     from servectl.providers.front_proxy import FrontProxy
 
@@ -267,8 +280,8 @@ def clear_session_cluster(cluster: RayCluster, directory: Path) -> None:
         dashboard.deploy({"proxy_location": details.get("proxy_location") or "HeadOnly",
                           "http_options": details.get("http_options") or {}, "applications": []})
     deadline = time.monotonic() + 60
-    while dashboard.serve_details().get("applications"):
-        assert time.monotonic() < deadline, "Serve's applications were not deleted within 60 s"
+    while any(app.get("status") != "DELETING" for app in (dashboard.serve_details().get("applications") or {}).values()):
+        assert time.monotonic() < deadline, "Serve did not start deleting the applications within 60 s"
         time.sleep(0.2)
 
 

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import itertools
-import uuid
 import threading
+import time
+import uuid
 
 import pytest
 
@@ -105,6 +106,22 @@ def test_exactly_one_of_many_racing_processes_gets_the_lock(moto_server):
             assert refusal.startswith(f"state s3://{bucket}/serving/prod.json is locked by ")
             assert f"servectl force-unlock {winners[0]}" in refusal
         store(bucket).force_unlock(winners[0])
+
+
+def test_a_held_s3_lock_is_waited_for_up_to_the_lock_timeout(moto_server):
+    bucket = new_bucket(moto_server)
+    holder, waiter = store(bucket), store(bucket)
+    info = holder.lock("apply")
+    threading.Timer(0.8, holder.unlock, args=(info,)).start()
+    started = time.monotonic()
+    with waiter.locked("apply", timeout_s=30):
+        assert 0.7 < time.monotonic() - started < 5
+    info = holder.lock("apply")
+    with pytest.raises(LockError) as raised:
+        with waiter.locked("apply", timeout_s=1):
+            pass
+    assert str(raised.value).endswith("(still held after --lock-timeout 1 s)") and info.id in str(raised.value)
+    holder.unlock(info)
 
 
 def test_unlock_and_force_unlock(moto_server):

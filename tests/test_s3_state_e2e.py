@@ -4,12 +4,11 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 
 import pytest
 import requests
 
-from tests.conftest import SERVECTL, copy_example, run_cli, write_config
+from tests.conftest import copy_example, race_applies, run_cli, write_config
 from tests.test_s3_state import new_bucket
 
 pytestmark = pytest.mark.ray
@@ -102,18 +101,10 @@ def test_two_concurrent_applies_exactly_one_wins_and_nothing_is_lost(moto_server
         tmp_path / "race", MAIN.format(bucket=bucket, name="race"), models=MODELS.format(init_s=8, text="raced")
     )
     applied_dirs.append(config)
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    procs = [
-        subprocess.Popen(
-            [SERVECTL, "-C", str(config), "apply", "--auto-approve"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        )
-        for _ in range(2)
-    ]
-    results = [(proc.wait(timeout=300), *proc.communicate()) for proc in procs]
-    codes = sorted(code for code, _, _ in results)
+    results = race_applies(config)
+    codes = sorted(result.code for result in results)
     assert codes == [0, 1], results
-    loser = next(stderr for code, _, stderr in results if code == 1)
+    loser = next(result.stderr for result in results if result.code == 1)
     print("the losing apply said:", loser.strip())
     assert loser.strip().startswith(f"Error: state s3://{bucket}/{KEY} is locked by "), loser
     assert "for 'apply', lock ID " in loser
@@ -125,6 +116,18 @@ def test_two_concurrent_applies_exactly_one_wins_and_nothing_is_lost(moto_server
     settled = run_cli(config, "plan", "--detailed-exitcode")
     assert settled.code == 0, settled.output
     assert run_cli(config, "drift").code == 0
+
+    # With --lock-timeout (Terraform's -lock-timeout) the second waits for the lock, then plans against the state
+    # the first left: both succeed, the second with nothing to do.
+    (config / "models.py").write_text(MODELS.format(init_s=8, text="raced again"))
+    results = race_applies(config, "--lock-timeout", "3m")
+    assert [result.code for result in results] == [0, 0], results
+    waited = [result for result in results if "Acquiring the state lock" in result.stdout]
+    assert len(waited) == 1, results
+    assert "No changes." in waited[0].stdout and f"s3://{bucket}/{KEY} is locked by " in waited[0].stdout
+    assert [e["operation"] for e in history(config)] == ["apply", "apply"]
+    assert KEY + ".lock" not in s3_keys(moto_server, bucket)
+    assert requests.get(ray_cluster.url("/race"), timeout=10).text == "raced again"
 
 
 def test_a_local_state_is_migrated_to_s3_with_its_history(moto_server, ray_cluster, tmp_path, applied_dirs):

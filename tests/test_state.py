@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
+import time
 
 import pytest
 
@@ -65,6 +67,41 @@ def test_second_lock_names_the_holder(tmp_path):
     assert info.id in str(raised.value) and "for 'apply'" in str(raised.value)
     first.unlock(info)
     second.unlock(second.lock("apply"))
+
+
+def test_a_held_lock_is_waited_for_up_to_the_lock_timeout_and_a_dead_holders_not_at_all(tmp_path):
+    """``--lock-timeout``'s mechanism (Terraform's ``-lock-timeout``): a lock a live operation holds is polled for
+    until it is released or the time is up; a record a crashed operation left is refused at once."""
+    holder = LocalStateStore.in_dir(str(tmp_path))
+    waiter = LocalStateStore.in_dir(str(tmp_path))
+    info = holder.lock("apply")
+    told: list[str] = []
+    threading.Timer(0.8, holder.unlock, args=(info,)).start()
+    started = time.monotonic()
+    with waiter.locked("destroy", timeout_s=30, waiting=told.append) as mine:
+        waited = time.monotonic() - started
+        assert mine.operation == "destroy"
+    assert 0.7 < waited < 5, waited  # released at 0.8 s; polled at most 2 s apart
+    assert len(told) == 1 and info.id in told[0]  # said once, naming the holder
+
+    info = holder.lock("apply")
+    started = time.monotonic()
+    with pytest.raises(LockError) as raised:
+        with waiter.locked("apply", timeout_s=1.5):
+            pass
+    assert 1.4 < time.monotonic() - started < 4
+    assert str(raised.value).endswith("(still held after --lock-timeout 1.5 s)") and info.id in str(raised.value)
+    holder.unlock(info)
+
+    info = holder.lock("apply")
+    os.close(holder._lock_fd)  # a killed holder: the record stays, nobody holds the flock
+    holder._lock_fd = None
+    started = time.monotonic()
+    with pytest.raises(LockError, match="no longer running"):
+        with waiter.locked("apply", timeout_s=60):
+            pass
+    assert time.monotonic() - started < 1  # waiting cannot help: only force-unlock clears it
+    waiter.force_unlock(info.id)
 
 
 def test_lock_record_left_by_a_crash_needs_force_unlock_with_the_right_id(tmp_path):

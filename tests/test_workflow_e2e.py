@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from servectl.providers.embedded_cluster import RUNTIME_DIR
-from tests.conftest import file_digest, run_cli, write_config
+from tests.conftest import file_digest, race_applies, run_cli, write_config
 from tests.test_cli_e2e import serve_details
 
 pytestmark = pytest.mark.ray
@@ -112,6 +112,18 @@ def test_saved_plan_applies_exactly_what_was_planned_or_refuses(ray_cluster, tmp
     assert applied.code == 0, applied.output
     deployment = serve_details(ray_cluster)["applications"]["saved"]["deployments"]["saved"]
     assert len(deployment["replicas"]) == 2
+
+    # Terraform's `plan -destroy`: what destroy would remove, saved and applied like any plan.
+    destroy_plan = tmp_path / "destroy.plan"
+    planned = run_cli(config, "plan", "--destroy", "--detailed-exitcode", "--out", str(destroy_plan))
+    assert planned.code == 2, planned.output
+    assert "# backend.saved will be destroyed" in planned.stdout and "0 to add, 0 to change, 0 to replace, 2 to destroy" in planned.stdout
+    assert "saved" in serve_details(ray_cluster)["applications"]  # planning changed nothing
+    destroyed = run_cli(config, "apply", str(destroy_plan))
+    assert destroyed.code == 0, destroyed.output
+    assert "Destroy complete! 0 added, 0 changed, 0 replaced, 2 destroyed" in destroyed.stdout
+    assert "saved" not in serve_details(ray_cluster)["applications"]
+    assert run_cli(config, "plan", "--destroy", "--detailed-exitcode").code == 0  # nothing left to destroy
 
 
 def test_bad_plan_files_are_one_line_errors(ray_cluster, tmp_path):
@@ -283,7 +295,6 @@ def test_change_k_of_n_fails_state_records_the_rest_and_plan_shows_what_is_left(
 def test_kill_9_mid_apply_leaves_a_lock_to_force_unlock_and_a_true_state(ray_cluster, tmp_path, applied_dirs):
     import signal
     import subprocess
-    import time
 
     from tests.conftest import SERVECTL
 
@@ -307,8 +318,10 @@ def test_kill_9_mid_apply_leaves_a_lock_to_force_unlock_and_a_true_state(ray_clu
     state = json.loads(state_path.read_text())  # valid JSON, true to what was done
     assert {a: r["status"] for a, r in state["resources"].items()} == {
         "backend.a_first": "applied", "backend.b_second": "applied", "backend.c_third": "applying"}
-    blocked = run_cli(config, "apply", "--auto-approve")
+    started = time.monotonic()
+    blocked = run_cli(config, "apply", "--auto-approve", "--lock-timeout", "10m")
     assert blocked.code == 1
+    assert time.monotonic() - started < 60  # a dead holder's lock is not waited for: only force-unlock clears it
     message = blocked.stderr.strip()
     assert "which is no longer running" in message and "servectl force-unlock" in message, message
     lock_id = message.rsplit("force-unlock ", 1)[1].split("`")[0]
@@ -320,6 +333,15 @@ def test_kill_9_mid_apply_leaves_a_lock_to_force_unlock_and_a_true_state(ray_clu
     finished = run_cli(config, "apply", "--auto-approve")
     assert finished.code == 0, finished.output  # the app the crash left in Serve is no stranger
     assert requests.get(ray_cluster.url("/c_third"), timeout=10).text == "third"
+
+    # Two applies racing with --lock-timeout: the second waits for the first's lock, then plans against the
+    # state it left (nothing to do); without it the second fails at once (the S3 test races both ways).
+    (config / "models.py").write_text(THREE_MODELS.replace("{third_init}", "time.sleep(5)").replace('"third"', '"3rd"'))
+    results = race_applies(config, "--lock-timeout", "3m")
+    assert [result.code for result in results] == [0, 0], results
+    waited = [result for result in results if "Acquiring the state lock" in result.stdout]
+    assert len(waited) == 1 and "No changes." in waited[0].stdout, results
+    assert requests.get(ray_cluster.url("/c_third"), timeout=10).text == "3rd"
 
 
 SECRET_MAIN = '''

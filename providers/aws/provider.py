@@ -93,7 +93,7 @@ class AwsRayProvider(Provider):
         rest = self._dashboard(wait_s=0)
         if rest is None:
             return []
-        return sorted(set(rest.serve_details().get("applications") or {}) - managed)
+        return serve_apps.strangers(rest.serve_details(), managed)
 
     # --- where the head is --------------------------------------------------------------------------------
     def _dashboard_url(self) -> Optional[str]:

@@ -7,8 +7,8 @@ import typer
 from rich.console import Console
 
 from servectl.cli.common import (
-    ApproveOption, CliContext, TargetOption, TimeoutOption, VarOption, approve, command, err, options, out,
-    timeout_s, warn_targeting,
+    ApproveOption, CliContext, LockTimeoutOption, TargetOption, TimeoutOption, VarOption, approve, command, err,
+    options, out, timeout_s, warn_targeting,
 )
 from servectl.engine import rollout as rollouts
 from servectl.engine.events import EVENTS_JSON_VERSION
@@ -25,14 +25,24 @@ from servectl.sensitive import redact
 def plan_and_apply(
     cli: CliContext, var: Optional[List[str]], auto_approve: bool, timeout: float, destroy: bool,
     targets: Optional[List[str]] = None, console: Optional[Console] = None, as_json: bool = False,
+    lock_timeout: str = "0s",
 ) -> Workspace:
     """Plan, show the plan, ask (unless ``auto_approve``), apply; ``as_json``: the plan, each event and a summary as
     JSON lines on stdout instead (``apply --json``). Returns the workspace, for a rollout to go on with."""
     shown = console or out
-    workspace = cli.workspace(var)
+    workspace = cli.workspace(var, lock_timeout, notes=err if as_json else shown)
+    operation = "destroy" if destroy else "apply"
+    with workspace.locked(operation):  # before planning, as Terraform: a plan made while waiting would be stale
+        _plan_and_apply(workspace, operation, auto_approve, timeout, destroy, targets, shown, as_json)
+    return workspace
+
+
+def _plan_and_apply(
+    workspace: Workspace, operation: str, auto_approve: bool, timeout: float, destroy: bool,
+    targets: Optional[List[str]], shown: Console, as_json: bool,
+) -> None:
     planned = workspace.plan(destroy=destroy, targets=targets)
     warn_targeting(targets)
-    operation = "destroy" if destroy else "apply"
     if as_json:
         json_line({"format_version": EVENTS_JSON_VERSION, "type": "plan", "plan": redact(planned.plan.to_dict())})
     else:
@@ -52,7 +62,6 @@ def plan_and_apply(
             outcomes.complete(shown, operation, planned.plan.tally(), serial)
     if as_json:
         json_line(summary(operation, planned.plan, serial))
-    return workspace
 
 
 def drive_rollouts(
@@ -86,6 +95,7 @@ def apply(
     as_json: bool = typer.Option(
         False, "--json", help="Print the plan, each change as it starts and ends, and a summary as JSON lines."
     ),
+    lock_timeout: str = LockTimeoutOption,
 ) -> None:
     """Plan, confirm, and carry out the changes; wait until every backend is healthy.
 
@@ -102,10 +112,11 @@ def apply(
     if refresh_only:
         if plan_file is not None:
             raise ServectlError("--refresh-only cannot be used with a saved plan")
-        _refresh(cli.workspace(var), auto_approve)
+        _refresh(cli.workspace(var, lock_timeout), auto_approve)
         return
     if plan_file is None:
-        workspace = plan_and_apply(cli, var, auto_approve, timeout, destroy=False, targets=target, as_json=as_json)
+        workspace = plan_and_apply(cli, var, auto_approve, timeout, destroy=False, targets=target, as_json=as_json,
+                                   lock_timeout=lock_timeout)
         if not target and rollouts.declared(workspace.load()):  # a declared rollout runs with the apply
             line = rollouts.failure(drive_rollouts(workspace, err if as_json else out, timeout))
             if line:
@@ -113,17 +124,22 @@ def apply(
         return
     if var:
         raise ServectlError("--var cannot be used with a saved plan: its variables were fixed when it was planned")
-    plan, document = cli.workspace().apply_saved(plan_file, json_events if as_json else ConsoleEvents(out), timeout)
+    plan, document = cli.workspace(lock_timeout=lock_timeout, notes=err if as_json else out).apply_saved(plan_file, json_events if as_json else ConsoleEvents(out), timeout)
     if as_json:
-        json_line(summary("apply", plan, document.serial))
+        json_line(summary("destroy" if plan.destroy else "apply", plan, document.serial))
     elif not plan.has_changes():
         outcomes.saved_plan_empty(out)
     else:
-        outcomes.complete(out, "apply", plan.tally(), document.serial)
+        outcomes.complete(out, "destroy" if plan.destroy else "apply", plan.tally(), document.serial)
 
 
 def _refresh(workspace: Workspace, auto_approve: bool) -> None:
     """``apply --refresh-only``: show the drift, ask, record the live values in the state."""
+    with workspace.locked("refresh"):
+        _refresh_locked(workspace, auto_approve)
+
+
+def _refresh_locked(workspace: Workspace, auto_approve: bool) -> None:
     state, items = workspace.detect_drift()
     render_drift(out, items, refreshing=True)
     if not items:
@@ -137,10 +153,10 @@ def _refresh(workspace: Workspace, auto_approve: bool) -> None:
 @command
 def destroy(
     ctx: typer.Context, var: Optional[List[str]] = VarOption, auto_approve: bool = ApproveOption,
-    timeout: float = TimeoutOption,
+    timeout: float = TimeoutOption, lock_timeout: str = LockTimeoutOption,
 ) -> None:
     """Remove every resource the config created; stop the embedded Ray cluster."""
-    plan_and_apply(options(ctx), var, auto_approve, timeout_s(timeout), destroy=True)
+    plan_and_apply(options(ctx), var, auto_approve, timeout_s(timeout), destroy=True, lock_timeout=lock_timeout)
 
 
 @command
@@ -149,11 +165,12 @@ def rollback(
     to: Optional[int] = typer.Option(None, "--to", help="The serial to return to (`servectl state history`)."),
     auto_approve: bool = ApproveOption,
     timeout: float = TimeoutOption,
+    lock_timeout: str = LockTimeoutOption,
 ) -> None:
     """Plan and apply a return to the previous applied version (or --to SERIAL), with its own code."""
     timeout = timeout_s(timeout)
-    workspace = options(ctx).workspace()
-    with workspace.rollback(to) as planned:
+    workspace = options(ctx).workspace(lock_timeout=lock_timeout)
+    with workspace.locked("rollback"), workspace.rollback(to) as planned:
         render_plan(out, planned.plan)
         if not planned.plan.has_changes():
             return

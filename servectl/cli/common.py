@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 import traceback
 from dataclasses import dataclass
@@ -29,6 +30,12 @@ TargetOption = typer.Option(
 )
 ApproveOption = typer.Option(False, "--auto-approve", help="Skip the confirmation.")
 TimeoutOption = typer.Option(300.0, "--timeout", help="Seconds to wait for each change to become healthy (1 to 86400).")
+LockTimeoutOption = typer.Option(
+    "0s", "--lock-timeout", metavar="DURATION",
+    help="Wait this long for a state lock another operation holds, e.g. 30s, 5m, 1h30m (0s: fail at once; at most 24h).",
+)
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)(h|m|s|ms))")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
 @dataclass
@@ -37,9 +44,13 @@ class CliContext:
 
     config_dir: str = "."
 
-    def workspace(self, var: Optional[List[str]] = None) -> Workspace:
-        """The workspace of the config directory, with ``--var NAME=VALUE`` pairs as its variables."""
-        return Workspace(self.config_dir, variables(var))
+    def workspace(self, var: Optional[List[str]] = None, lock_timeout: str = "0s", notes: Optional[Console] = None) -> Workspace:
+        """The workspace of the config directory, with ``--var NAME=VALUE`` pairs as its variables and
+        ``--lock-timeout``'s DURATION (checked: ``lock_timeout_s``); a wait for a lock is said on ``notes``
+        (stdout, as Terraform's "Acquiring state lock"; stderr where stdout carries JSON)."""
+        shown = notes or out
+        return Workspace(self.config_dir, variables(var), lock_timeout_s(lock_timeout),
+                         lambda holder: outcomes.waiting_for_lock(shown, mask(holder)))
 
 
 def options(ctx: typer.Context) -> CliContext:
@@ -94,6 +105,20 @@ def bounded(flag: str, value: float, low: float, high: float) -> float:
 def timeout_s(value: float) -> float:
     """``--timeout`` checked: 1 to 86400 seconds."""
     return bounded("--timeout", value, 1, MAX_TIMEOUT_S)
+
+
+def lock_timeout_s(text: str) -> float:
+    """``--lock-timeout``'s DURATION in seconds, written as Terraform's ``-lock-timeout`` (Go's durations: ``30s``,
+    ``5m``, ``1h30m``, ``250ms``; a bare ``0``), 0 to 24 h. Raises ServectlError naming the flag otherwise."""
+    text = text.strip()
+    if text == "0":
+        return 0.0
+    if not text or _DURATION.sub("", text) != "":
+        raise ServectlError(f"--lock-timeout {text!r}: expected a duration such as 30s, 5m or 1h30m")
+    seconds = sum(float(amount) * _UNIT_S[unit] for amount, unit in _DURATION.findall(text))
+    if seconds > MAX_TIMEOUT_S:
+        raise ServectlError(f"--lock-timeout {text} is out of range: give 0s to 24h")
+    return seconds
 
 
 def approve(what: str) -> None:

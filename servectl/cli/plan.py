@@ -30,9 +30,17 @@ def plan(
     out_path: Optional[str] = typer.Option(None, "--out", help="Save the plan to apply later with `apply FILE`."),
     refresh_only: bool = typer.Option(False, "--refresh-only", help="Show only drift: how the live system differs from the state."),
     target: Optional[List[str]] = TargetOption,
+    destroy: bool = typer.Option(
+        False, "--destroy", help="Plan removing everything the state holds (save it with --out; `destroy` applies it at once).",
+    ),
 ) -> None:
-    """Show what apply would change, and where the replicas would go."""
+    """Show what apply would change, and where the replicas would go.
+
+    With --destroy: what `destroy` would remove (Terraform's `plan -destroy`).
+    """
     workspace = options(ctx).workspace(var)
+    if destroy and (refresh_only or target):
+        raise ServectlError(f"--destroy cannot be used with {'--refresh-only' if refresh_only else '--target'}")
     if refresh_only:
         if out_path:
             raise ServectlError("--out cannot be used with --refresh-only")
@@ -44,13 +52,14 @@ def plan(
         if detailed_exitcode and items:
             raise typer.Exit(2)
         return
-    planned = workspace.plan(targets=target)
+    planned = workspace.plan(destroy=destroy, targets=target)
     warn_targeting(target)  # once the targets are known to exist: a bad one is the only line
     if as_json:
         print_json(redact(planned.plan.to_dict()))
     else:
         render_plan(out, planned.plan)
-        outcomes.rollout_notes(out, planned.desired)
+        if not destroy:
+            outcomes.rollout_notes(out, planned.desired)
     if out_path:
         workspace.save_plan(planned, out_path)
         if not as_json:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from servectl.cli.common import command, options, out, print_json
+from servectl.cli.common import LockTimeoutOption, command, options, out, print_json
 from servectl.errors import ServectlError
 from servectl.render import outcomes
 from servectl.render.plan import render_state
@@ -45,9 +45,9 @@ def state_history(ctx: typer.Context, as_json: bool = typer.Option(False, "--jso
 
 @state_app.command("migrate")
 @command
-def state_migrate(ctx: typer.Context) -> None:
+def state_migrate(ctx: typer.Context, lock_timeout: str = LockTimeoutOption) -> None:
     """Move the local state and its history into the S3State the config declares."""
-    workspace = options(ctx).workspace()
+    workspace = options(ctx).workspace(lock_timeout=lock_timeout)
     document = workspace.migrate_state()
     outcomes.state_moved(out, workspace.store.describe(), document.lineage, document.serial)
 

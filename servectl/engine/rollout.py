@@ -124,7 +124,7 @@ class RolloutRunner:
         LockError when the state is locked by another; errors from plan and apply propagate. The lock is released
         however the run ends.
         """
-        with self.workspace.store.locked("rollout"):
+        with self.workspace.locked("rollout"):
             self._provider: Optional["Provider"] = None
             return [self._drive(endpoint, rollout, resume=resume, abort=abort, retry=retry)
                     for endpoint, rollout in declared(self.workspace.positioned())]

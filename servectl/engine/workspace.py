@@ -6,7 +6,7 @@ import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Optional
+from typing import Callable, Iterator, Mapping, Optional
 
 from servectl.engine import drift
 from servectl.loading import bundle
@@ -27,7 +27,7 @@ from servectl.engine.status import StatusReport
 from servectl.engine.status import collect as collect_status
 from servectl.state import locate
 from servectl.state.local import LocalStateStore
-from servectl.state.store import StateStore
+from servectl.state.store import LockInfo, StateStore
 
 
 # Where a provider's resources live: a destroy must use the recorded values.
@@ -59,6 +59,8 @@ class Planned:
     def has_work(self) -> bool:
         """Whether applying would do anything: a change in the plan or an unfinished rollout (what ``plan
         --detailed-exitcode`` reports as exit 2), as Terraform decides it once, on the plan."""
+        if self.plan.destroy:
+            return self.plan.has_changes()
         return self.plan.has_changes() or bool(self.unfinished_rollouts())
 
 
@@ -92,9 +94,18 @@ def check_environments(plan: Plan, desired: DesiredState, provider: Provider) ->
 class Workspace:
     """A config directory with its state store, as ``servectl -C DIR`` sees it."""
 
-    def __init__(self, config_dir: str, variables: Optional[Mapping[str, str]] = None) -> None:
+    def __init__(
+        self, config_dir: str, variables: Optional[Mapping[str, str]] = None, lock_timeout_s: float = 0.0,
+        lock_waiting: Optional[Callable[[str], None]] = None,
+    ) -> None:
+        """``config_dir``: the directory holding ``main.py``; ``variables``: ``--var`` values by name;
+        ``lock_timeout_s``: how long every operation here waits for a state lock another holds (Terraform's
+        ``-lock-timeout``; 0: fail at once), ``lock_waiting`` told the holder's line when a wait begins."""
         self.config_dir = os.path.abspath(config_dir)
         self.variables = dict(variables or {})
+        self.lock_timeout_s = lock_timeout_s
+        self.lock_waiting = lock_waiting
+        self._held: dict[int, LockInfo] = {}  # id(store) -> the lock this workspace holds on it now
         self._store: Optional[StateStore] = None
         self._backend: Optional[locate.StateBackendSpec] = None
 
@@ -126,6 +137,23 @@ class Workspace:
         assert self._store is not None
         return self._store
 
+    @contextlib.contextmanager
+    def locked(self, operation: str, store: Optional[StateStore] = None) -> Iterator[LockInfo]:
+        """Hold ``store``'s lock (this config's by default) for ``operation`` while the block runs, waited for as
+        this workspace was told (``lock_timeout_s``; see ``StateStore.locked``). Inside a block that holds it
+        already (the CLI takes it before planning, as Terraform does), the lock held is the one yielded. Raises
+        LockError naming the holder."""
+        store = store or self.store
+        if id(store) in self._held:
+            yield self._held[id(store)]
+            return
+        with store.locked(operation, self.lock_timeout_s, self.lock_waiting) as info:
+            self._held[id(store)] = info
+            try:
+                yield info
+            finally:
+                del self._held[id(store)]
+
     def read_state(self) -> Optional[StateDocument]:
         """The state document, or None when nothing has been applied.
 
@@ -151,7 +179,7 @@ class Workspace:
         document = local.read()
         if document is None:
             raise StateError(f"there is no local state to migrate ({local.path} does not exist)")
-        with local.locked("migrate"), remote.locked("migrate"):
+        with self.locked("migrate", local), self.locked("migrate", remote):
             existing = remote.read()
             if existing is not None:
                 raise StateError(
@@ -272,12 +300,13 @@ class Workspace:
         it had to be recorded), under the lock.
 
         The first check (one read of the newest history entry) spares the usual
-        case the lock, so a no-change apply never waits on or fails at another
-        apply's lock; the check under the lock is what decides.
+        case the lock when the caller does not hold it already (the CLI does, as
+        Terraform's apply holds it from before the plan); the check under the
+        lock is what decides.
         """
         if planned.state is None or not planned.state.resources or self._recorded_in_history(planned.state):
             return None
-        with self.store.locked("apply"):
+        with self.locked("apply"):
             current = self.read_state()
             if current is None or (current.lineage, current.serial) != (planned.state.lineage, planned.state.serial):
                 return None  # someone applied meanwhile: their apply records its own version
@@ -340,7 +369,7 @@ class Workspace:
         """`apply --refresh-only`: record the live values of ``items`` in the state, under the lock."""
         if state is None:
             raise StateError("nothing is applied here: the state is empty")
-        with self.store.locked("refresh"):
+        with self.locked("refresh"):
             current = self.read_state()
             if current is None or (current.lineage, current.serial) != (state.lineage, state.serial):
                 raise StateError("the state changed while drift was being read; run it again")
@@ -356,7 +385,7 @@ class Workspace:
 
     def apply(self, planned: Planned, emit: Emit, timeout_s: float = 300.0) -> StateDocument:
         """Apply ``planned`` under the state lock; refuse if the state moved since it was planned."""
-        with self.store.locked("apply" if not planned.plan.destroy else "destroy"):
+        with self.locked("apply" if not planned.plan.destroy else "destroy"):
             return self.apply_locked(planned, emit, timeout_s)
 
     def apply_locked(self, planned: Planned, emit: Emit, timeout_s: float = 300.0) -> StateDocument:

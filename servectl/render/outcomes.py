@@ -139,6 +139,11 @@ def state_moved(console: Console, where: str, lineage: str, serial: int) -> None
     )
 
 
+def waiting_for_lock(console: Console, holder: str) -> None:
+    """Terraform's "Acquiring state lock" note when ``--lock-timeout`` waits: ``holder`` is the lock's (masked) line."""
+    console.print(f"[dim]Acquiring the state lock: {escape(holder)}; waiting (--lock-timeout) …[/dim]")
+
+
 def unlocked(console: Console, lock_id: str, holder: str) -> None:
     """``force-unlock``'s line."""
     console.print(f"[green]Lock {escape(lock_id)} released[/green] (was held by {escape(holder)}).")
