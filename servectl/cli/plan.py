@@ -7,18 +7,37 @@ import typer
 
 from servectl.cli.common import TargetOption, VarOption, command, options, out, print_json, variables, warn_targeting
 from servectl.engine.drift import DriftReport
-from servectl.errors import ServectlError
+from servectl.errors import ConfigError, ServectlError
+from servectl.loading.diagnostics import diagnose
 from servectl.loading.loader import load_config
 from servectl.render import outcomes
 from servectl.render.plan import render_drift, render_plan
-from servectl.sensitive import redact
+from servectl.sensitive import mask, redact
+
+VALIDATE_JSON_VERSION = 1  # of `validate --json`; see docs/reference/json.md
 
 
 @command
-def validate(ctx: typer.Context, var: Optional[List[str]] = VarOption) -> None:
-    """Load and check the config without contacting any cluster."""
-    desired = load_config(options(ctx).config_dir, variables(var))
-    outcomes.valid(out, len(desired.backends()), len(desired.endpoints()))
+def validate(
+    ctx: typer.Context, var: Optional[List[str]] = VarOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON: valid or not, and the error's file, line and address."),
+) -> None:
+    """Load and check the config without contacting any cluster.
+
+    With --json (Terraform's `validate -json`): one JSON object on stdout, exit 1 when the config is invalid.
+    """
+    if not as_json:
+        desired = load_config(options(ctx).config_dir, variables(var))
+        outcomes.valid(out, len(desired.backends()), len(desired.endpoints()))
+        return
+    try:
+        desired = load_config(options(ctx).config_dir, variables(var))
+    except ConfigError as err:
+        print_json({"format_version": VALIDATE_JSON_VERSION, "valid": False, "error_count": 1,
+                    "diagnostics": [diagnose(mask(str(err))).to_dict()]})
+        raise typer.Exit(1) from None
+    print_json({"format_version": VALIDATE_JSON_VERSION, "valid": True, "error_count": 0, "diagnostics": [],
+                "backends": len(desired.backends()), "endpoints": len(desired.endpoints())})
 
 
 @command
