@@ -173,16 +173,33 @@ class CliResult:
 
 
 def run_cli(config_dir: Path, *args: str, stdin: Optional[str] = None, timeout: float = 300) -> CliResult:
-    """Run the installed ``servectl`` entry point as a user would."""
-    proc = subprocess.run(
-        [SERVECTL, "-C", str(config_dir), *args],
-        capture_output=True,
-        text=True,
-        input=stdin if stdin is not None else "",
-        timeout=timeout,
-        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
+    """Run the installed ``servectl`` entry point as a user would. Past ``timeout`` seconds the command is killed
+    and the test fails with what it printed and (where py-spy is installed) where its threads were stuck."""
+    proc = subprocess.Popen(
+        [SERVECTL, "-C", str(config_dir), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
     )
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+    try:
+        stdout, stderr = proc.communicate(stdin if stdin is not None else "", timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stacks = stuck_stacks(proc.pid)
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        raise AssertionError(
+            f"servectl {' '.join(args)} ran past {timeout:g} s; it printed:\n{stdout}{stderr}\nits stacks:\n{stacks}"
+        ) from None
+    return CliResult(proc.returncode, stdout, stderr)
+
+
+def stuck_stacks(pid: int) -> str:
+    """Where the threads of process ``pid`` are now (``py-spy dump``), or why that cannot be told."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return "(py-spy is not installed)"
+    try:
+        return subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"(py-spy failed: {err})"
 
 
 def race_applies(config_dir: Path, *args: str, count: int = 2, timeout: float = 300) -> list[CliResult]:
