@@ -11,7 +11,7 @@ from typing import Optional
 
 from servectl.errors import LockError, StateError
 from servectl.state.document import StateDocument
-from servectl.state.store import LockInfo, StateStore
+from servectl.state.store import WAIT_ADVICE, LockInfo, StateStore
 
 STATE_FILE = "servectl.state.json"
 INDEX_NAME = "index.json"  # the history's index, beside the entries (0000000007.json, …)
@@ -134,7 +134,7 @@ class LocalStateStore(StateStore):
                 raise StateError(f"{self.lock_path}: cannot lock state: {err.strerror}") from None
             holder = self._read_lock_info()
             who = holder.describe() if holder else "another process"
-            raise LockError(f"state {self.path} is locked by {who}; wait for it to finish") from None
+            raise LockError(f"state {self.path} is locked by {who}{WAIT_ADVICE}") from None
         stale = self._read_lock_info()
         if stale is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)

@@ -51,6 +51,7 @@ class LockInfo:
         return f"{self.who} (pid {self.pid}) since {self.created} for '{self.operation}', lock ID {self.id}"
 
 
+WAIT_ADVICE = "; wait for it to finish"  # how a held lock's line ends without --lock-timeout (local state)
 LOCK_POLL_FIRST_S = 0.1  # a held lock is tried again after this, then twice as long each time ...
 LOCK_POLL_MAX_S = 2.0  # ... up to this: an apply that just finished is followed within 2 s; S3 sees ~1 request/2 s
 HISTORY_KEEP = BLOCK_HISTORY_KEEP  # applied versions kept by default (servectl.config.History(keep=…))
@@ -150,10 +151,11 @@ class StateStore(ABC):
                 left = deadline - time.monotonic()
                 if not err.held or timeout_s <= 0:
                     raise
+                held = str(err).removesuffix(WAIT_ADVICE)
                 if left <= 0:
-                    raise LockError(f"{err} (still held after --lock-timeout {timeout_s:g} s)") from None
+                    raise LockError(f"{held}; still held after --lock-timeout {timeout_s:g} s") from None
                 if waiting is not None and pause == LOCK_POLL_FIRST_S:
-                    waiting(str(err))
+                    waiting(f"{held}; waiting up to {timeout_s:g} s")
                 time.sleep(min(pause, left))
                 pause = min(pause * 2, LOCK_POLL_MAX_S)
 

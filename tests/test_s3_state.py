@@ -120,7 +120,7 @@ def test_a_held_s3_lock_is_waited_for_up_to_the_lock_timeout(moto_server):
     with pytest.raises(LockError) as raised:
         with waiter.locked("apply", timeout_s=1):
             pass
-    assert str(raised.value).endswith("(still held after --lock-timeout 1 s)") and info.id in str(raised.value)
+    assert str(raised.value).endswith("; still held after --lock-timeout 1 s") and info.id in str(raised.value)
     holder.unlock(info)
 
 

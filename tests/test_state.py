@@ -82,7 +82,7 @@ def test_a_held_lock_is_waited_for_up_to_the_lock_timeout_and_a_dead_holders_not
         waited = time.monotonic() - started
         assert mine.operation == "destroy"
     assert 0.7 < waited < 5, waited  # released at 0.8 s; polled at most 2 s apart
-    assert len(told) == 1 and info.id in told[0]  # said once, naming the holder
+    assert len(told) == 1 and info.id in told[0] and told[0].endswith("; waiting up to 30 s")  # once, naming the holder
 
     info = holder.lock("apply")
     started = time.monotonic()
@@ -90,7 +90,7 @@ def test_a_held_lock_is_waited_for_up_to_the_lock_timeout_and_a_dead_holders_not
         with waiter.locked("apply", timeout_s=1.5):
             pass
     assert 1.4 < time.monotonic() - started < 4
-    assert str(raised.value).endswith("(still held after --lock-timeout 1.5 s)") and info.id in str(raised.value)
+    assert str(raised.value).endswith("; still held after --lock-timeout 1.5 s") and info.id in str(raised.value)
     holder.unlock(info)
 
     info = holder.lock("apply")
@@ -102,6 +102,17 @@ def test_a_held_lock_is_waited_for_up_to_the_lock_timeout_and_a_dead_holders_not
             pass
     assert time.monotonic() - started < 1  # waiting cannot help: only force-unlock clears it
     waiter.force_unlock(info.id)
+
+
+def test_lock_timeout_durations_read_as_terraforms():
+    from servectl.cli.common import lock_timeout_s
+    from servectl.errors import ServectlError
+
+    assert [lock_timeout_s(text) for text in ("0", "0s", "30s", "5m", "1h30m", "250ms", "1.5m", "24h")] == [
+        0, 0, 30, 300, 5400, 0.25, 90, 86400]
+    for bad in ("10", "5x", "-1s", "", "1e3s", "NaN", "25h"):
+        with pytest.raises(ServectlError, match="--lock-timeout"):
+            lock_timeout_s(bad)
 
 
 def test_lock_record_left_by_a_crash_needs_force_unlock_with_the_right_id(tmp_path):

@@ -41,6 +41,14 @@ def test_validate_json_says_valid_or_names_the_file_line_and_address_of_the_erro
     assert (code, found["file"], found["line"], found["address"]) == (1, None, None, "var.replicas")
     assert found["summary"] == "--var replicas='many': not a valid int (declared at main.py:4)"
 
+    # The resource an error names is its address wherever the line names it; a config's own print() goes to stderr.
+    (config / "main.py").write_text(MAIN + 'print("from the config")\nBackend("vb", "models:M")\n')
+    code, body, stderr = validated(config)
+    (found,) = body["diagnostics"]
+    assert (code, found["line"], found["address"]) == (1, 9, "backend.vb") and "declared twice" in found["detail"]
+    assert stderr.strip() == "from the config"
+    (config / "main.py").write_text(MAIN)
+
     # A sensitive value in the error is masked as in every other output.
     code, body, _ = validated(config, "--var", "key_n=Canary1234")
     (found,) = body["diagnostics"]

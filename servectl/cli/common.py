@@ -34,7 +34,7 @@ LockTimeoutOption = typer.Option(
     "0s", "--lock-timeout", metavar="DURATION",
     help="Wait this long for a state lock another operation holds, e.g. 30s, 5m, 1h30m (0s: fail at once; at most 24h).",
 )
-_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)(h|m|s|ms))")
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)(ms|h|m|s))")  # "ms" before "m": 250ms is not 250m + s
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
@@ -114,7 +114,7 @@ def lock_timeout_s(text: str) -> float:
     if text == "0":
         return 0.0
     if not text or _DURATION.sub("", text) != "":
-        raise ServectlError(f"--lock-timeout {text!r}: expected a duration such as 30s, 5m or 1h30m")
+        raise ServectlError(f"--lock-timeout {text!r}: expected a duration such as 30s, 5m or 1h30m (units h, m, s, ms)")
     seconds = sum(float(amount) * _UNIT_S[unit] for amount, unit in _DURATION.findall(text))
     if seconds > MAX_TIMEOUT_S:
         raise ServectlError(f"--lock-timeout {text} is out of range: give 0s to 24h")

@@ -1,6 +1,9 @@
 """``validate`` and ``plan``: read the config (and the cluster), change nothing."""
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from typing import List, Optional
 
 import typer
@@ -31,7 +34,8 @@ def validate(
         outcomes.valid(out, len(desired.backends()), len(desired.endpoints()))
         return
     try:
-        desired = load_config(options(ctx).config_dir, variables(var))
+        with contextlib.redirect_stdout(sys.stderr):  # what the config itself prints: stdout carries the JSON
+            desired = load_config(options(ctx).config_dir, variables(var))
     except ConfigError as err:
         print_json({"format_version": VALIDATE_JSON_VERSION, "valid": False, "error_count": 1,
                     "diagnostics": [diagnose(mask(str(err))).to_dict()]})
@@ -57,6 +61,8 @@ def plan(
 
     With --destroy: what `destroy` would remove (Terraform's `plan -destroy`).
     """
+    if out_path is not None:
+        check_plan_path(out_path)
     workspace = options(ctx).workspace(var)
     if destroy and (refresh_only or target):
         raise ServectlError(f"--destroy cannot be used with {'--refresh-only' if refresh_only else '--target'}")
@@ -85,6 +91,17 @@ def plan(
             outcomes.plan_saved(out, out_path, workspace.config_dir)
     if detailed_exitcode and planned.has_work():
         raise typer.Exit(2)
+
+
+def check_plan_path(path: str) -> None:
+    """``--out PATH`` checked before anything is planned: a file name, in a directory that exists, not a directory
+    itself. Raises ServectlError (one line) otherwise."""
+    if not path.strip():
+        raise ServectlError("--out needs a file name, e.g. --out prod.plan")
+    if os.path.isdir(path):
+        raise ServectlError(f"--out {path}: is a directory; give a file name in it")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise ServectlError(f"--out {path}: no such directory {os.path.dirname(os.path.abspath(path))}")
 
 
 def register(app: typer.Typer) -> None:

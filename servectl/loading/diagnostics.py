@@ -14,8 +14,8 @@ from typing import Any, Optional
 from servectl.model.desired import address_of
 
 _SITE = re.compile(r"^(?P<file>[^\s:]+\.py)(?::(?P<line>\d+))?: (?P<rest>.*)$", re.DOTALL)
-_RESOURCE = re.compile(r"^(?P<kind>backend|endpoint) '(?P<name>[^']+)': (?P<rest>.*)$", re.DOTALL)
-_VARIABLE = re.compile(r"^(?:--var |variable ')(?P<name>[A-Za-z_][A-Za-z0-9_]*)'?(?P<rest>[:= ].*)$", re.DOTALL)
+_RESOURCE = re.compile(r"\b(?P<kind>backend|endpoint) '(?P<name>[^']+)'")  # the first resource the line names
+_VARIABLE = re.compile(r"^(?:--var |variable '|SERVECTL_VAR_)(?P<name>[A-Za-z_][A-Za-z0-9_]*)'?(?P<rest>[:= ].*)$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def diagnose(message: str) -> Diagnostic:
         file, rest = site["file"], site["rest"]
         line = int(site["line"]) if site["line"] else None
     address = None
-    resource = _RESOURCE.match(rest)
+    resource = _RESOURCE.search(rest)
     if resource:
         address = address_of(resource["kind"], resource["name"])
     else:

@@ -107,7 +107,10 @@ def write(path: str, plan: Plan, desired: DesiredState, bundle: bytes, live_fing
     }
     body["body_sha256"] = _body_digest(body)
     directory = os.path.dirname(os.path.abspath(path)) or "."
-    fd, temp_path = tempfile.mkstemp(prefix=".servectl-plan.", dir=directory)
+    try:
+        fd, temp_path = tempfile.mkstemp(prefix=".servectl-plan.", dir=directory)
+    except OSError as err:
+        raise PlanFileError(f"cannot write the plan to {path}: {err.strerror}") from None
     try:
         os.fchmod(fd, 0o600)  # the bundle and the plan may hold sensitive values
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -140,8 +140,9 @@ def state_moved(console: Console, where: str, lineage: str, serial: int) -> None
 
 
 def waiting_for_lock(console: Console, holder: str) -> None:
-    """Terraform's "Acquiring state lock" note when ``--lock-timeout`` waits: ``holder`` is the lock's (masked) line."""
-    console.print(f"[dim]Acquiring the state lock: {escape(holder)}; waiting (--lock-timeout) …[/dim]")
+    """Terraform's "Acquiring state lock" note when ``--lock-timeout`` waits: ``holder`` is the lock's (masked) line
+    with how long the wait may last."""
+    console.print(f"[dim]Acquiring the state lock: {escape(holder)} (--lock-timeout) …[/dim]")
 
 
 def unlocked(console: Console, lock_id: str, holder: str) -> None:

@@ -225,7 +225,9 @@ def render_plan(console: Console, plan: Plan) -> None:
     A plan without changes prints ``No changes.``, the summary line and what code ships.
     """
     if not plan.has_changes():
-        console.print("[green]No changes.[/green] The recorded state matches the config.")
+        console.print("[green]No changes.[/green] " + (
+            "No objects need to be destroyed: the state holds none." if plan.destroy
+            else "The recorded state matches the config."))
         console.print(summary_line(plan))
         if bundle_line(plan):
             console.print(escape(bundle_line(plan)))
